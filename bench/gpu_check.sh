@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# `make gpu-check`: on a machine with an NVIDIA GPU and a python3 that holds torch (no network,
+# no .venv). Builds fastnets in place with the CUDA kernels, runs the CUDA tests, then the CUDA
+# benchmarks, and prints a short summary table last. Full logs go to $OUT (default gpu-check-logs/).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+OUT=${OUT:-gpu-check-logs}
+mkdir -p "$OUT"
+export OUT
+export PYTHONUNBUFFERED=1
+status=0
+
+step() {  # step NAME COMMAND...: runs it, output to the terminal and $OUT/NAME.log
+  local name=$1; shift
+  echo "== $name: $*"
+  "$@" 2>&1 | tee "$OUT/$name.log"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" -eq 0 ] || { echo "== $name FAILED (exit $rc)"; status=1; }
+  return "$rc"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.log"
+step build env FASTNETS_CUDA=1 MAX_JOBS="$(nproc)" "$PY" setup.py --quiet build_ext --inplace || exit 1
+step info "$PY" -m fastnets info
+step tests "$PY" -m pytest tests -q -ra -m cuda -p no:cacheprovider
+step bench "$PY" -m fastnets bench -k cuda
+
+echo
+echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
+grep -E "passed|failed|error" "$OUT/tests.log" | tail -1
+[ -f "$OUT/bench.json" ] && "$PY" bench/summary.py "$OUT/bench.json" | tee "$OUT/summary.md"
+exit $status

@@ -1,0 +1,35 @@
+#pragma once
+// Dropout math shared by the CPU and CUDA kernels.
+//
+// Element i is kept iff word i of the Philox stream (seed, offset) is >= keep_threshold,
+// i.e. iff uniform_i = word_i * 2^-32 >= p, and is then scaled by 1 / (1 - p). A dropped
+// element is multiplied by zero, as torch.nn.functional.dropout does (NaN and inf stay NaN).
+// The backward pass applies the same function to the incoming gradient with the same
+// (seed, offset), so no mask is ever stored.
+#include <cmath>
+#include <cstdint>
+
+#include "common/macros.h"
+
+namespace fastnets {
+
+// ceil(p * 2^32), the smallest word that keeps its element, held in 32 bits: for p so close to 1
+// that it would be 2^32, the scale below is zero (p = 1) or the keep rate 2^-32 instead of 1 - p.
+inline uint32_t dropout_keep_threshold(double p) {
+  const double threshold = std::ceil(std::ldexp(p, 32));
+  return threshold >= 4294967295.0 ? 0xFFFFFFFFu : static_cast<uint32_t>(threshold);
+}
+
+// The multiplier of a kept element; zero when p = 1, where every element is dropped.
+inline double dropout_scale(double p) {
+  return p < 1.0 ? 1.0 / (1.0 - p) : 0.0;
+}
+
+// acc_t is float for float32/float16/bfloat16 and double for float64.
+template <typename scalar_t, typename acc_t>
+FASTNETS_HOST_DEVICE scalar_t dropout_element(scalar_t x, uint32_t word, uint32_t keep_threshold, acc_t scale) {
+  const acc_t multiplier = word >= keep_threshold ? scale : acc_t(0);
+  return static_cast<scalar_t>(static_cast<acc_t>(x) * multiplier);
+}
+
+}  // namespace fastnets

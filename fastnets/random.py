@@ -1,0 +1,80 @@
+"""The Philox4x32-10 stream that every fastnets random op draws from, exposed for exact references.
+
+Word ``i`` of the stream ``(seed, offset)`` is word ``i % 4`` of Philox4x32-10 with key
+``(lo32(seed), hi32(seed))`` and counter ``(lo32(offset), hi32(offset), lo32(i // 4), hi32(i // 4))``
+(``csrc/common/philox.h``). It depends on nothing else, so CPU and CUDA agree bit for bit and
+so do any thread counts.
+
+A random op call draws its ``(seed, offset)`` from torch's generator for the device (CUDA: the
+generator's seed and Philox offset, advanced by each call; CPU: a fresh 64-bit seed from the
+Mersenne Twister, offset 0) and returns it as an int64 tensor ``seed_offset`` of shape [2].
+"""
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+ops = torch.ops.fastnets
+
+_U64 = (1 << 64) - 1
+
+
+def _as_int64(value: int) -> int:
+    """A 64-bit unsigned value in the int64 (two's complement) form the ops store."""
+    value &= _U64
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def seed_offset_tensor(seed: int, offset: int, device: Union[str, torch.device, None] = None) -> Tensor:
+    """The int64 tensor [seed, offset] the ops take and return (values taken modulo 2^64)."""
+    return torch.tensor([_as_int64(seed), _as_int64(offset)], dtype=torch.int64, device=device)
+
+
+def unpack_seed_offset(seed_offset: Tensor) -> Tuple[int, int]:
+    """(seed, offset) as unsigned Python ints from a ``seed_offset`` tensor."""
+    seed, offset = seed_offset.tolist()
+    return seed & _U64, offset & _U64
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for size in shape:
+        n *= int(size)
+    return n
+
+
+def philox_bits(
+    shape: Sequence[int], seed: int, offset: int, device: Union[str, torch.device, None] = None
+) -> Tensor:
+    """Words 0 .. numel-1 of the stream, in row-major order: int64 tensor of ``shape``, values in [0, 2^32)."""
+    shape = tuple(int(s) for s in shape)
+    words = ops.philox_bits(seed_offset_tensor(seed, offset, device), _numel(shape))
+    return words.reshape(shape)
+
+
+def uniform(
+    shape: Sequence[int],
+    seed: int,
+    offset: int,
+    dtype: torch.dtype = torch.float64,
+    device: Union[str, torch.device, None] = None,
+) -> Tensor:
+    """Uniform numbers in [0, 1) from the stream: ``word * 2^-32`` (exact in float64).
+
+    For float32 and narrower dtypes the word keeps its top 24 bits, ``(word >> 8) * 2^-24``,
+    so the value stays below 1 and is exact.
+    """
+    words = philox_bits(shape, seed, offset, device)
+    if dtype == torch.float64:
+        return words.to(torch.float64) * 2.0**-32
+    return ((words >> 8).to(torch.float64) * 2.0**-24).to(dtype)
+
+
+def dropout_mask(
+    shape: Sequence[int], p: float, seed: int, offset: int, device: Union[str, torch.device, None] = None
+) -> Tensor:
+    """The keep mask of a dropout call with stream (seed, offset): ``uniform >= p`` (bool tensor)."""
+    return uniform(shape, seed, offset, torch.float64, device) >= p
+
+
+__all__ = ["seed_offset_tensor", "unpack_seed_offset", "philox_bits", "uniform", "dropout_mask"]

@@ -1,0 +1,82 @@
+"""Builds fastnets._C: the CPU kernels always, the CUDA kernels when torch has CUDA and nvcc is found.
+
+Environment:
+  FASTNETS_CUDA=0|1       force a CPU-only build, or fail unless CUDA can be built (default: auto)
+  TORCH_CUDA_ARCH_LIST    CUDA architectures (default "8.0;9.0": A100, H100/H200)
+  MAX_JOBS                parallel compile jobs for ninja
+"""
+import os
+import re
+import shutil
+from pathlib import Path
+
+
+def find_cuda_home():
+    """The CUDA toolkit: torch guesses it from the nvcc on PATH, which may be a wrapper script or
+    link outside the toolkit (here /usr/local/bin/nvcc, giving /usr/local with no CUDA libraries)."""
+    nvcc = shutil.which("nvcc")
+    candidates = [Path(nvcc).resolve().parent.parent] if nvcc else []
+    candidates.append(Path("/usr/local/cuda"))
+    for home in candidates:
+        if (home / "bin" / "nvcc").exists() and (home / "include" / "cuda_runtime.h").exists():
+            return str(home)
+    return None
+
+
+if "CUDA_HOME" not in os.environ and "CUDA_PATH" not in os.environ and find_cuda_home():
+    os.environ["CUDA_HOME"] = find_cuda_home()
+
+import torch  # noqa: E402
+from setuptools import setup  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "fastnets" / "__init__.py").read_text()).group(1)
+DEFAULT_CUDA_ARCHS = "8.0;9.0"
+
+
+def build_cuda() -> bool:
+    choice = os.environ.get("FASTNETS_CUDA", "auto")
+    available = torch.version.cuda is not None and CUDA_HOME is not None
+    if choice == "0":
+        return False
+    if choice == "1" and not available:
+        raise RuntimeError("FASTNETS_CUDA=1 but torch has no CUDA or nvcc was not found (set CUDA_HOME)")
+    return available
+
+
+def sources(pattern: str) -> list:
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").rglob(pattern))
+
+
+with_cuda = build_cuda()
+define_macros = [("FASTNETS_VERSION", f'"{VERSION}"')]
+cxx_flags = ["-O3", "-fopenmp", "-Wno-psabi"]
+extra_compile_args = {"cxx": cxx_flags}
+if with_cuda:
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+    archs = os.environ["TORCH_CUDA_ARCH_LIST"]
+    define_macros += [("FASTNETS_WITH_CUDA", None), ("FASTNETS_CUDA_ARCHS", f'"{archs}"')]
+    extra_compile_args["nvcc"] = ["-O3", "-lineinfo"]
+    extension = CUDAExtension
+    files = sources("*.cpp") + sources("*.cu")
+else:
+    extension = CppExtension
+    files = sources("*.cpp")
+
+setup(
+    name="fastnets",
+    version=VERSION,
+    packages=["fastnets", "fastnets.nn"],
+    ext_modules=[
+        extension(
+            "fastnets._C",
+            files,
+            include_dirs=[str(ROOT / "csrc")],
+            define_macros=define_macros,
+            extra_compile_args=extra_compile_args,
+            extra_link_args=["-fopenmp"],
+        )
+    ],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
