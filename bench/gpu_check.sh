@@ -21,6 +21,8 @@ step() {  # step NAME COMMAND...: runs it, output to the terminal and $OUT/NAME.
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/gpu.log"
+# Compile for this GPU only (half the nvcc time of the default sm_80 + sm_90).
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
 step build env FASTNETS_CUDA=1 MAX_JOBS="$(nproc)" "$PY" setup.py --quiet build_ext --inplace || exit 1
 step info "$PY" -m fastnets info
 step tests "$PY" -m pytest tests -q -ra -m cuda -p no:cacheprovider

@@ -39,6 +39,7 @@ def bench(extra_args) -> int:
     out_dir = Path(os.environ.get("OUT") or REPO / "bench-results")
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "bench.json"
+    json_path.unlink(missing_ok=True)  # never summarise an earlier run
     command = [sys.executable, "-m", "pytest", str(bench_dir), "-q", "-p", "no:cacheprovider",
                "-o", "python_files=bench_*.py", "-o", "python_functions=bench_*", "--benchmark-only", f"--benchmark-json={json_path}",
                "--benchmark-columns=median,iqr,rounds", *extra_args]
@@ -53,9 +54,11 @@ def main() -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, how the kernels were built, devices, threads")
     sub.add_parser("demo", help="build info, then the dropout benchmark against PyTorch")
-    bench_parser = sub.add_parser("bench", help="every benchmark in bench/ against its PyTorch reference")
-    bench_parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
-    args = parser.parse_args()
+    sub.add_parser("bench", help="every benchmark in bench/ against its PyTorch reference; "
+                                 "further arguments go to pytest (e.g. -k cuda)")
+    args, pytest_args = parser.parse_known_args()
+    if pytest_args and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(pytest_args)}")
     if args.command == "info":
         info()
         return 0
@@ -63,7 +66,7 @@ def main() -> int:
         info()
         print()
         return bench(["-k", "dropout"])
-    return bench(args.pytest_args)
+    return bench(pytest_args)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,13 @@
 
 Word ``i`` of the stream ``(seed, offset)`` is word ``i % 4`` of Philox4x32-10 with key
 ``(lo32(seed), hi32(seed))`` and counter ``(lo32(offset), hi32(offset), lo32(i // 4), hi32(i // 4))``
-(``csrc/common/philox.h``). It depends on nothing else, so CPU and CUDA agree bit for bit and
-so do any thread counts.
+(``csrc/common/philox.h``). It depends on nothing else, so CPU and CUDA draw the same numbers,
+whatever the thread count or launch configuration.
 
 A random op call draws its ``(seed, offset)`` from torch's generator for the device (CUDA: the
-generator's seed and Philox offset, advanced by each call; CPU: a fresh 64-bit seed from the
-Mersenne Twister, offset 0) and returns it as an int64 tensor ``seed_offset`` of shape [2].
+generator's seed, and its Philox offset / 4 for a step of 4 that the call reserves; CPU: a fresh
+64-bit seed from the Mersenne Twister, offset 0) and returns it as an int64 tensor
+``seed_offset`` of shape [2].
 """
 from typing import Optional, Sequence, Tuple, Union
 
@@ -59,15 +60,14 @@ def uniform(
     dtype: torch.dtype = torch.float64,
     device: Union[str, torch.device, None] = None,
 ) -> Tensor:
-    """Uniform numbers in [0, 1) from the stream: ``word * 2^-32`` (exact in float64).
-
-    For float32 and narrower dtypes the word keeps its top 24 bits, ``(word >> 8) * 2^-24``,
-    so the value stays below 1 and is exact.
-    """
+    """Uniform numbers in [0, 1) from the stream, exactly: ``word * 2^-32`` in float64, or the
+    word's top 24 bits, ``(word >> 8) * 2^-24``, in float32."""
     words = philox_bits(shape, seed, offset, device)
     if dtype == torch.float64:
         return words.to(torch.float64) * 2.0**-32
-    return ((words >> 8).to(torch.float64) * 2.0**-24).to(dtype)
+    if dtype == torch.float32:
+        return ((words >> 8).to(torch.float64) * 2.0**-24).to(torch.float32)
+    raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
 
 
 def dropout_mask(

@@ -56,6 +56,14 @@ def test_non_contiguous_input_is_read_row_major(device):
         torch.testing.assert_close(out, reference(x.contiguous(), 0.4, seed_offset), rtol=0, atol=0)
 
 
+def test_p_within_2_pow_minus_32_of_one_drops_everything(device):
+    x = torch.randn(100_000, device=device)
+    p = 1 - 2**-40
+    out, seed_offset = ops.dropout(x, p, None)
+    assert not frandom.dropout_mask(x.shape, p, *frandom.unpack_seed_offset(seed_offset), device=device).any()
+    assert torch.equal(out, x * 0)
+
+
 def test_nan_and_inf_behave_like_pytorch(device):
     x = torch.tensor([float("nan"), float("inf"), -float("inf"), 1.0] * 64, device=device)
     out, seed_offset = ops.dropout(x, 0.5, None)
@@ -267,12 +275,16 @@ def test_cpu_cuda_identical(dtype):
 
 @cuda_only
 @pytest.mark.cuda
-def test_cuda_generator_offset_advances():
+def test_cuda_stream_comes_from_the_generator():
     torch.manual_seed(0)
+    generator = torch.cuda.default_generators[torch.cuda.current_device()]
     x = torch.ones(100, device="cuda")
-    _, first = ops.dropout(x, 0.5, None)
-    _, second = ops.dropout(x, 0.5, None)
-    assert first[0] == second[0] and second[1] > first[1]
+    for _ in range(2):
+        before = generator.get_offset()
+        _, seed_offset = ops.dropout(x, 0.5, None)
+        # One reserved step of 4; its counter is generator offset / 4, as in torch's own ops.
+        assert generator.get_offset() == before + 4
+        assert frandom.unpack_seed_offset(seed_offset) == (generator.initial_seed(), before // 4)
 
 
 @cuda_only

@@ -73,6 +73,11 @@ def test_uniform_definition(device):
     assert 0 <= u32.min().item() and u32.max().item() < 1
 
 
+def test_uniform_refuses_dtypes_that_cannot_hold_it_below_one():
+    with pytest.raises(ValueError, match="dtype"):
+        frandom.uniform((4,), 1, 2, dtype=torch.float16)
+
+
 def test_uniform_statistics():
     u = frandom.uniform((1_000_000,), 123, 0)
     assert abs(u.mean().item() - 0.5) < 6 * (1 / 12 / u.numel()) ** 0.5

@@ -6,7 +6,7 @@
 //   Philox4x32-10(key = (lo32(seed), hi32(seed)),
 //                 counter = (lo32(offset), hi32(offset), lo32(i / 4), hi32(i / 4))).
 // It depends on nothing else: not on threads, launch configuration or device. This is the
-// counter layout of curand_init(seed, subsequence = i / 4, ...), so the block index never
+// counter layout of curand_init(seed, subsequence = i / 4, 4 * offset), so the block index never
 // carries into the offset.
 #include <cstdint>
 

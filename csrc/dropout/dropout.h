@@ -13,16 +13,20 @@
 
 namespace fastnets {
 
-// ceil(p * 2^32), the smallest word that keeps its element, held in 32 bits: for p so close to 1
-// that it would be 2^32, the scale below is zero (p = 1) or the keep rate 2^-32 instead of 1 - p.
-inline uint32_t dropout_keep_threshold(double p) {
-  const double threshold = std::ceil(std::ldexp(p, 32));
-  return threshold >= 4294967295.0 ? 0xFFFFFFFFu : static_cast<uint32_t>(threshold);
+// Whether no word reaches ceil(p * 2^32): p = 1, or p within 2^-32 of it.
+inline bool dropout_drops_all(double p) {
+  return std::ceil(std::ldexp(p, 32)) > 4294967295.0;
 }
 
-// The multiplier of a kept element; zero when p = 1, where every element is dropped.
+// ceil(p * 2^32), the smallest word that keeps its element (any value when all are dropped).
+inline uint32_t dropout_keep_threshold(double p) {
+  return dropout_drops_all(p) ? 0xFFFFFFFFu : static_cast<uint32_t>(std::ceil(std::ldexp(p, 32)));
+}
+
+// The multiplier of a kept element; zero when every element is dropped, so that then even the
+// word 0xFFFFFFFF, which the threshold above lets through, gives x * 0.
 inline double dropout_scale(double p) {
-  return p < 1.0 ? 1.0 / (1.0 - p) : 0.0;
+  return dropout_drops_all(p) ? 0.0 : 1.0 / (1.0 - p);
 }
 
 // acc_t is float for float32/float16/bfloat16 and double for float64.

@@ -18,7 +18,8 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Each thread takes kElems consecutive elements (16 bytes, at least one Philox block) per step.
+// Each thread takes kElems consecutive elements (16 bytes, or 32 for float64: one aligned vector
+// of at least one Philox block) per step.
 // The stream comes either from seed_offset_in (backward) or from the generator's state, which the
 // first thread then records in seed_offset_out for the backward pass.
 template <typename scalar_t, typename acc_t, int kElems, bool kVectorized>
@@ -32,7 +33,7 @@ dropout_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out, int6
   } else {
     const auto state = at::cuda::philox::unpack(philox);
     seed = std::get<0>(state);
-    offset = std::get<1>(state);
+    offset = stream_offset(std::get<1>(state));
     if (blockIdx.x == 0 && threadIdx.x == 0) {
       seed_offset_out[0] = static_cast<int64_t>(seed);
       seed_offset_out[1] = static_cast<int64_t>(offset);
