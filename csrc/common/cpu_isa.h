@@ -33,7 +33,7 @@ inline const char* cpu_isa_name(CpuIsa isa) {
 }  // namespace fastnets
 
 #if defined(__x86_64__) && defined(__GNUC__)
-#define FASTNETS_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi2")))
+#define FASTNETS_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
 #define FASTNETS_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #else
 #define FASTNETS_TARGET_AVX512
