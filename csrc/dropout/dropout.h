@@ -29,11 +29,21 @@ inline double dropout_scale(double p) {
   return dropout_drops_all(p) ? 0.0 : 1.0 / (1.0 - p);
 }
 
-// acc_t is float for float32/float16/bfloat16 and double for float64.
+// One element, given its stream word. acc_t is float for float32/float16/bfloat16, double for float64.
 template <typename scalar_t, typename acc_t>
-FASTNETS_HOST_DEVICE scalar_t dropout_element(scalar_t x, uint32_t word, uint32_t keep_threshold, acc_t scale) {
-  const acc_t multiplier = word >= keep_threshold ? scale : acc_t(0);
-  return static_cast<scalar_t>(static_cast<acc_t>(x) * multiplier);
+struct DropoutOp {
+  uint32_t keep_threshold;
+  acc_t scale;
+
+  FASTNETS_HOST_DEVICE scalar_t operator()(scalar_t x, uint32_t word) const {
+    const acc_t multiplier = word >= keep_threshold ? scale : acc_t(0);
+    return static_cast<scalar_t>(static_cast<acc_t>(x) * multiplier);
+  }
+};
+
+template <typename scalar_t, typename acc_t>
+DropoutOp<scalar_t, acc_t> make_dropout_op(double p) {
+  return {dropout_keep_threshold(p), static_cast<acc_t>(dropout_scale(p))};
 }
 
 }  // namespace fastnets

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/cpu_generator.h"
 #include "common/philox.h"
 
 namespace fastnets {
@@ -13,9 +14,7 @@ namespace {
 at::Tensor philox_bits_cpu(const at::Tensor& seed_offset, int64_t numel) {
   check_seed_offset(seed_offset, seed_offset.device());
   TORCH_CHECK(numel >= 0, "numel must be non-negative, got ", numel);
-  const at::Tensor so = seed_offset.contiguous();
-  const uint64_t seed = static_cast<uint64_t>(so.const_data_ptr<int64_t>()[0]);
-  const uint64_t offset = static_cast<uint64_t>(so.const_data_ptr<int64_t>()[1]);
+  const auto [seed, offset] = read_seed_offset(seed_offset);
   at::Tensor out = at::empty({numel}, seed_offset.options());
   int64_t* words = out.mutable_data_ptr<int64_t>();
   at::parallel_for(0, (numel + 3) / 4, 4096, [&](int64_t first_block, int64_t last_block) {
