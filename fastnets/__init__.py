@@ -5,7 +5,7 @@ Importing the package loads ``fastnets._C``, which registers the ops as ``torch.
 
 Layers: ``fastnets.nn`` (modules) -> ``fastnets.functional`` (functions) -> ``torch.ops.fastnets``
 (dispatcher ops) -> ``csrc/`` (kernels). ``fastnets.random`` exposes the Philox stream that every
-random op draws from.
+random op draws from; ``fastnets.quant`` holds the fixed-point training tools.
 """
 
 __version__ = "0.1.0"
@@ -14,9 +14,9 @@ import torch  # noqa: F401  (the extension links against torch's libraries)
 
 from fastnets import _C  # noqa: F401  (registers torch.ops.fastnets.*)
 from fastnets import _ops  # noqa: F401  (fake impls and autograd)
-from fastnets import functional, nn, random
+from fastnets import functional, nn, quant, random
 
-__all__ = ["functional", "nn", "random", "build_info", "__version__"]
+__all__ = ["functional", "nn", "quant", "random", "build_info", "__version__"]
 
 
 def build_info() -> dict:

@@ -58,3 +58,36 @@ def _dropout_backward_backward(ctx, grad):
 torch.library.register_autograd(
     "fastnets::dropout_backward", _dropout_backward_backward, setup_context=_dropout_backward_setup_context
 )
+
+
+# ---- fixed-point quantization -------------------------------------------------------------
+
+_CODE_DTYPES = ((8, torch.int8), (16, torch.int16), (32, torch.int32))
+
+
+def fixed_point_code_dtype(wl: int) -> torch.dtype:
+    """The smallest integer dtype that holds wl-bit codes (as the kernel picks it)."""
+    for bits, dtype in _CODE_DTYPES:
+        if wl <= bits:
+            return dtype
+    raise ValueError(f"wl must be in [1, 32] for integer codes, got {wl}")
+
+
+@torch.library.register_fake("fastnets::fixed_point_quantize")
+def _fixed_point_quantize_fake(input, wl, fl, rounding="stochastic", clamp=True, symmetric=False, generator=None):
+    output = torch.empty_like(input, memory_format=torch.contiguous_format)
+    return output, input.new_empty(2, dtype=torch.int64)
+
+
+@torch.library.register_fake("fastnets::fixed_point_to_codes")
+def _fixed_point_to_codes_fake(input, wl, fl, rounding="nearest", symmetric=False, generator=None):
+    codes = input.new_empty(input.shape, dtype=fixed_point_code_dtype(wl))
+    return codes, input.new_empty(2, dtype=torch.int64)
+
+
+def _straight_through(ctx, grad_output, _grad_seed_offset):
+    # The rounding's derivative is taken as 1 (Gupta et al. 2015): the gradient passes unchanged.
+    return grad_output, None, None, None, None, None, None
+
+
+torch.library.register_autograd("fastnets::fixed_point_quantize", _straight_through)

@@ -12,6 +12,47 @@ def _check_probability(p: float, name: str = "p") -> None:
         raise ValueError(f"dropout probability {name} has to be between 0 and 1, but got {p}")
 
 
+def fixed_point_quantize(
+    input: Tensor,
+    wl: int,
+    fl: int,
+    rounding: str = "stochastic",
+    clamp: bool = True,
+    symmetric: bool = False,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """Rounds ``input`` to the fixed-point format <IL, FL> = <wl - fl, fl> (Gupta et al. 2015).
+
+    Values on the grid are ``k * 2^-fl`` for integer codes ``k`` in ``[-2^(wl-1), 2^(wl-1) - 1]``
+    (``symmetric``: from ``-(2^(wl-1) - 1)``). The argument names are QPyTorch's
+    (``qtorch.quant.fixed_point_quantize``), so its callers can switch by keyword.
+
+    Args:
+        input: tensor of any shape; float32, float64, float16 or bfloat16; CPU or CUDA.
+        wl: word length in bits, sign bit included, in [1, 53].
+        fl: fraction bits; zero or negative for integer and coarser grids. The grid step
+            ``2^-fl``, ``2^fl`` and the largest value must be finite doubles.
+        rounding: ``"nearest"`` (ties to even) or ``"stochastic"``: round up with probability
+            equal to the fractional part (resolution 2^-32), so that E[output] = input within
+            the range. The random numbers come from the Philox stream of
+            :mod:`fastnets.random`, word ``i`` for element ``i`` (row-major).
+        clamp: saturate values outside the range (+-inf included) to its ends; NaN stays NaN.
+        symmetric: drop the most negative code, so the range is symmetric.
+        generator: for stochastic rounding; default: torch's generator for the device.
+
+    Returns:
+        A contiguous tensor of ``input``'s shape and dtype. The rounding is exact in float64; for
+        float32, float16 and bfloat16 the result is then cast (16-bit dtypes through float32) and
+        is on the grid only where the dtype can hold the grid's values (always for formats no
+        finer than the dtype; not for, e.g., wl = 16 in bfloat16).
+
+    The gradient is straight-through: it passes unchanged (see :func:`fastnets.quant.quantize`
+    to round it too or to zero it outside the range).
+    """
+    output, _ = ops.fixed_point_quantize(input, wl, fl, rounding, clamp, symmetric, generator)
+    return output
+
+
 def dropout(
     input: Tensor,
     p: float = 0.5,

@@ -1,4 +1,5 @@
 """Modules: drop-in replacements for ``torch.nn`` layers (same arguments, same state_dict keys)."""
 from fastnets.nn.dropout import Dropout
+from fastnets.nn.fixed_point import FixedPointQuantizer
 
-__all__ = ["Dropout"]
+__all__ = ["Dropout", "FixedPointQuantizer"]

@@ -1,0 +1,92 @@
+// Fixed-point quantization: operator schemas and CPU kernels. CUDA kernels: fixed_point_cuda.cu;
+// the math: fixed_point.h.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <torch/library.h>
+
+#include "common/checks.h"
+#include "common/cpu_elementwise.h"
+#include "common/cpu_generator.h"
+#include "common/cpu_memory.h"
+#include "fixed_point/fixed_point_format.h"
+
+namespace fastnets {
+namespace {
+
+// The stream (seed, offset) for the call: drawn from the generator for stochastic rounding only.
+std::pair<uint64_t, uint64_t> draw_for(bool stochastic, const std::optional<at::Generator>& generator) {
+  return stochastic ? cpu_seed_offset(generator) : std::pair<uint64_t, uint64_t>{0, 0};
+}
+
+std::tuple<at::Tensor, at::Tensor> fixed_point_quantize_cpu(const at::Tensor& input, int64_t wl, int64_t fl,
+                                                            c10::string_view rounding, bool clamp, bool symmetric,
+                                                            const std::optional<at::Generator>& generator) {
+  check_training_dtype(input, "input");
+  const FixedPointFormat format = make_fixed_point_format(wl, fl, clamp, symmetric);
+  const bool stochastic = is_stochastic_rounding(rounding);
+  const auto [seed, offset] = draw_for(stochastic, generator);
+  const at::Tensor in = input.contiguous();
+  at::Tensor out = at::empty_like(in);
+  prefault_huge_pages(out.data_ptr(), out.nbytes());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "fastnets::fixed_point_quantize", [&] {
+    const scalar_t* x = in.const_data_ptr<scalar_t>();
+    scalar_t* y = out.mutable_data_ptr<scalar_t>();
+    if (stochastic) {
+      cpu_map_with_philox<true>(x, y, in.numel(), seed, offset, FixedPointQuantizeOp<scalar_t, true>{format});
+    } else {
+      cpu_map_with_philox<false>(x, y, in.numel(), seed, offset, FixedPointQuantizeOp<scalar_t, false>{format});
+    }
+  });
+  return {out, cpu_seed_offset_tensor(seed, offset)};
+}
+
+std::tuple<at::Tensor, at::Tensor> fixed_point_to_codes_cpu(const at::Tensor& input, int64_t wl, int64_t fl,
+                                                            c10::string_view rounding, bool symmetric,
+                                                            const std::optional<at::Generator>& generator) {
+  check_training_dtype(input, "input");
+  check_code_word_length(wl);
+  const FixedPointFormat format = make_fixed_point_format(wl, fl, /*clamp=*/true, symmetric);
+  const bool stochastic = is_stochastic_rounding(rounding);
+  const auto [seed, offset] = draw_for(stochastic, generator);
+  const at::Tensor in = input.contiguous();
+  at::Tensor codes = at::empty(in.sizes(), in.options().dtype(fixed_point_code_dtype(wl)));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "fastnets::fixed_point_to_codes", [&] {
+    using input_t = scalar_t;
+    const input_t* x = in.const_data_ptr<input_t>();
+    dispatch_code_dtype(codes.scalar_type(), [&](auto code_tag) {
+      using code_t = decltype(code_tag);
+      code_t* y = codes.mutable_data_ptr<code_t>();
+      if (stochastic) {
+        cpu_map_with_philox<true>(x, y, in.numel(), seed, offset, FixedPointCodeOp<input_t, code_t, true>{format});
+      } else {
+        cpu_map_with_philox<false>(x, y, in.numel(), seed, offset, FixedPointCodeOp<input_t, code_t, false>{format});
+      }
+    });
+  });
+  return {codes, cpu_seed_offset_tensor(seed, offset)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fastnets, m) {
+  // x rounded to the fixed-point format <wl - fl, fl> (rounding "nearest" or "stochastic"),
+  // saturated unless clamp is false, in x's dtype. Returns (output, seed_offset): the Philox
+  // stream of stochastic rounding ([0, 0] for nearest, which draws nothing).
+  m.def("fixed_point_quantize(Tensor input, int wl, int fl, str rounding=\"stochastic\", bool clamp=True, "
+        "bool symmetric=False, Generator? generator=None) -> (Tensor, Tensor)",
+        {at::Tag::nondeterministic_seeded});
+  // The integer codes of x in the format (always saturated): int8, int16 or int32, the smallest
+  // that holds wl bits; x = code * 2^-fl on the grid. Returns (codes, seed_offset).
+  m.def("fixed_point_to_codes(Tensor input, int wl, int fl, str rounding=\"nearest\", bool symmetric=False, "
+        "Generator? generator=None) -> (Tensor, Tensor)",
+        {at::Tag::nondeterministic_seeded});
+}
+
+TORCH_LIBRARY_IMPL(fastnets, CPU, m) {
+  m.impl("fixed_point_quantize", &fixed_point_quantize_cpu);
+  m.impl("fixed_point_to_codes", &fixed_point_to_codes_cpu);
+}
+
+}  // namespace fastnets

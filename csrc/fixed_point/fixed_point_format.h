@@ -1,0 +1,54 @@
+#pragma once
+// Host-side checks and set-up of a fixed-point format, shared by the CPU and CUDA entry points.
+#include <c10/core/ScalarType.h>
+#include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "fixed_point/fixed_point.h"
+
+namespace fastnets {
+
+// wl up to 53 keeps every code exact in double. fl keeps 2^fl, 2^-fl and the largest value
+// (2^(wl-1) - 1) * 2^-fl finite, normal doubles.
+inline FixedPointFormat make_fixed_point_format(int64_t wl, int64_t fl, bool clamp, bool symmetric) {
+  TORCH_CHECK(wl >= 1 && wl <= 53, "wl (word length, sign bit included) must be in [1, 53], got ", wl);
+  const int64_t min_fl = std::max<int64_t>(-1022, wl - 1024);
+  TORCH_CHECK(fl >= min_fl && fl <= 1022, "fl (fraction bits) must be in [", min_fl, ", 1022] for wl = ", wl,
+              ", got ", fl);
+  const double half_range = std::ldexp(1.0, static_cast<int>(wl - 1));
+  return FixedPointFormat{std::ldexp(1.0, static_cast<int>(fl)), std::ldexp(1.0, static_cast<int>(-fl)),
+                          symmetric ? 1.0 - half_range : -half_range, half_range - 1.0, clamp};
+}
+
+// Integer codes come in int8, int16 or int32.
+inline void check_code_word_length(int64_t wl) {
+  TORCH_CHECK(wl >= 1 && wl <= 32, "wl must be in [1, 32] for integer codes, got ", wl);
+}
+
+inline bool is_stochastic_rounding(c10::string_view rounding) {
+  TORCH_CHECK(rounding == "stochastic" || rounding == "nearest",
+              "rounding must be \"nearest\" or \"stochastic\", got \"", std::string(rounding), "\"");
+  return rounding == "stochastic";
+}
+
+// The smallest integer dtype that holds wl-bit codes.
+inline c10::ScalarType fixed_point_code_dtype(int64_t wl) {
+  return wl <= 8 ? c10::kChar : (wl <= 16 ? c10::kShort : c10::kInt);
+}
+
+// fn(code_t{}) with code_t the C++ type of a code dtype.
+template <typename Fn>
+void dispatch_code_dtype(c10::ScalarType dtype, const Fn& fn) {
+  switch (dtype) {
+    case c10::kChar: fn(int8_t{}); break;
+    case c10::kShort: fn(int16_t{}); break;
+    case c10::kInt: fn(int32_t{}); break;
+    default: TORCH_CHECK(false, "fixed-point codes are int8, int16 or int32, got ", dtype);
+  }
+}
+
+}  // namespace fastnets

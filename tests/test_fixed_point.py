@@ -1,0 +1,331 @@
+"""Fixed-point quantization: exact against float64 references (nearest) and references built
+from the Philox stream (stochastic), grid and range, unbiasedness, special values, integer
+storage, autograd, opcheck, torch.compile, threads, errors, and the training tools."""
+import math
+
+import pytest
+import torch
+
+import fastnets
+import fastnets.functional as F
+from fastnets import random as frandom
+from fastnets.quant import FixedPoint, FixedPointOptimizer, from_fixed, quantize, quantize_parameters_, to_fixed
+from harness import (ODD_SHAPES, TRAINING_DTYPES, binomial_bounds, check_compiles, check_opcheck,
+                     check_same_for_threads, cuda_only)
+
+ops = torch.ops.fastnets
+
+# (wl, fl): Gupta et al.'s <2, 14>, byte formats, integer and coarser grids, one bit, wide words.
+FORMATS = [(16, 14), (8, 4), (4, 0), (6, -2), (1, 0), (24, 10), (32, 16), (53, 30)]
+
+
+def code_range(wl, symmetric):
+    half = 2 ** (wl - 1)
+    return (1 - half if symmetric else -half), half - 1
+
+
+def reference(x, wl, fl, rounding, clamp=True, symmetric=False, seed_offset=None):
+    """The formula of fastnets.functional.fixed_point_quantize in float64, then cast as the op
+    casts (16-bit dtypes through float32)."""
+    scaled = x.double() * 2.0**fl
+    if rounding == "nearest":
+        code = torch.round(scaled)  # half to even
+    else:
+        seed, offset = frandom.unpack_seed_offset(seed_offset)
+        u = frandom.uniform(x.shape, seed, offset, torch.float64, device=x.device)
+        down = torch.floor(scaled)
+        code = down + (u < scaled - down).double()  # inf: frac is NaN, so no rounding up
+    if clamp:
+        low, high = code_range(wl, symmetric)
+        code = torch.clamp(code, low, high)  # NaN stays NaN
+    value = code * 2.0**-fl
+    return value if x.dtype == torch.float64 else value.float().to(x.dtype)
+
+
+def wide_input(shape, device, dtype, wl, fl):
+    """Values across the format's range and beyond it, off the grid."""
+    span = 2.0 ** (wl - 1 - fl)
+    return ((torch.rand(shape, device=device, dtype=torch.float64) * 2.4 - 1.2) * span).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", TRAINING_DTYPES)
+@pytest.mark.parametrize("wl,fl", FORMATS)
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_equals_reference(device, dtype, wl, fl, rounding):
+    x = wide_input((1031,), device, dtype, wl, fl)
+    for clamp, symmetric in ((True, False), (True, True), (False, False)):
+        out, seed_offset = ops.fixed_point_quantize(x, wl, fl, rounding, clamp, symmetric, None)
+        assert out.dtype == x.dtype and out.shape == x.shape
+        expected = reference(x, wl, fl, rounding, clamp, symmetric, seed_offset)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("shape", ODD_SHAPES)
+def test_odd_shapes_and_non_contiguous(device, shape):
+    x = torch.randn(shape, device=device) * 3
+    for rounding in ("nearest", "stochastic"):
+        out, seed_offset = ops.fixed_point_quantize(x, 8, 4, rounding, True, False, None)
+        torch.testing.assert_close(out, reference(x, 8, 4, rounding, seed_offset=seed_offset), rtol=0, atol=0)
+    base = torch.randn(40, 30, device=device)
+    for view in (base.t(), base[::3, 1::2]):
+        out, seed_offset = ops.fixed_point_quantize(view, 8, 5, "stochastic", True, False, None)
+        torch.testing.assert_close(out, reference(view.contiguous(), 8, 5, "stochastic", seed_offset=seed_offset),
+                                   rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("wl,fl", [(16, 14), (8, 4), (6, -2), (24, 10)])
+def test_outputs_lie_on_the_grid_inside_the_range(device, dtype, wl, fl):
+    x = wide_input((10_000,), device, dtype, wl, fl)
+    for symmetric in (False, True):
+        out = F.fixed_point_quantize(x, wl, fl, "stochastic", symmetric=symmetric)
+        codes = out.double() * 2.0**fl
+        assert torch.equal(codes, torch.round(codes))
+        low, high = code_range(wl, symmetric)
+        assert codes.min().item() >= low and codes.max().item() <= high
+        assert codes.min().item() == low and codes.max().item() == high  # the input saturates
+
+
+def test_nearest_ties_to_even(device):
+    eps = 2.0**-4
+    x = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49, 0.51], device=device, dtype=torch.float64) * eps
+    out = F.fixed_point_quantize(x, 8, 4, "nearest")
+    assert (out / eps).tolist() == [0, 2, 2, 0, -2, -2, 0, 1]
+
+
+def test_special_values(device):
+    x = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30, -1e30], device=device)
+    for rounding in ("nearest", "stochastic"):
+        out = F.fixed_point_quantize(x, 8, 4, rounding)
+        assert out[0].isnan()
+        assert out[1:].tolist() == [127 / 16, -128 / 16, 127 / 16, -128 / 16]
+        unclamped = F.fixed_point_quantize(x, 8, 4, rounding, clamp=False)
+        assert unclamped[0].isnan() and unclamped[1:3].tolist() == [float("inf"), -float("inf")]
+
+
+@pytest.mark.parametrize("value", [0.3, -1.13, 2.0 / 3.0, 0.015625 + 2**-12])
+def test_stochastic_rounding_is_unbiased(device, value):
+    n, fl = 1_000_000, 4
+    x = torch.full((n,), value, device=device, dtype=torch.float64)
+    out = F.fixed_point_quantize(x, 8, fl, "stochastic")
+    eps = 2.0**-fl
+    frac = value / eps - math.floor(value / eps)
+    ups = (out > math.floor(value / eps) * eps).sum().item()
+    low, high = binomial_bounds(n, frac)
+    assert low <= ups <= high, "P(round up) must be the fractional part"
+    assert set(out.unique().tolist()) <= {math.floor(value / eps) * eps, math.ceil(value / eps) * eps}
+    std_of_mean = eps * math.sqrt(frac * (1 - frac) / n)
+    assert abs(out.mean().item() - value) <= 6 * std_of_mean
+
+
+def test_stochastic_draws_and_reproduces(device):
+    x = torch.full((1000,), 0.3, device=device)
+    torch.manual_seed(0)
+    a, b = F.fixed_point_quantize(x, 8, 4), F.fixed_point_quantize(x, 8, 4)
+    assert not torch.equal(a, b)
+    torch.manual_seed(0)
+    assert torch.equal(F.fixed_point_quantize(x, 8, 4), a)
+    g1, g2 = torch.Generator(device).manual_seed(5), torch.Generator(device).manual_seed(5)
+    assert torch.equal(F.fixed_point_quantize(x, 8, 4, generator=g1), F.fixed_point_quantize(x, 8, 4, generator=g2))
+
+
+def test_nearest_draws_nothing(device):
+    x = torch.randn(100, device=device)
+    torch.manual_seed(3)
+    state = torch.random.get_rng_state() if device == "cpu" else torch.cuda.get_rng_state()
+    _, seed_offset = ops.fixed_point_quantize(x, 8, 4, "nearest", True, False, None)
+    assert seed_offset.tolist() == [0, 0]
+    after = torch.random.get_rng_state() if device == "cpu" else torch.cuda.get_rng_state()
+    assert torch.equal(state, after)
+
+
+@pytest.mark.parametrize("wl,dtype", [(1, torch.int8), (8, torch.int8), (9, torch.int16), (16, torch.int16),
+                                      (17, torch.int32), (32, torch.int32)])
+def test_to_fixed_codes_and_round_trip(device, wl, dtype):
+    fl = wl // 2
+    x = wide_input((5000,), device, torch.float64, wl, fl)
+    for rounding in ("nearest", "stochastic"):
+        codes = to_fixed(x, wl, fl, rounding)
+        assert codes.dtype == dtype
+        low, high = code_range(wl, False)
+        assert codes.min().item() >= low and codes.max().item() <= high
+    codes = to_fixed(x, wl, fl, "nearest")
+    values = from_fixed(codes, fl, torch.float64)
+    torch.testing.assert_close(values, F.fixed_point_quantize(x, wl, fl, "nearest"), rtol=0, atol=0)
+    assert torch.equal(to_fixed(values, wl, fl), codes)  # exact round trip on the grid
+    assert torch.equal(from_fixed(to_fixed(values, wl, fl), fl, torch.float64), values)
+
+
+def test_to_fixed_stochastic_matches_quantize(device):
+    x = torch.randn(3000, device=device)
+    codes, seed_offset = ops.fixed_point_to_codes(x, 12, 6, "stochastic", True, None)
+    expected = reference(x, 12, 6, "stochastic", True, True, seed_offset)
+    torch.testing.assert_close(from_fixed(codes, 6, torch.float32), expected, rtol=0, atol=0)
+    nan_code = to_fixed(torch.tensor([float("nan")], device=device), 8, 4)
+    assert nan_code.item() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_inputs_on_representable_grids(device, dtype):
+    # <2, 6> fits both 16-bit mantissas: outputs are exactly on the grid.
+    x = torch.randn(4096, device=device).to(dtype)
+    out = F.fixed_point_quantize(x, 8, 6, "stochastic")
+    codes = out.double() * 64
+    assert torch.equal(codes, torch.round(codes))
+
+
+def test_same_for_threads():
+    x = torch.randn(300_007) * 4
+    g = lambda: torch.Generator().manual_seed(11)  # noqa: E731
+    check_same_for_threads(lambda: F.fixed_point_quantize(x, 8, 4, "stochastic", generator=g()))
+    check_same_for_threads(lambda: F.fixed_point_quantize(x, 12, 7, "nearest"))
+    check_same_for_threads(lambda: to_fixed(x, 16, 10, "stochastic", generator=g()))
+
+
+def test_straight_through_gradient(device):
+    x = torch.randn(100, device=device, requires_grad=True)
+    F.fixed_point_quantize(x, 4, 1).backward(torch.arange(100.0, device=device))
+    assert torch.equal(x.grad, torch.arange(100.0, device=device))
+
+
+def test_gradient_rounding_and_range_zeroing(device):
+    forward, backward = FixedPoint(4, 2, "nearest"), FixedPoint(6, 3, "nearest")
+    x = torch.tensor([0.1, 1.0, 1.9, -2.5, 3.0], device=device, requires_grad=True)
+    grad = torch.tensor([0.07, 0.3, -100.0, 1.0, 0.5], device=device)
+    quantize(x, forward, backward).backward(grad)
+    torch.testing.assert_close(x.grad, backward(grad), rtol=0, atol=0)
+    x.grad = None
+    quantize(x, forward, backward, zero_outside_range=True).backward(grad)
+    inside = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0], device=device)  # range [-2, 1.75]
+    torch.testing.assert_close(x.grad, backward(grad * inside), rtol=0, atol=0)
+
+
+def test_gradcheck(device):
+    # A grid far finer than gradcheck's perturbation: the straight-through Jacobian (the
+    # identity) is then what finite differences see too, on both paths.
+    fine = FixedPoint(53, 48, "stochastic")
+    x = torch.rand(4, 5, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: F.fixed_point_quantize(t, 53, 48, "stochastic"), (x,))
+    assert torch.autograd.gradcheck(lambda t: quantize(t, fine, FixedPoint(53, 40, "nearest")), (x,))
+
+
+def test_opcheck(device):
+    x = torch.randn(6, 7, device=device, requires_grad=True)
+    for rounding in ("nearest", "stochastic"):
+        check_opcheck(ops.fixed_point_quantize.default, (x, 8, 4, rounding, True, False, None))
+        check_opcheck(ops.fixed_point_to_codes.default, (x.detach(), 12, 6, rounding, True, None))
+    check_opcheck(ops.fixed_point_quantize.default, (x.detach().bfloat16(), 16, 14, "stochastic", False, True, None))
+
+
+def test_torch_compile_fullgraph(device):
+    x = torch.randn(65, 3, device=device)
+    check_compiles(lambda t: F.fixed_point_quantize(t, 8, 4, "stochastic") + 1, x, seed=1)
+    module = fastnets.nn.FixedPointQuantizer(FixedPoint(8, 4), FixedPoint(8, 6, "nearest"), zero_outside_range=True)
+    check_compiles(module, x, seed=2)
+
+    def step(t, compiled):
+        leaf = t.clone().requires_grad_()
+        fn = (lambda v: (module(v) ** 2).sum())
+        fn = torch.compile(fn, fullgraph=True) if compiled else fn
+        torch.manual_seed(4)
+        fn(leaf).backward()
+        return leaf.grad
+
+    torch._dynamo.reset()
+    torch.testing.assert_close(step(x, True), step(x, False), rtol=0, atol=0)
+
+
+def test_bad_arguments_are_named(device):
+    x = torch.randn(10, device=device)
+    for wl in (0, 54, -3):
+        with pytest.raises(RuntimeError, match="wl"):
+            F.fixed_point_quantize(x, wl, 2)
+        with pytest.raises(ValueError, match="wl"):
+            FixedPoint(wl, 2)
+    for fl in (2000, -1100):
+        with pytest.raises(RuntimeError, match="fl"):
+            F.fixed_point_quantize(x, 8, fl)
+    with pytest.raises(RuntimeError, match="rounding"):
+        F.fixed_point_quantize(x, 8, 4, "up")
+    with pytest.raises(ValueError, match="rounding"):
+        FixedPoint(8, 4, "up")
+    with pytest.raises(RuntimeError, match="input must be float32"):
+        F.fixed_point_quantize(torch.ones(3, dtype=torch.int32, device=device), 8, 4)
+    with pytest.raises(RuntimeError, match="wl must be in \\[1, 32\\]"):
+        to_fixed(x, 33, 4)
+    with pytest.raises(ValueError, match="codes"):
+        from_fixed(x, 4)
+    with pytest.raises(TypeError, match="forward"):
+        fastnets.nn.FixedPointQuantizer(forward=(8, 4))
+    with pytest.raises(TypeError, match="optimizer"):
+        FixedPointOptimizer([torch.zeros(1)])
+
+
+def _on_grid(tensor, format):
+    codes = tensor.double() / format.eps
+    return torch.equal(codes, torch.round(codes)) and format.min <= tensor.min() and tensor.max() <= format.max
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_optimizer_keeps_weights_grads_and_state_in_fixed_point(name):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    weight, grad = FixedPoint(16, 12), FixedPoint(16, 14)
+    state = {"momentum_buffer": FixedPoint(16, 14)} if name == "sgd" else \
+        {"exp_avg": FixedPoint(16, 14), "exp_avg_sq": FixedPoint(16, 16, symmetric=True)}
+    inner = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if name == "sgd" else \
+        torch.optim.Adam(model.parameters(), lr=0.01)
+    optimizer = FixedPointOptimizer(inner, weight=weight, grad=grad, state=state)
+    quantize_parameters_(model, weight)
+    x = torch.randn(64, 8)
+    y = x[:, :1] * 0.5 - x[:, 1:2] * 0.25
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        for parameter in model.parameters():
+            assert _on_grid(parameter, weight) and _on_grid(parameter.grad, grad)
+            for key, format in state.items():
+                assert _on_grid(optimizer.state[parameter][key], format)
+    assert losses[-1] < 0.5 * losses[0], "training in fixed point must still learn"
+    if name == "adam":
+        assert optimizer.state[model[0].weight]["step"].item() == 30  # the counter is left alone
+
+
+def test_optimizer_closure_gets_rounded_gradients():
+    parameter = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    grad = FixedPoint(8, 2, "nearest")
+    seen = []
+
+    class Recorder(torch.optim.SGD):
+        def step(self, closure=None):
+            loss = closure()
+            seen.append(parameter.grad.clone())
+            return loss
+
+    optimizer = FixedPointOptimizer(Recorder([parameter], lr=0.1), grad=grad)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (parameter * torch.tensor([0.3, 0.1])).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    assert seen[0].tolist() == [0.25, 0.0]
+
+
+@cuda_only
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", TRAINING_DTYPES)
+def test_cpu_cuda_identical(dtype):
+    x = wide_input((1_000_003,), "cpu", dtype, 16, 10)
+    nearest_cpu = F.fixed_point_quantize(x, 16, 10, "nearest")
+    assert torch.equal(F.fixed_point_quantize(x.cuda(), 16, 10, "nearest").cpu(), nearest_cpu)
+    # Stochastic: CUDA equals the reference of its own stream, the function CPU results equal too.
+    out, seed_offset = ops.fixed_point_quantize(x.cuda(), 16, 10, "stochastic", True, False, None)
+    expected = reference(x, 16, 10, "stochastic", True, False, seed_offset.cpu())
+    assert torch.equal(out.cpu(), expected)
