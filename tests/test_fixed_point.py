@@ -32,9 +32,10 @@ def reference(x, wl, fl, rounding, clamp=True, symmetric=False, seed_offset=None
         code = torch.round(scaled)  # half to even
     else:
         seed, offset = frandom.unpack_seed_offset(seed_offset)
-        u = frandom.uniform(x.shape, seed, offset, torch.float64, device=x.device)
+        words = frandom.philox_bits(x.shape, seed, offset, device=x.device).double()
         down = torch.floor(scaled)
-        code = down + (u < scaled - down).double()  # inf: frac is NaN, so no rounding up
+        # Up iff word * 2^-32 < scaled - down, in exact arithmetic (inf: NaN, never up).
+        code = down + (words < torch.ceil(scaled * 2.0**32) - down * 2.0**32).double()
     if clamp:
         low, high = code_range(wl, symmetric)
         code = torch.clamp(code, low, high)  # NaN stays NaN
@@ -118,6 +119,27 @@ def test_stochastic_rounding_is_unbiased(device, value):
     assert abs(out.mean().item() - value) <= 6 * std_of_mean
 
 
+def test_stochastic_decision_is_exact_just_below_zero():
+    """For x * 2^fl in (-1, 0), x * 2^fl - floor(x * 2^fl) = 1 + x * 2^fl can round in float64;
+    the decision must not. Elements are built from the words the call will draw (a generator
+    seeded alike gives the same stream): word w gets x = -(2^32 - w) * 2^-32 + 2^-60, so that
+    word * 2^-32 < frac by 2^-60 exactly, and every one of them must round up (to 0)."""
+    n = 1 << 16
+    _, seed_offset = ops.fixed_point_quantize(torch.zeros(n, dtype=torch.float64), 8, 0, "stochastic", True, False,
+                                              torch.Generator().manual_seed(21))
+    words = frandom.philox_bits((n,), *frandom.unpack_seed_offset(seed_offset))
+    chosen = words > 2**32 - 2**20  # x then needs at most 41 bits: exact in float64
+    assert chosen.sum() > 0
+    x = torch.where(chosen, -(2**32 - words).double() * 2.0**-32 + 2.0**-60, torch.full((n,), 0.5, dtype=torch.float64))
+    out, again = ops.fixed_point_quantize(x, 8, 0, "stochastic", True, False, torch.Generator().manual_seed(21))
+    assert torch.equal(again, seed_offset)
+    assert torch.equal(out[chosen], torch.zeros(int(chosen.sum()), dtype=torch.float64))
+    # The same element one ulp of 2^-32 lower rounds down.
+    lower = torch.where(chosen, x - 2.0**-60 - 2.0**-32, x)
+    out, _ = ops.fixed_point_quantize(lower, 8, 0, "stochastic", True, False, torch.Generator().manual_seed(21))
+    assert torch.equal(out[chosen], torch.full((int(chosen.sum()),), -1.0, dtype=torch.float64))
+
+
 def test_stochastic_draws_and_reproduces(device):
     x = torch.full((1000,), 0.3, device=device)
     torch.manual_seed(0)
@@ -150,6 +172,7 @@ def test_to_fixed_codes_and_round_trip(device, wl, dtype):
         low, high = code_range(wl, False)
         assert codes.min().item() >= low and codes.max().item() <= high
     codes = to_fixed(x, wl, fl, "nearest")
+    assert codes.min().item() == low and codes.max().item() == high  # the input saturates
     values = from_fixed(codes, fl, torch.float64)
     torch.testing.assert_close(values, F.fixed_point_quantize(x, wl, fl, "nearest"), rtol=0, atol=0)
     assert torch.equal(to_fixed(values, wl, fl), codes)  # exact round trip on the grid
@@ -314,18 +337,45 @@ def test_optimizer_closure_gets_rounded_gradients():
         loss.backward()
         return loss
 
+    optimizer = FixedPointOptimizer(Recorder([parameter], lr=0.1), grad=grad, weight=FixedPoint(8, 3, "nearest"))
     optimizer.step(closure)
     assert seen[0].tolist() == [0.25, 0.0]
+    assert parameter.tolist() == [1.0, -2.0]  # 1 - 0.1 * 0.25 = 0.975 rounds back to 1 on the 1/8 grid
+
+
+def test_optimizer_single_state_format_rounds_momenta_only():
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(4, 3))
+    format = FixedPoint(8, 4, "nearest")
+    for inner, keys in ((torch.optim.SGD([weight], lr=0.1, momentum=0.9), ["momentum_buffer"]),
+                        (torch.optim.NAdam([weight], lr=0.1), ["exp_avg", "exp_avg_sq"])):
+        optimizer = FixedPointOptimizer(inner, state=format)
+        for _ in range(3):
+            optimizer.zero_grad()
+            (weight**2).sum().backward()
+            optimizer.step()
+        state = optimizer.state[weight]
+        for key in keys:
+            assert _on_grid(state[key], format)
+        if "mu_product" in state:  # a scalar of the algorithm, not a moment: left alone
+            assert not _on_grid(state["mu_product"].reshape(1), format)
+            assert state["step"].item() == 3
 
 
 @cuda_only
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", TRAINING_DTYPES)
 def test_cpu_cuda_identical(dtype):
-    x = wide_input((1_000_003,), "cpu", dtype, 16, 10)
-    nearest_cpu = F.fixed_point_quantize(x, 16, 10, "nearest")
-    assert torch.equal(F.fixed_point_quantize(x.cuda(), 16, 10, "nearest").cpu(), nearest_cpu)
-    # Stochastic: CUDA equals the reference of its own stream, the function CPU results equal too.
-    out, seed_offset = ops.fixed_point_quantize(x.cuda(), 16, 10, "stochastic", True, False, None)
-    expected = reference(x, 16, 10, "stochastic", True, False, seed_offset.cpu())
-    assert torch.equal(out.cpu(), expected)
+    full = wide_input((1_000_003,), "cpu", dtype, 16, 10)
+    for x in (full, full[1:], full[3:]):  # aligned, and unaligned storage (the kernels' scalar path)
+        nearest_cpu = F.fixed_point_quantize(x, 16, 10, "nearest")
+        assert torch.equal(F.fixed_point_quantize(x.cuda(), 16, 10, "nearest").cpu(), nearest_cpu)
+        for wl, fl in ((8, 4), (20, 10)):  # int8 and int32 codes
+            assert torch.equal(to_fixed(x.cuda(), wl, fl).cpu(), to_fixed(x, wl, fl))
+        # Stochastic: the CUDA result equals the reference of its stream, which the CPU kernel
+        # matches exactly for any stream (test_equals_reference): the two agree bit for bit.
+        out, seed_offset = ops.fixed_point_quantize(x.cuda(), 16, 10, "stochastic", True, False, None)
+        assert torch.equal(out.cpu(), reference(x, 16, 10, "stochastic", True, False, seed_offset.cpu()))
+        codes, seed_offset = ops.fixed_point_to_codes(x.cuda(), 12, 6, "stochastic", False, None)
+        expected = reference(x, 12, 6, "stochastic", True, False, seed_offset.cpu())
+        assert torch.equal(from_fixed(codes.cpu(), 6, torch.float64), expected.double())

@@ -1,26 +1,15 @@
 #pragma once
 // Runtime choice of the widest SIMD instruction set the CPU has. Kernels compile their hot loop
 // once per level (GCC target attributes) and call the best one; the math is the same template.
+// FASTNETS_CPU_ISA=baseline|avx2|avx512 caps the choice (the tests run every level this way).
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <cstring>
 
 namespace fastnets {
 
-enum class CpuIsa { kBaseline, kAvx2, kAvx512 };
-
-inline CpuIsa cpu_isa() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  static const CpuIsa isa = [] {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
-      return CpuIsa::kAvx512;
-    }
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? CpuIsa::kAvx2 : CpuIsa::kBaseline;
-  }();
-  return isa;
-#else
-  return CpuIsa::kBaseline;
-#endif
-}
+enum class CpuIsa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 
 inline const char* cpu_isa_name(CpuIsa isa) {
   switch (isa) {
@@ -28,6 +17,32 @@ inline const char* cpu_isa_name(CpuIsa isa) {
     case CpuIsa::kAvx2: return "avx2";
     default: return "baseline";
   }
+}
+
+inline CpuIsa detected_cpu_isa() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
+    return CpuIsa::kAvx512;
+  }
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? CpuIsa::kAvx2 : CpuIsa::kBaseline;
+#else
+  return CpuIsa::kBaseline;
+#endif
+}
+
+inline CpuIsa cpu_isa() {
+  static const CpuIsa isa = [] {
+    const CpuIsa detected = detected_cpu_isa();
+    const char* cap = std::getenv("FASTNETS_CPU_ISA");
+    if (cap == nullptr || *cap == '\0') return detected;
+    for (CpuIsa level : {CpuIsa::kBaseline, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+      if (std::strcmp(cap, cpu_isa_name(level)) == 0) return level < detected ? level : detected;
+    }
+    TORCH_CHECK(false, "FASTNETS_CPU_ISA must be baseline, avx2 or avx512, got ", cap);
+  }();
+  return isa;
 }
 
 }  // namespace fastnets

@@ -8,8 +8,10 @@
 // clamp are exact for every input dtype; only the final cast to the output dtype can round.
 //   nearest:    code = rint(x * 2^fl), ties to even.
 //   stochastic: code = floor(x * 2^fl) + 1 with probability frac = x * 2^fl - floor(x * 2^fl):
-//               the element's stream word decides, up iff word * 2^-32 < frac.
+//               the element's stream word decides, up iff word * 2^-32 < frac (exactly).
 // NaN stays NaN; with clamp, +-inf and everything out of range saturate to the end codes.
+// Every product here is exact (scalings by powers of two), so whether a compiler fuses a
+// multiply and an add (FMA) cannot change a result: CPU and CUDA agree bit for bit.
 #include <math.h>
 
 #include <cstdint>
@@ -39,10 +41,11 @@ FASTNETS_HOST_DEVICE double fixed_point_code_nearest(double x, const FixedPointF
 FASTNETS_HOST_DEVICE double fixed_point_code_stochastic(double x, uint32_t word, const FixedPointFormat& format) {
   const double scaled = x * format.scale;
   const double down = floor(scaled);
-  const double frac = scaled - down;  // exact; NaN for +-inf, which then stay at floor = +-inf
-  // word * 2^-32 < frac  <=>  word < ceil(frac * 2^32): both sides exact doubles (a NaN
-  // threshold compares false). Branch-free, so that the CPU loops vectorize.
-  const double up = static_cast<double>(word) < ceil(frac * 4294967296.0) ? 1.0 : 0.0;
+  // Round up iff word * 2^-32 < frac = scaled - down, i.e. iff word < ceil(scaled * 2^32) - down * 2^32.
+  // That threshold is exact, unlike scaled - down itself for scaled in (-1, 0). For +-inf it is
+  // NaN, which compares false: they stay at floor = +-inf. Branch-free, so the CPU loops vectorize.
+  const double threshold = ceil(scaled * 4294967296.0) - down * 4294967296.0;
+  const double up = static_cast<double>(word) < threshold ? 1.0 : 0.0;
   return fixed_point_saturate(down + up, format);
 }
 

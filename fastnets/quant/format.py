@@ -13,6 +13,13 @@ ops = torch.ops.fastnets
 ROUNDINGS = ("nearest", "stochastic")
 
 
+def _check_fl(fl: int, wl: int = 1) -> None:
+    """The kernels' bounds: 2^fl, 2^-fl and the largest value must be finite, normal doubles."""
+    low = max(-1022, wl - 1024)
+    if not isinstance(fl, int) or not low <= fl <= 1022:
+        raise ValueError(f"fl (fraction bits) must be an int in [{low}, 1022] for wl = {wl}, got {fl!r}")
+
+
 @dataclass(frozen=True)
 class FixedPoint:
     """A fixed-point format <IL, FL> = <wl - fl, fl> and how to round to it.
@@ -36,8 +43,7 @@ class FixedPoint:
     def __post_init__(self) -> None:
         if not isinstance(self.wl, int) or not 1 <= self.wl <= 53:
             raise ValueError(f"wl (word length, sign bit included) must be an int in [1, 53], got {self.wl!r}")
-        if not isinstance(self.fl, int):
-            raise ValueError(f"fl (fraction bits) must be an int, got {self.fl!r}")
+        _check_fl(self.fl, self.wl)
         if self.rounding not in ROUNDINGS:
             raise ValueError(f'rounding must be "nearest" or "stochastic", got {self.rounding!r}')
 
@@ -73,16 +79,17 @@ class _Quantize(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         x, forward_format, backward_format, zero_outside_range = inputs
-        ctx.forward_format, ctx.backward_format = forward_format, backward_format
+        ctx.backward_format = backward_format
         ctx.zero_outside_range = zero_outside_range and forward_format is not None and forward_format.clamp
         if ctx.zero_outside_range:
-            ctx.save_for_backward(x)
+            # Compared in float64, where the range's ends are exact; kept as a 1-byte mask.
+            exact = x.detach().to(torch.float64)
+            ctx.save_for_backward((exact >= forward_format.min) & (exact <= forward_format.max))
 
     @staticmethod
     def backward(ctx, grad):
         if ctx.zero_outside_range:
-            (x,) = ctx.saved_tensors
-            inside = (x >= ctx.forward_format.min) & (x <= ctx.forward_format.max)
+            (inside,) = ctx.saved_tensors
             grad = grad * inside
         if ctx.backward_format is not None:
             grad = ctx.backward_format(grad)
@@ -129,6 +136,7 @@ def from_fixed(codes: Tensor, fl: int, dtype: torch.dtype = torch.float32) -> Te
         raise ValueError(f"codes must be an integer tensor, got {codes.dtype}")
     if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be float32, float64, float16 or bfloat16, got {dtype}")
+    _check_fl(fl)
     values = codes.to(torch.float64) * 2.0 ** -fl  # exact: codes have at most 32 bits
     return values.to(torch.float32).to(dtype) if dtype != torch.float64 else values
 

@@ -20,9 +20,10 @@ class FixedPointOptimizer:
         optimizer: the optimizer to wrap (keep passing it to LR schedulers).
         weight: format of the weights after each step.
         grad: format of the gradients before each step.
-        state: one format for every per-parameter state tensor, or a mapping from state names
-            (e.g. ``{"momentum_buffer": ..., "exp_avg": ..., "exp_avg_sq": ...}``) to formats;
-            names not in the mapping, and Adam's step counter, stay as they are.
+        state: a mapping from state names (e.g. ``{"momentum_buffer": ..., "exp_avg": ...,
+            "exp_avg_sq": ...}``) to formats, names not in it left as they are; or one format
+            for every state tensor of the parameter's shape (momenta and moments, not scalars
+            such as Adam's step counter or NAdam's mu_product).
         generator: for stochastic rounding; default: torch's generator for each device.
     """
 
@@ -44,10 +45,12 @@ class FixedPointOptimizer:
         for group in self.optimizer.param_groups:
             yield from group["params"]
 
-    def _state_format(self, name: str) -> Optional[FixedPoint]:
+    def _state_format(self, name: str, value, parameter: torch.Tensor) -> Optional[FixedPoint]:
+        if not (torch.is_tensor(value) and value.is_floating_point()):
+            return None
         if isinstance(self.state_format, Mapping):
             return self.state_format.get(name)
-        return None if name == "step" else self.state_format
+        return self.state_format if value.shape == parameter.shape and name != "step" else None
 
     @torch.no_grad()
     def _quantize_grads(self) -> None:
@@ -63,8 +66,8 @@ class FixedPointOptimizer:
             if self.weight is not None:
                 parameter.copy_(self.weight(parameter, self.generator))
             for name, value in self.optimizer.state.get(parameter, {}).items():
-                format = self._state_format(name)
-                if format is not None and torch.is_tensor(value) and value.is_floating_point():
+                format = self._state_format(name, value, parameter)
+                if format is not None:
                     value.copy_(format(value, self.generator))
 
     def step(self, closure: Optional[Callable[[], float]] = None):
