@@ -10,7 +10,7 @@ generator's seed, and its Philox offset / 4 for a step of 4 that the call reserv
 64-bit seed from the Mersenne Twister, offset 0) and returns it as an int64 tensor
 ``seed_offset`` of shape [2].
 """
-from typing import Optional, Sequence, Tuple, Union
+from typing import Sequence, Tuple, Union
 
 import torch
 from torch import Tensor

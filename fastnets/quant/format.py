@@ -6,7 +6,6 @@ import torch
 from torch import Tensor
 
 from fastnets import functional as F
-from fastnets._ops import fixed_point_code_dtype
 
 ops = torch.ops.fastnets
 
@@ -151,4 +150,4 @@ def quantize_parameters_(module: torch.nn.Module, format: FixedPoint,
     return module
 
 
-__all__ = ["FixedPoint", "quantize", "to_fixed", "from_fixed", "quantize_parameters_", "fixed_point_code_dtype"]
+__all__ = ["FixedPoint", "quantize", "to_fixed", "from_fixed", "quantize_parameters_"]
