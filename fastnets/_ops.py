@@ -91,3 +91,42 @@ def _straight_through(ctx, grad_output, _grad_seed_offset):
 
 
 torch.library.register_autograd("fastnets::fixed_point_quantize", _straight_through)
+
+
+# ---- maxout -------------------------------------------------------------------------------
+
+def _maxout_output_shape(shape, pieces, dim):
+    sizes = list(shape)
+    dim = dim % len(sizes) if sizes else dim
+    torch._check(sizes[dim] % pieces == 0, lambda: f"pieces ({pieces}) must divide input.size({dim}) = {sizes[dim]}")
+    sizes[dim] = sizes[dim] // pieces
+    return sizes, dim
+
+
+@torch.library.register_fake("fastnets::maxout")
+def _maxout_fake(input, pieces, dim=1):
+    sizes, _ = _maxout_output_shape(input.shape, pieces, dim)
+    return input.new_empty(sizes), input.new_empty(sizes, dtype=torch.uint8)
+
+
+@torch.library.register_fake("fastnets::maxout_backward")
+def _maxout_backward_fake(grad_output, argmax, pieces, dim=1):
+    sizes = list(grad_output.shape)
+    dim = dim % len(sizes)
+    sizes[dim] = sizes[dim] * pieces
+    return grad_output.new_empty(sizes)
+
+
+def _maxout_setup_context(ctx, inputs, output):
+    _, pieces, dim = inputs
+    _, argmax = output
+    ctx.save_for_backward(argmax)  # one byte per output
+    ctx.pieces, ctx.dim = pieces, dim
+
+
+def _maxout_backward(ctx, grad_output, _grad_argmax):
+    (argmax,) = ctx.saved_tensors
+    return ops.maxout_backward(grad_output, argmax, ctx.pieces, ctx.dim), None, None
+
+
+torch.library.register_autograd("fastnets::maxout", _maxout_backward, setup_context=_maxout_setup_context)

@@ -53,6 +53,21 @@ def fixed_point_quantize(
     return output
 
 
+def maxout(input: Tensor, pieces: int, dim: int = 1) -> Tensor:
+    """Maxout (Goodfellow et al. 2013): the max over groups of ``pieces`` consecutive entries of ``dim``.
+
+    ``input`` of size ``C * pieces`` along ``dim`` gives an output of size ``C`` there:
+    ``output[..., c, ...] = max_k input[..., c * pieces + k, ...]``, equal to
+    ``input.unflatten(dim, (C, pieces)).max(dim + 1).values``, NaN included (a NaN wins) and the
+    first maximum taking the gradient on ties. Works for (N, F) activations and (N, C, H, W)
+    feature maps alike; float32, float64, float16, bfloat16; CPU and CUDA.
+
+    The backward pass keeps the winning piece in one byte per output.
+    """
+    output, _ = ops.maxout(input, pieces, dim)
+    return output
+
+
 def dropout(
     input: Tensor,
     p: float = 0.5,

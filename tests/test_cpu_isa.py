@@ -23,6 +23,9 @@ results = {
                    for t in (torch.float32, torch.float16)],
     "nearest": fastnets.functional.fixed_point_quantize(x.double(), 20, 11, "nearest"),
     "codes": fastnets.quant.to_fixed(x, 8, 4, "stochastic", generator=g()),
+    "maxout": [t for view, pieces, dim in ((x[:100_000].view(400, 250), 5, -1), (x[:100_000].view(400, 250), 2, 1),
+                                           (x[:96_000].view(40, 24, 100), 4, 1), (x[:96_000].view(40, 24, 100), 3, 1))
+               for t in ops.maxout(view, pieces, dim)],
 }
 torch.save(results, sys.argv[1])
 """
@@ -43,7 +46,7 @@ def test_every_simd_level_gives_the_same_results(tmp_path):
         assert result["isa"] == expected_isa
     reference = runs["baseline"]
     for isa in ("avx2", "avx512"):
-        for key in ("dropout", "stochastic", "nearest", "codes"):
+        for key in ("dropout", "stochastic", "nearest", "codes", "maxout"):
             left, right = reference[key], runs[isa][key]
             pairs = zip(left, right) if isinstance(left, list) else [(left, right)]
             for a, b in pairs:

@@ -54,3 +54,27 @@ inline CpuIsa cpu_isa() {
 #define FASTNETS_TARGET_AVX512
 #define FASTNETS_TARGET_AVX2
 #endif
+
+namespace fastnets {
+namespace isa_detail {
+template <typename Fn>
+FASTNETS_TARGET_AVX512 void call_avx512(const Fn& fn) { fn(); }
+template <typename Fn>
+FASTNETS_TARGET_AVX2 void call_avx2(const Fn& fn) { fn(); }
+}  // namespace isa_detail
+
+// Runs fn() compiled for the best instruction set: fn must be a lambda marked
+// FASTNETS_INLINE_LAMBDA that calls only inlined code (FASTNETS_ALWAYS_INLINE), which then takes
+// on that instruction set.
+template <typename Fn>
+void call_with_best_isa(const Fn& fn) {
+  switch (cpu_isa()) {
+    case CpuIsa::kAvx512: isa_detail::call_avx512(fn); break;
+    case CpuIsa::kAvx2: isa_detail::call_avx2(fn); break;
+    default: fn(); break;
+  }
+}
+
+}  // namespace fastnets
+
+#define FASTNETS_INLINE_LAMBDA __attribute__((always_inline))

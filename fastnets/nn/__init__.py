@@ -1,5 +1,6 @@
 """Modules: drop-in replacements for ``torch.nn`` layers (same arguments, same state_dict keys)."""
 from fastnets.nn.dropout import Dropout
 from fastnets.nn.fixed_point import FixedPointQuantizer
+from fastnets.nn.maxout import Maxout, MaxoutLinear
 
-__all__ = ["Dropout", "FixedPointQuantizer"]
+__all__ = ["Dropout", "FixedPointQuantizer", "Maxout", "MaxoutLinear"]
