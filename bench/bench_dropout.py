@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as torch_F
 
 import fastnets.functional as F
-from conftest import DEVICES, NUMEL, run_case
+from conftest import DEVICES, NUMEL, copy_case, run_case
 
 P = 0.5
 DTYPES = {"cpu": [torch.float32], "cuda": [torch.float32, torch.bfloat16]}
@@ -25,10 +25,7 @@ def _inputs(device, dtype):
 
 @pytest.mark.parametrize("device,dtype", CASES, ids=IDS)
 def bench_copy(benchmark, device, dtype):
-    x, numel, nbytes = _inputs(device, dtype)
-    out = torch.empty_like(x)
-    run_case(benchmark, lambda: out.copy_(x), device=device, op="dropout", impl="copy", dtype=dtype,
-             numel=numel, bytes_moved=2 * nbytes, direction="forward")
+    copy_case(benchmark, device=device, dtype=dtype, shape=(NUMEL[device],), op="dropout")
 
 
 def _forward_impls(device):

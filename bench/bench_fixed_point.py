@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastnets.functional as F
-from conftest import DEVICES, NUMEL, run_case
+from conftest import DEVICES, NUMEL, copy_case, run_case
 
 WL, FL = 16, 14  # Gupta et al.'s <2, 14>
 LOW, HIGH = -(2 ** (WL - 1)), 2 ** (WL - 1) - 1
@@ -40,10 +40,7 @@ def _impls(device, rounding):
 
 @pytest.mark.parametrize("device,dtype", CASES, ids=IDS)
 def bench_copy(benchmark, device, dtype):
-    x = torch.randn(NUMEL[device], device=device, dtype=dtype)
-    out = torch.empty_like(x)
-    run_case(benchmark, lambda: out.copy_(x), device=device, op="fixed_point_quantize", impl="copy", dtype=dtype,
-             numel=x.numel(), bytes_moved=2 * x.numel() * x.element_size(), direction="forward")
+    copy_case(benchmark, device=device, dtype=dtype, shape=(NUMEL[device],), op="fixed_point_quantize")
 
 
 @pytest.mark.parametrize("impl", ["fastnets", "torch", "torch.compile", "qtorch"])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastnets.functional as F
-from conftest import DEVICES, run_case
+from conftest import DEVICES, copy_case, run_case
 
 PIECES = 4
 SHAPES = {"cpu": (256, 4096), "cuda": (4096, 16384)}  # shared/ANCHORS.md's sizes
@@ -25,10 +25,7 @@ def _bytes(x, index_bytes):
 
 @pytest.mark.parametrize("device,dtype", CASES, ids=IDS)
 def bench_copy(benchmark, device, dtype):
-    x = torch.randn(SHAPES[device], device=device, dtype=dtype)
-    out = torch.empty_like(x)
-    run_case(benchmark, lambda: out.copy_(x), device=device, op="maxout", impl="copy", dtype=dtype,
-             numel=x.numel(), bytes_moved=2 * x.numel() * x.element_size(), direction="forward")
+    copy_case(benchmark, device=device, dtype=dtype, shape=SHAPES[device], op="maxout")
 
 
 @pytest.mark.parametrize("impl", ["fastnets", "torch"])

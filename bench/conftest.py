@@ -32,11 +32,19 @@ def run_case(benchmark, fn, *, device, op, impl, dtype, numel, bytes_moved, dire
             torch.cuda.synchronize()
 
     benchmark.extra_info.update(
-        op=op, impl=impl, device=device, dtype=str(dtype).replace("torch.", ""), numel=numel,
+        suite=benchmark.fullname.split("::")[0], op=op, impl=impl, device=device, dtype=str(dtype).replace("torch.", ""), numel=numel,
         bytes=bytes_moved, calls_per_round=inner, direction=direction,
         device_name=torch.cuda.get_device_name() if device == "cuda" else "cpu",
     )
     benchmark.pedantic(round_, rounds=rounds or ROUNDS[device], warmup_rounds=1)
+
+
+def copy_case(benchmark, *, device, dtype, shape, op):
+    """The bandwidth ceiling of a suite: out.copy_(x) for x of `shape`, timed like its cases."""
+    x = torch.randn(shape, device=device, dtype=dtype)
+    out = torch.empty_like(x)
+    run_case(benchmark, lambda: out.copy_(x), device=device, op=op, impl="copy", dtype=dtype, numel=x.numel(),
+             bytes_moved=2 * x.numel() * x.element_size(), direction="forward")
 
 
 @pytest.fixture(autouse=True)

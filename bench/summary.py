@@ -23,24 +23,25 @@ def load(path):
 
 
 def table(rows):
-    copy = {(r["device"], r["dtype"]): r["gbps"] for r in rows if r["impl"] == "copy"}
+    # Each suite measures its own copy ceiling, at its own size.
+    copy = {(r["suite"], r["device"], r["dtype"]): r["gbps"] for r in rows if r["impl"] == "copy"}
     groups = defaultdict(dict)
     for r in rows:
         if r["impl"] != "copy":
-            groups[(r["op"], r["direction"], r["device"], r["dtype"])][r["impl"]] = r
+            groups[(r["suite"], r["op"], r["direction"], r["device"], r["dtype"])][r["impl"]] = r
     lines = ["| op | direction | device | dtype | impl | median ms | GB/s | % of copy | fastnets speed-up |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for (op, direction, device, dtype), impls in sorted(groups.items()):
+    for (suite, op, direction, device, dtype), impls in sorted(groups.items()):
         ours = impls.get("fastnets")
         for name, r in sorted(impls.items(), key=lambda item: item[0] != "fastnets"):
-            ceiling = copy.get((device, dtype))
+            ceiling = copy.get((suite, device, dtype))
             share = f"{100 * r['gbps'] / ceiling:.0f}%" if ceiling else "-"
             speedup = f"{r['seconds'] / ours['seconds']:.2f}x" if ours and name != "fastnets" else ""
             where = r["device_name"] if device == "cuda" else "cpu"
             lines.append(f"| {op} | {direction} | {where} | {dtype} | {name} | {1e3 * r['seconds']:.3f} | "
                          f"{r['gbps']:.1f} | {share} | {speedup} |")
-    for (device, dtype), gbps in sorted(copy.items()):
-        lines.append(f"copy bandwidth, {device} {dtype}: {gbps:.1f} GB/s (read + write)")
+    for (suite, device, dtype), gbps in sorted(copy.items()):
+        lines.append(f"copy bandwidth, {suite}, {device} {dtype}: {gbps:.1f} GB/s (read + write)")
     return "\n".join(lines)
 
 

@@ -65,13 +65,8 @@ std::tuple<at::Tensor, at::Tensor> maxout_cuda(const at::Tensor& input, int64_t 
 }
 
 at::Tensor maxout_backward_cuda(const at::Tensor& grad_output, const at::Tensor& argmax, int64_t pieces, int64_t dim) {
-  check_training_dtype(grad_output, "grad_output");
-  TORCH_CHECK(argmax.scalar_type() == at::kByte && argmax.sizes() == grad_output.sizes(),
-              "argmax must be a uint8 tensor of grad_output's shape ", grad_output.sizes(), ", got ",
-              argmax.scalar_type(), " of shape ", argmax.sizes());
-  TORCH_CHECK(argmax.device() == grad_output.device(), "argmax must be on ", grad_output.device());
-  const auto in_sizes = maxout_sizes(grad_output.sizes(), c10::maybe_wrap_dim(dim, grad_output.dim()), pieces, 1);
-  const MaxoutShape s = maxout_shape(in_sizes, pieces, dim, "grad_input");
+  std::vector<int64_t> in_sizes;
+  const MaxoutShape s = maxout_backward_shape(grad_output, argmax, pieces, dim, in_sizes);
   const c10::cuda::CUDAGuard guard(grad_output.device());
   const at::Tensor g = grad_output.contiguous();
   const at::Tensor a = argmax.contiguous();

@@ -7,6 +7,7 @@
 
 #include <vector>
 
+#include "common/checks.h"
 #include "maxout/maxout.h"
 
 namespace fastnets {
@@ -36,6 +37,20 @@ inline std::vector<int64_t> maxout_sizes(at::IntArrayRef sizes, int64_t dim, int
   std::vector<int64_t> result(sizes.begin(), sizes.end());
   result[dim] = result[dim] * numerator / denominator;
   return result;
+}
+
+// Checks maxout_backward's arguments; in_sizes receives grad_input's sizes.
+inline MaxoutShape maxout_backward_shape(const at::Tensor& grad_output, const at::Tensor& argmax, int64_t pieces,
+                                         int64_t dim, std::vector<int64_t>& in_sizes) {
+  TORCH_CHECK(is_training_dtype(grad_output.scalar_type()),
+              "grad_output must be float32, float64, float16 or bfloat16, got ", grad_output.scalar_type());
+  TORCH_CHECK(argmax.scalar_type() == at::kByte && argmax.sizes() == grad_output.sizes(),
+              "argmax must be a uint8 tensor of grad_output's shape ", grad_output.sizes(), ", got ",
+              argmax.scalar_type(), " of shape ", argmax.sizes());
+  TORCH_CHECK(argmax.device() == grad_output.device(), "argmax must be on ", grad_output.device());
+  TORCH_CHECK(grad_output.dim() > 0, "grad_output must have at least one dimension, got a scalar");
+  in_sizes = maxout_sizes(grad_output.sizes(), c10::maybe_wrap_dim(dim, grad_output.dim()), pieces, 1);
+  return maxout_shape(in_sizes, pieces, dim, "grad_input");
 }
 
 }  // namespace fastnets
