@@ -4,6 +4,7 @@ Every backward is itself a registered op, so autograd, ``torch.compile`` and ``o
 only dispatcher ops.
 """
 import torch
+from torch._prims_common import suggest_memory_format
 
 ops = torch.ops.fastnets
 
@@ -130,3 +131,54 @@ def _maxout_backward(ctx, grad_output, _grad_argmax):
 
 
 torch.library.register_autograd("fastnets::maxout", _maxout_backward, setup_context=_maxout_setup_context)
+
+
+# ---- max-pooling --------------------------------------------------------------------------
+
+def _pool_output_size(size, kernel, stride, pad, dilation, ceil_mode):
+    out = (size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+@torch.library.register_fake("fastnets::max_pool2d")
+def _max_pool2d_fake(input, kernel_size, stride, padding=(0, 0), dilation=(1, 1), ceil_mode=False):
+    torch._check(input.dim() in (3, 4), lambda: f"input must be (N, C, H, W) or (C, H, W), got {input.dim()} dims")
+    out_h = _pool_output_size(input.shape[-2], kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
+    out_w = _pool_output_size(input.shape[-1], kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
+    four_d = input if input.dim() == 4 else input.unsqueeze(0)
+    format = suggest_memory_format(four_d)  # as the kernels choose it
+    output = four_d.new_empty((four_d.shape[0], four_d.shape[1], out_h, out_w)).contiguous(memory_format=format)
+    argmax_dtype = torch.uint8 if kernel_size[0] * kernel_size[1] <= 256 else torch.int32
+    argmax = torch.empty_like(output, dtype=argmax_dtype)
+    if input.dim() == 3:
+        return output.squeeze(0), argmax.squeeze(0)
+    return output, argmax
+
+
+@torch.library.register_fake("fastnets::max_pool2d_backward")
+def _max_pool2d_backward_fake(grad_output, argmax, input_size, kernel_size, stride, padding=(0, 0),
+                              dilation=(1, 1), ceil_mode=False):
+    four_d = argmax if argmax.dim() == 4 else argmax.unsqueeze(0)
+    format = suggest_memory_format(four_d)
+    grad = grad_output.new_empty((four_d.shape[0], four_d.shape[1], input_size[-2], input_size[-1]))
+    grad = grad.contiguous(memory_format=format)
+    return grad if grad_output.dim() == 4 else grad.squeeze(0)
+
+
+def _max_pool2d_setup_context(ctx, inputs, output):
+    input, kernel_size, stride, padding, dilation, ceil_mode = inputs
+    _, argmax = output
+    ctx.save_for_backward(argmax)  # one byte per output for windows of up to 256 elements
+    ctx.input_size = input.shape
+    ctx.arguments = (kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def _max_pool2d_backward(ctx, grad_output, _grad_argmax):
+    (argmax,) = ctx.saved_tensors
+    grad = ops.max_pool2d_backward(grad_output, argmax, ctx.input_size, *ctx.arguments)
+    return grad, None, None, None, None, None
+
+
+torch.library.register_autograd("fastnets::max_pool2d", _max_pool2d_backward, setup_context=_max_pool2d_setup_context)

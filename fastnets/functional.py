@@ -1,5 +1,5 @@
 """Functional API: the ops with ``torch.nn.functional``'s argument names, checks and defaults."""
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -65,6 +65,61 @@ def maxout(input: Tensor, pieces: int, dim: int = 1) -> Tensor:
     The backward pass keeps the winning piece in one byte per output.
     """
     output, _ = ops.maxout(input, pieces, dim)
+    return output
+
+
+def _pair(value, name: str) -> List[int]:
+    if isinstance(value, int):
+        return [value, value]
+    values = list(value)
+    if len(values) == 1:
+        return values * 2
+    if len(values) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return values
+
+
+def _max_pool2d_indices(argmax: Tensor, width: int, kernel_size, stride, padding, dilation) -> Tensor:
+    """PyTorch's flat indices h * W + w from the positions in the window."""
+    position = argmax.long()
+    i, j = position // kernel_size[1], position % kernel_size[1]
+    oh = torch.arange(argmax.shape[-2], device=argmax.device).view(-1, 1)
+    ow = torch.arange(argmax.shape[-1], device=argmax.device)
+    h = oh * stride[0] - padding[0] + i * dilation[0]
+    w = ow * stride[1] - padding[1] + j * dilation[1]
+    return h * width + w
+
+
+def max_pool2d(
+    input: Tensor,
+    kernel_size,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+):
+    """2-D max-pooling with :func:`torch.nn.functional.max_pool2d`'s arguments and results.
+
+    Args:
+        input: (N, C, H, W) or (C, H, W); float32, float64, float16 or bfloat16; contiguous or
+            channels_last (kept in the output); CPU or CUDA.
+        kernel_size, stride (default: kernel_size), padding, dilation: ints or (h, w) pairs.
+            Windows may overlap (e.g. 3x3 with stride 2, Krizhevsky et al. 2012).
+        ceil_mode: ceil instead of floor in the output size (no window starts in the padding).
+        return_indices: also return PyTorch's int64 flat indices ``h * W + w`` of the maxima,
+            which :class:`torch.nn.MaxUnpool2d` takes.
+
+    Same values, indices and gradients as PyTorch: a value wins if it is greater or NaN (the
+    last NaN of a window wins, else the first maximum). The backward pass keeps the winner's
+    position in its window, one byte per output for windows of up to 256 elements.
+    """
+    kernel = _pair(kernel_size, "kernel_size")
+    strides = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride, "stride")
+    pads, dilations = _pair(padding, "padding"), _pair(dilation, "dilation")
+    output, argmax = ops.max_pool2d(input, kernel, strides, pads, dilations, ceil_mode)
+    if return_indices:
+        return output, _max_pool2d_indices(argmax, input.shape[-1], kernel, strides, pads, dilations)
     return output
 
 

@@ -2,5 +2,6 @@
 from fastnets.nn.dropout import Dropout
 from fastnets.nn.fixed_point import FixedPointQuantizer
 from fastnets.nn.maxout import Maxout, MaxoutLinear
+from fastnets.nn.pooling import MaxPool2d
 
-__all__ = ["Dropout", "FixedPointQuantizer", "Maxout", "MaxoutLinear"]
+__all__ = ["Dropout", "FixedPointQuantizer", "Maxout", "MaxoutLinear", "MaxPool2d"]

@@ -1,0 +1,75 @@
+#pragma once
+// 2-D max-pooling, the math shared by the CPU and CUDA kernels.
+//
+// Output (oh, ow) looks at input rows oh * stride_h - pad_h + i * dilation_h (i < kernel_h) and
+// the like for columns, skipping those outside the input. The rule is PyTorch's: a value
+// replaces the maximum if it is greater or NaN (so the last NaN wins, and the first of equal
+// maxima); the maximum starts at -inf at the window's first position inside the input. The
+// winner is kept as its position in the window, i * kernel_w + j: one byte for windows of up
+// to 256 elements (PyTorch keeps an int64 flat index).
+#include <cstdint>
+#include <limits>
+
+#include "common/macros.h"
+
+namespace fastnets {
+
+struct MaxPool2dGeometry {
+  int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+  int64_t in_h, in_w, out_h, out_w;
+};
+
+// Max of the window of output (oh, ow) in a plane addressed as plane[h * stride_row + w * stride_col].
+template <typename scalar_t, typename acc_t, typename index_t>
+FASTNETS_HOST_DEVICE scalar_t max_pool2d_window(const scalar_t* plane, int64_t stride_row, int64_t stride_col,
+                                                const MaxPool2dGeometry& g, int64_t oh, int64_t ow, index_t& argmax) {
+  const int64_t h0 = oh * g.stride_h - g.pad_h, w0 = ow * g.stride_w - g.pad_w;
+  int64_t first_i = 0, first_j = 0;  // the first position inside the input
+  while (h0 + first_i * g.dilation_h < 0) ++first_i;
+  while (w0 + first_j * g.dilation_w < 0) ++first_j;
+  acc_t best = -std::numeric_limits<acc_t>::infinity();
+  int64_t best_position = first_i * g.kernel_w + first_j;
+  for (int64_t i = first_i; i < g.kernel_h; ++i) {
+    const int64_t h = h0 + i * g.dilation_h;
+    if (h >= g.in_h) break;
+    for (int64_t j = first_j; j < g.kernel_w; ++j) {
+      const int64_t w = w0 + j * g.dilation_w;
+      if (w >= g.in_w) break;
+      const acc_t value = static_cast<acc_t>(plane[h * stride_row + w * stride_col]);
+      if (value > best || value != value) {
+        best = value;
+        best_position = i * g.kernel_w + j;
+      }
+    }
+  }
+  argmax = static_cast<index_t>(best_position);
+  return static_cast<scalar_t>(best);
+}
+
+// Gradient of input (h, w): the sum of the gradients of the outputs whose winner it is, taken
+// in the order of the outputs (row-major), as PyTorch sums them; no atomics.
+template <typename scalar_t, typename acc_t, typename index_t>
+FASTNETS_HOST_DEVICE scalar_t max_pool2d_input_grad(const scalar_t* grad_plane, const index_t* argmax_plane,
+                                                    int64_t stride_row, int64_t stride_col,
+                                                    const MaxPool2dGeometry& g, int64_t h, int64_t w) {
+  acc_t sum = acc_t(0);
+  for (int64_t i = g.kernel_h - 1; i >= 0; --i) {  // descending i: ascending output rows
+    const int64_t row = h + g.pad_h - i * g.dilation_h;
+    if (row < 0) continue;
+    const int64_t oh = row / g.stride_h;
+    if (oh * g.stride_h != row || oh >= g.out_h) continue;
+    for (int64_t j = g.kernel_w - 1; j >= 0; --j) {
+      const int64_t col = w + g.pad_w - j * g.dilation_w;
+      if (col < 0) continue;
+      const int64_t ow = col / g.stride_w;
+      if (ow * g.stride_w != col || ow >= g.out_w) continue;
+      const int64_t output = oh * stride_row + ow * stride_col;
+      if (static_cast<int64_t>(argmax_plane[output]) == i * g.kernel_w + j) {
+        sum += static_cast<acc_t>(grad_plane[output]);
+      }
+    }
+  }
+  return static_cast<scalar_t>(sum);
+}
+
+}  // namespace fastnets
