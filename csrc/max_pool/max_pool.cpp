@@ -7,6 +7,11 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <limits>
+
+#include "common/cpu_isa.h"
+#include "common/macros.h"
 #include "max_pool/max_pool_shape.h"
 
 namespace fastnets {
@@ -17,6 +22,60 @@ struct Strides4d {
   int64_t n, c, h, w;
   explicit Strides4d(const at::Tensor& t) : n(t.stride(0)), c(t.stride(1)), h(t.stride(2)), w(t.stride(3)) {}
 };
+
+// One contiguous (H, W) plane. Outputs whose window lies inside the input go in blocks along
+// the row, in local arrays (the argmax as int32 until the end), the form in which GCC vectorizes
+// the strided loads and selects; kStride > 0 fixes the column stride at compile time. The rest
+// (windows over the padding or the edge) take max_pool2d_window. Same rule, same results.
+template <int kStride, typename scalar_t, typename index_t>
+FASTNETS_ALWAYS_INLINE void max_pool2d_plane(const scalar_t* x, scalar_t* y, index_t* argmax,
+                                             const MaxPool2dGeometry& g) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t kBlock = 64;
+  const int64_t stride_w = kStride > 0 ? kStride : g.stride_w;
+  const int64_t span_h = g.dilation_h * (g.kernel_h - 1) + 1, span_w = g.dilation_w * (g.kernel_w - 1) + 1;
+  // Columns [first_inside, end_inside) have their whole window inside the input.
+  const int64_t first_inside = std::min(g.out_w, (g.pad_w + stride_w - 1) / stride_w);
+  const int64_t end_inside =
+      std::max(first_inside, std::min(g.out_w, (g.in_w - span_w + g.pad_w) / stride_w + 1));
+  for (int64_t oh = 0; oh < g.out_h; ++oh) {
+    scalar_t* out = y + oh * g.out_w;
+    index_t* arg = argmax + oh * g.out_w;
+    const int64_t h0 = oh * g.stride_h - g.pad_h;
+    const bool row_inside = h0 >= 0 && h0 + span_h <= g.in_h;
+    for (int64_t ow = 0; ow < g.out_w; ++ow) {
+      if (row_inside && ow == first_inside) ow = end_inside;  // done in blocks below
+      if (ow >= g.out_w) break;
+      out[ow] = max_pool2d_window<scalar_t, acc_t>(x, g.in_w, 1, g, oh, ow, arg[ow]);
+    }
+    if (!row_inside) continue;
+    for (int64_t ow0 = first_inside; ow0 < end_inside; ow0 += kBlock) {
+      const int64_t n = std::min(kBlock, end_inside - ow0);
+      acc_t best[kBlock];
+      int32_t position[kBlock];
+      for (int64_t j = 0; j < n; ++j) {
+        best[j] = -std::numeric_limits<acc_t>::infinity();
+        position[j] = 0;
+      }
+      for (int64_t i = 0; i < g.kernel_h; ++i) {
+        for (int64_t k = 0; k < g.kernel_w; ++k) {
+          const scalar_t* source = x + (h0 + i * g.dilation_h) * g.in_w + ow0 * stride_w - g.pad_w + k * g.dilation_w;
+          const int32_t here = static_cast<int32_t>(i * g.kernel_w + k);
+          for (int64_t j = 0; j < n; ++j) {
+            const acc_t value = static_cast<acc_t>(source[j * stride_w]);
+            const bool takes = (value > best[j]) | (value != value);
+            best[j] = takes ? value : best[j];
+            position[j] = takes ? here : position[j];
+          }
+        }
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        out[ow0 + j] = static_cast<scalar_t>(best[j]);
+        arg[ow0 + j] = static_cast<index_t>(position[j]);
+      }
+    }
+  }
+}
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
                                                   at::IntArrayRef stride, at::IntArrayRef padding,
@@ -49,11 +108,16 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::I
           }
         });
       } else {  // plane by plane
-        at::parallel_for(0, batch * channels, 1 + 4096 / (g.out_h * g.out_w), [&](int64_t first, int64_t last) {
+        const int64_t in_plane = g.in_h * g.in_w, out_plane = g.out_h * g.out_w;
+        at::parallel_for(0, batch * channels, 1 + 4096 / out_plane, [&](int64_t first, int64_t last) {
           for (int64_t plane = first; plane < last; ++plane) {
-            const int64_t n = plane / channels, c = plane % channels;
-            for (int64_t oh = 0; oh < g.out_h; ++oh) {
-              for (int64_t ow = 0; ow < g.out_w; ++ow) one(n, c, oh, ow);
+            const scalar_t* source = xp + plane * in_plane;
+            scalar_t* target = yp + plane * out_plane;
+            index_t* positions = ap + plane * out_plane;
+            if (g.stride_w == 2) {
+              call_with_best_isa([&]() FASTNETS_INLINE_LAMBDA { max_pool2d_plane<2>(source, target, positions, g); });
+            } else {
+              call_with_best_isa([&]() FASTNETS_INLINE_LAMBDA { max_pool2d_plane<0>(source, target, positions, g); });
             }
           }
         });
@@ -92,6 +156,27 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
           for (int64_t pixel = first; pixel < last; ++pixel) {
             const int64_t n = pixel / (in_h * in_w), h = pixel / in_w % in_h, w = pixel % in_w;
             for (int64_t c = 0; c < channels; ++c) one(n, c, h, w);
+          }
+        });
+      } else if (g.stride_h >= g.dilation_h * (g.kernel_h - 1) + 1 && g.stride_w >= g.dilation_w * (g.kernel_w - 1) + 1) {
+        // Windows do not overlap: each input has at most one output, so the outputs can write
+        // their gradient straight to their winner (0 + g, as the gather's sum gives it) into
+        // a zeroed plane, with no atomics and no search.
+        const int64_t in_plane = in_h * in_w, out_plane = g.out_h * g.out_w;
+        at::parallel_for(0, batch * channels, 1 + 4096 / in_plane, [&](int64_t first, int64_t last) {
+          std::fill(ip + first * in_plane, ip + last * in_plane, scalar_t(0));
+          for (int64_t plane = first; plane < last; ++plane) {
+            const scalar_t* grad = gp + plane * out_plane;
+            const index_t* positions = ap + plane * out_plane;
+            scalar_t* target = ip + plane * in_plane;
+            for (int64_t oh = 0; oh < g.out_h; ++oh) {
+              for (int64_t ow = 0; ow < g.out_w; ++ow) {
+                const int64_t position = positions[oh * g.out_w + ow];
+                const int64_t h = oh * g.stride_h - g.pad_h + position / g.kernel_w * g.dilation_h;
+                const int64_t w = ow * g.stride_w - g.pad_w + position % g.kernel_w * g.dilation_w;
+                target[h * in_w + w] = static_cast<scalar_t>(acc_t(0) + static_cast<acc_t>(grad[oh * g.out_w + ow]));
+              }
+            }
           }
         });
       } else {
