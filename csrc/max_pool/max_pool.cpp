@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <vector>
 
 #include "common/cpu_isa.h"
 #include "common/macros.h"
@@ -21,6 +22,24 @@ namespace {
 struct Strides4d {
   int64_t n, c, h, w;
   explicit Strides4d(const at::Tensor& t) : n(t.stride(0)), c(t.stride(1)), h(t.stride(2)), w(t.stride(3)) {}
+};
+
+// For each input row (or column) x, the outputs o whose window holds it and at which tap t
+// (o * stride - pad + t * dilation = x), in ascending o: entries begin[x] .. begin[x + 1] - 1.
+struct WindowCandidates {
+  std::vector<int64_t> begin, output, tap;
+  WindowCandidates(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+    begin.push_back(0);
+    for (int64_t x = 0; x < in; ++x) {
+      for (int64_t t = kernel - 1; t >= 0; --t) {  // descending tap: ascending output
+        const int64_t shifted = x + pad - t * dilation;
+        if (shifted < 0 || shifted % stride != 0 || shifted / stride >= out) continue;
+        output.push_back(shifted / stride);
+        tap.push_back(t);
+      }
+      begin.push_back(static_cast<int64_t>(output.size()));
+    }
+  }
 };
 
 // One contiguous (H, W) plane. Outputs whose window lies inside the input go in blocks along
@@ -180,11 +199,29 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
           }
         });
       } else {
-        at::parallel_for(0, batch * channels, 1 + 4096 / (in_h * in_w), [&](int64_t first, int64_t last) {
+        // Overlapping windows: each input gathers from the outputs it may have won, found once
+        // per row and per column (the same for every plane), in max_pool2d_input_grad's order.
+        const WindowCandidates rows(in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
+        const WindowCandidates cols(in_w, g.out_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
+        const int64_t in_plane = in_h * in_w, out_plane = g.out_h * g.out_w;
+        at::parallel_for(0, batch * channels, 1 + 4096 / in_plane, [&](int64_t first, int64_t last) {
           for (int64_t plane = first; plane < last; ++plane) {
-            const int64_t n = plane / channels, c = plane % channels;
+            const scalar_t* grad = gp + plane * out_plane;
+            const index_t* positions = ap + plane * out_plane;
+            scalar_t* target = ip + plane * in_plane;
             for (int64_t h = 0; h < in_h; ++h) {
-              for (int64_t w = 0; w < in_w; ++w) one(n, c, h, w);
+              for (int64_t w = 0; w < in_w; ++w) {
+                acc_t sum = acc_t(0);
+                for (int64_t r = rows.begin[h]; r < rows.begin[h + 1]; ++r) {
+                  for (int64_t q = cols.begin[w]; q < cols.begin[w + 1]; ++q) {
+                    const int64_t output = rows.output[r] * g.out_w + cols.output[q];
+                    if (static_cast<int64_t>(positions[output]) == rows.tap[r] * g.kernel_w + cols.tap[q]) {
+                      sum += static_cast<acc_t>(grad[output]);
+                    }
+                  }
+                }
+                target[h * in_w + w] = static_cast<scalar_t>(sum);
+              }
             }
           }
         });
