@@ -98,7 +98,9 @@ torch.library.register_autograd("fastnets::fixed_point_quantize", _straight_thro
 
 def _maxout_output_shape(shape, pieces, dim):
     sizes = list(shape)
-    dim = dim % len(sizes) if sizes else dim
+    torch._check(len(sizes) > 0, lambda: "input must have at least one dimension, got a scalar")
+    torch._check(1 <= pieces <= 256, lambda: f"pieces must be in [1, 256], got {pieces}")
+    dim = dim % len(sizes)
     torch._check(sizes[dim] % pieces == 0, lambda: f"pieces ({pieces}) must divide input.size({dim}) = {sizes[dim]}")
     sizes[dim] = sizes[dim] // pieces
     return sizes, dim

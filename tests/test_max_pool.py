@@ -82,13 +82,52 @@ def test_random_shapes(device, dtype, seed):
         compare_with_pytorch(x, kernel, stride, padding, dilation, ceil_mode, exact_grad=exact)
 
 
+@pytest.mark.parametrize("height,width", [(1, 1), (2, 3), (5, 2), (3, 7)])
+def test_inputs_smaller_than_the_windows(device, height, width):
+    x = torch.randn(2, 3, height, width, device=device, dtype=torch.float64)
+    for combination in itertools.product(KERNELS, STRIDES, PADDINGS, DILATIONS, (False, True)):
+        kernel, stride, padding, dilation, ceil_mode = combination
+        if not valid(kernel, padding, dilation, stride, ceil_mode, height, width):
+            continue
+        expected, indices = torch_F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, True)
+        k, d = _half(kernel), _half(dilation)
+        s, p = _half(kernel if stride is None else stride), _half(padding)
+        # PyTorch points a window with no tap inside the input outside it (and its CPU backward
+        # then writes to a neighbour); fastnets drops that window's gradient.
+        rows = [any(0 <= o * s[0] - p[0] + i * d[0] < height for i in range(k[0])) for o in range(expected.shape[-2])]
+        cols = [any(0 <= o * s[1] - p[1] + j * d[1] < width for j in range(k[1])) for o in range(expected.shape[-1])]
+        has_tap = torch.tensor(rows).view(-1, 1) & torch.tensor(cols).view(1, -1)
+        if bool(has_tap.all()):
+            compare_with_pytorch(x, kernel, stride, padding, dilation, ceil_mode)
+            compare_with_pytorch(x.contiguous(memory_format=torch.channels_last), kernel, stride, padding, dilation,
+                                 ceil_mode)
+        else:
+            out = F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)
+            assert torch.equal(out, expected)
+            leaf = x.clone().requires_grad_()
+            F.max_pool2d(leaf, kernel, stride, padding, dilation, ceil_mode).sum().backward()
+            assert leaf.grad.sum().item() == int(has_tap.sum()) * x.shape[0] * x.shape[1]
+
+
+def test_window_entirely_outside_the_input(device):
+    x = torch.randn(2, 2, 3, 2, device=device)
+    out, argmax = ops.max_pool2d(x, [1, 2], [1, 4], [0, 1], [1, 3], False)
+    assert out.shape == (2, 2, 3, 1) and (out == -float("inf")).all()  # its taps: the padding, and past the edge
+    for layout in (torch.contiguous_format, torch.channels_last):
+        grad = ops.max_pool2d_backward(torch.ones_like(out).contiguous(memory_format=layout),
+                                       argmax.contiguous(memory_format=layout), list(x.shape), [1, 2], [1, 4],
+                                       [0, 1], [1, 3], False)
+        assert torch.equal(grad, torch.zeros_like(x))  # the gradient has nowhere to go
+
+
 def test_nan_ties_and_minus_infinity_follow_pytorch(device):
     nan, inf = float("nan"), float("inf")
     x = torch.tensor([[[[1.0, nan, 2.0, 2.0], [nan, 0.0, 2.0, 1.0], [-inf, -inf, 3.0, 3.0], [-inf, -inf, 3.0, 1.0]]]],
                      device=device)
     out, indices = F.max_pool2d(x, 2, return_indices=True)
     expected, expected_indices = torch_F.max_pool2d(x, 2, return_indices=True)
-    assert torch.equal(out.isnan(), expected.isnan()) and torch.equal(indices, expected_indices)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(indices, expected_indices)
     assert indices.flatten().tolist() == [4, 2, 8, 10]  # the last NaN; the first 2; first -inf; the first 3
 
 
@@ -177,15 +216,13 @@ def test_bad_arguments_are_named(device):
 @pytest.mark.parametrize("dtype", TRAINING_DTYPES)
 def test_cpu_cuda_identical(dtype):
     x = torch.randn(4, 8, 29, 30).to(dtype)
-    for kernel, stride, padding in ((2, 2, 0), (3, 2, 1), ((2, 3), 1, (1, 0))):
-        for layout in (torch.contiguous_format, torch.channels_last):
-            xl = x.contiguous(memory_format=layout)
+    for kernel, stride, padding, dilation, ceil_mode in ((2, 2, 0, 1, False), (3, 2, 1, 1, True),
+                                                         ((2, 3), 1, (1, 0), (2, 1), True), (3, 3, 1, 2, False)):
+        arguments = [list(_half(kernel)), list(_half(stride)), list(_half(padding)), list(_half(dilation)), ceil_mode]
+        for xl in (x, x.contiguous(memory_format=torch.channels_last), x[0]):
             for part in (0, 1):
-                check_cpu_cuda_identical(lambda device: ops.max_pool2d(xl.to(device), list(_half(kernel)),
-                                                                       list(_half(stride)), list(_half(padding)),
-                                                                       [1, 1], True)[part])
-            out, argmax = ops.max_pool2d(xl, list(_half(kernel)), list(_half(stride)), list(_half(padding)), [1, 1], True)
+                check_cpu_cuda_identical(lambda device: ops.max_pool2d(xl.to(device), *arguments)[part])
+            out, argmax = ops.max_pool2d(xl, *arguments)
             grad = torch.randn_like(out)
             check_cpu_cuda_identical(lambda device: ops.max_pool2d_backward(
-                grad.to(device), argmax.to(device), list(x.shape), list(_half(kernel)), list(_half(stride)),
-                list(_half(padding)), [1, 1], True))
+                grad.to(device), argmax.to(device), list(xl.shape), *arguments))

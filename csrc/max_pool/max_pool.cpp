@@ -55,8 +55,9 @@ FASTNETS_ALWAYS_INLINE void max_pool2d_plane(const scalar_t* x, scalar_t* y, ind
   const int64_t span_h = g.dilation_h * (g.kernel_h - 1) + 1, span_w = g.dilation_w * (g.kernel_w - 1) + 1;
   // Columns [first_inside, end_inside) have their whole window inside the input.
   const int64_t first_inside = std::min(g.out_w, (g.pad_w + stride_w - 1) / stride_w);
-  const int64_t end_inside =
-      std::max(first_inside, std::min(g.out_w, (g.in_w - span_w + g.pad_w) / stride_w + 1));
+  const int64_t end_inside = g.in_w + g.pad_w < span_w  // no window fits (and the division would round up)
+                                 ? first_inside
+                                 : std::max(first_inside, std::min(g.out_w, (g.in_w - span_w + g.pad_w) / stride_w + 1));
   for (int64_t oh = 0; oh < g.out_h; ++oh) {
     scalar_t* out = y + oh * g.out_w;
     index_t* arg = argmax + oh * g.out_w;
@@ -193,6 +194,10 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
                 const int64_t position = positions[oh * g.out_w + ow];
                 const int64_t h = oh * g.stride_h - g.pad_h + position / g.kernel_w * g.dilation_h;
                 const int64_t w = ow * g.stride_w - g.pad_w + position % g.kernel_w * g.dilation_w;
+                // A window with no tap inside the input (all padding, or past the edge through
+                // dilation) names a position outside it: its gradient has nowhere to go, as in
+                // the gather.
+                if (h < 0 || h >= in_h || w < 0 || w >= in_w) continue;
                 target[h * in_w + w] = static_cast<scalar_t>(acc_t(0) + static_cast<acc_t>(grad[oh * g.out_w + ow]));
               }
             }

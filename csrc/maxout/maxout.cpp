@@ -132,7 +132,7 @@ std::tuple<at::Tensor, at::Tensor> maxout_cpu(const at::Tensor& input, int64_t p
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
     uint8_t* a = argmax.mutable_data_ptr<uint8_t>();
     dispatch_pieces(s.pieces, [&](auto pieces) {
-      at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / (s.pieces * s.inner)), [&](int64_t first, int64_t last) {
+      at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, s.pieces * s.inner)), [&](int64_t first, int64_t last) {
         call_with_best_isa([&]() FASTNETS_INLINE_LAMBDA {
           maxout_forward_rows<scalar_t, decltype(pieces)::value>(x, y, a, s, first, last);
         });
@@ -154,7 +154,7 @@ at::Tensor maxout_backward_cpu(const at::Tensor& grad_output, const at::Tensor& 
     const uint8_t* ap = a.const_data_ptr<uint8_t>();
     scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
     dispatch_pieces(s.pieces, [&](auto pieces) {
-      at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / (s.pieces * s.inner)), [&](int64_t first, int64_t last) {
+      at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, s.pieces * s.inner)), [&](int64_t first, int64_t last) {
         call_with_best_isa([&]() FASTNETS_INLINE_LAMBDA {
           maxout_backward_rows<scalar_t, decltype(pieces)::value>(gp, ap, gi, s, first, last);
         });
