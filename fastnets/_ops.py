@@ -135,6 +135,25 @@ def _maxout_backward(ctx, grad_output, _grad_argmax):
 torch.library.register_autograd("fastnets::maxout", _maxout_backward, setup_context=_maxout_setup_context)
 
 
+def _maxout_backward_setup_context(ctx, inputs, output):
+    _, argmax, pieces, dim = inputs
+    ctx.save_for_backward(argmax)
+    ctx.pieces, ctx.dim = pieces, dim
+
+
+def _maxout_backward_backward(ctx, grad):
+    # maxout_backward routes grad_output to the winners: its derivative picks them back.
+    (argmax,) = ctx.saved_tensors
+    dim = ctx.dim % grad.dim()
+    groups = grad.shape[dim] // ctx.pieces
+    winners = argmax.long().unsqueeze(dim + 1)
+    return grad.unflatten(dim, (groups, ctx.pieces)).gather(dim + 1, winners).squeeze(dim + 1), None, None, None
+
+
+torch.library.register_autograd("fastnets::maxout_backward", _maxout_backward_backward,
+                                setup_context=_maxout_backward_setup_context)
+
+
 # ---- max-pooling --------------------------------------------------------------------------
 
 def _pool_output_size(size, kernel, stride, pad, dilation, ceil_mode):
@@ -184,3 +203,34 @@ def _max_pool2d_backward(ctx, grad_output, _grad_argmax):
 
 
 torch.library.register_autograd("fastnets::max_pool2d", _max_pool2d_backward, setup_context=_max_pool2d_setup_context)
+
+
+def max_pool2d_winners(argmax, kernel_size, stride, padding, dilation):
+    """Input row and column (h, w) of each output's winner, from its position in the window.
+    A window with no tap inside the input gives a position outside it, as PyTorch's index does."""
+    position = argmax.long()
+    i, j = position // kernel_size[1], position % kernel_size[1]
+    oh = torch.arange(argmax.shape[-2], device=argmax.device).view(-1, 1)
+    ow = torch.arange(argmax.shape[-1], device=argmax.device)
+    return oh * stride[0] - padding[0] + i * dilation[0], ow * stride[1] - padding[1] + j * dilation[1]
+
+
+def _max_pool2d_backward_setup_context(ctx, inputs, output):
+    _, argmax, _, kernel_size, stride, padding, dilation, _ = inputs
+    ctx.save_for_backward(argmax)
+    ctx.arguments = (kernel_size, stride, padding, dilation)
+
+
+def _max_pool2d_backward_backward(ctx, grad):
+    # max_pool2d_backward routes grad_output to the winners: its derivative picks them back.
+    (argmax,) = ctx.saved_tensors
+    h, w = max_pool2d_winners(argmax, *ctx.arguments)
+    height, width = grad.shape[-2:]
+    inside = (h >= 0) & (h < height) & (w >= 0) & (w < width)
+    flat = h.clamp(0, height - 1) * width + w.clamp(0, width - 1)
+    picked = grad.flatten(-2).gather(-1, flat.flatten(-2)).view(argmax.shape) * inside
+    return picked, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("fastnets::max_pool2d_backward", _max_pool2d_backward_backward,
+                                setup_context=_max_pool2d_backward_setup_context)

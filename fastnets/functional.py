@@ -4,6 +4,8 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
+from fastnets._ops import max_pool2d_winners
+
 ops = torch.ops.fastnets
 
 
@@ -81,12 +83,7 @@ def _pair(value, name: str) -> List[int]:
 
 def _max_pool2d_indices(argmax: Tensor, width: int, kernel_size, stride, padding, dilation) -> Tensor:
     """PyTorch's flat indices h * W + w from the positions in the window."""
-    position = argmax.long()
-    i, j = position // kernel_size[1], position % kernel_size[1]
-    oh = torch.arange(argmax.shape[-2], device=argmax.device).view(-1, 1)
-    ow = torch.arange(argmax.shape[-1], device=argmax.device)
-    h = oh * stride[0] - padding[0] + i * dilation[0]
-    w = ow * stride[1] - padding[1] + j * dilation[1]
+    h, w = max_pool2d_winners(argmax, kernel_size, stride, padding, dilation)
     return h * width + w
 
 

@@ -151,6 +151,9 @@ def test_gradcheck(device):
     x = torch.randn(2, 2, 7, 6, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: F.max_pool2d(t, 3, 2, 1, ceil_mode=True), (x,))
     assert torch.autograd.gradcheck(lambda t: F.max_pool2d(t, (2, 3), 1, dilation=(2, 1)), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: F.max_pool2d(t, 3, 2, 1, ceil_mode=True), (x,))
+    channels_last = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda t: F.max_pool2d(t, 2), (channels_last,))
 
 
 def test_opcheck(device):

@@ -59,6 +59,8 @@ def test_gradcheck(device):
     assert torch.autograd.gradcheck(lambda t: F.maxout(t, 4, 1), (x,))
     y = torch.randn(6, 9, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: F.maxout(t, 3, -1), (y,))
+    assert torch.autograd.gradgradcheck(lambda t: F.maxout(t, 4, 1), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: F.maxout(t, 3, -1), (y,))
 
 
 def test_opcheck(device):
