@@ -63,12 +63,12 @@ template <typename Fn>
 FASTNETS_TARGET_AVX2 void call_avx2(const Fn& fn) { fn(); }
 }  // namespace isa_detail
 
-// Runs fn() compiled for the best instruction set: fn must be a lambda marked
+// Runs fn() compiled for the best instruction set up to `cap`: fn must be a lambda marked
 // FASTNETS_INLINE_LAMBDA that calls only inlined code (FASTNETS_ALWAYS_INLINE), which then takes
 // on that instruction set.
 template <typename Fn>
-void call_with_best_isa(const Fn& fn) {
-  switch (cpu_isa()) {
+void call_with_best_isa(const Fn& fn, CpuIsa cap = CpuIsa::kAvx512) {
+  switch (cpu_isa() < cap ? cpu_isa() : cap) {
     case CpuIsa::kAvx512: isa_detail::call_avx512(fn); break;
     case CpuIsa::kAvx2: isa_detail::call_avx2(fn); break;
     default: fn(); break;
