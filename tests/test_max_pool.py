@@ -109,6 +109,24 @@ def test_inputs_smaller_than_the_windows(device, height, width):
             assert leaf.grad.sum().item() == int(has_tap.sum()) * x.shape[0] * x.shape[1]
 
 
+@pytest.mark.parametrize("dtype", TRAINING_DTYPES)
+def test_backward_layouts_agree_bit_for_bit(device, dtype):
+    """Contiguous planes scatter-add in output order, channels_last gathers (as CUDA does): both
+    sum in float32 in the same order, so 16-bit gradients of overlapping windows agree too."""
+    x = torch.randn(2, 6, 17, 19, device=device).to(dtype)
+    for kernel, stride, padding, dilation in ((3, 2, 1, 1), (3, 1, 1, 1), ((2, 3), 1, (1, 0), (2, 1))):
+        arguments = [list(_half(kernel)), list(_half(stride)), list(_half(padding)), list(_half(dilation)), True]
+        out, argmax = ops.max_pool2d(x, *arguments)
+        grad = torch.randn_like(out)
+        contiguous = ops.max_pool2d_backward(grad, argmax, list(x.shape), *arguments)
+        channels_last = ops.max_pool2d_backward(grad.contiguous(memory_format=torch.channels_last),
+                                                argmax.contiguous(memory_format=torch.channels_last),
+                                                list(x.shape), *arguments)
+        assert channels_last.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(contiguous.view(torch.uint8) if dtype != torch.float64 else contiguous,
+                           channels_last.contiguous().view(torch.uint8) if dtype != torch.float64 else channels_last)
+
+
 def test_window_entirely_outside_the_input(device):
     x = torch.randn(2, 2, 3, 2, device=device)
     out, argmax = ops.max_pool2d(x, [1, 2], [1, 4], [0, 1], [1, 3], False)

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common/cpu_isa.h"
@@ -22,24 +23,6 @@ namespace {
 struct Strides4d {
   int64_t n, c, h, w;
   explicit Strides4d(const at::Tensor& t) : n(t.stride(0)), c(t.stride(1)), h(t.stride(2)), w(t.stride(3)) {}
-};
-
-// For each input row (or column) x, the outputs o whose window holds it and at which tap t
-// (o * stride - pad + t * dilation = x), in ascending o: entries begin[x] .. begin[x + 1] - 1.
-struct WindowCandidates {
-  std::vector<int64_t> begin, output, tap;
-  WindowCandidates(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
-    begin.push_back(0);
-    for (int64_t x = 0; x < in; ++x) {
-      for (int64_t t = kernel - 1; t >= 0; --t) {  // descending tap: ascending output
-        const int64_t shifted = x + pad - t * dilation;
-        if (shifted < 0 || shifted % stride != 0 || shifted / stride >= out) continue;
-        output.push_back(shifted / stride);
-        tap.push_back(t);
-      }
-      begin.push_back(static_cast<int64_t>(output.size()));
-    }
-  }
 };
 
 // One contiguous (H, W) plane. Outputs whose window lies inside the input go in blocks along
@@ -182,55 +165,34 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
             for (int64_t c = 0; c < channels; ++c) one(n, c, h, w);
           }
         });
-      } else if (g.stride_h >= g.dilation_h * (g.kernel_h - 1) + 1 && g.stride_w >= g.dilation_w * (g.kernel_w - 1) + 1) {
-        // Windows do not overlap: each input has at most one output, so the outputs can write
-        // their gradient straight to their winner (0 + g, as the gather's sum gives it) into
-        // a zeroed plane, with no atomics and no search.
+      } else {
+        // Plane by plane, each output adds its gradient to its winner, in row-major output
+        // order into a zeroed float sum per input (for 16-bit types a buffer, rounded once at
+        // the end): the order and precision of max_pool2d_input_grad's gather, so the same bits,
+        // with no search. Plane by plane, no two threads touch an input: no atomics.
+        constexpr bool kSumInPlace = std::is_same_v<scalar_t, acc_t>;
         const int64_t in_plane = in_h * in_w, out_plane = g.out_h * g.out_w;
         at::parallel_for(0, batch * channels, 1 + 4096 / in_plane, [&](int64_t first, int64_t last) {
-          std::fill(ip + first * in_plane, ip + last * in_plane, scalar_t(0));
+          std::vector<acc_t> buffer(kSumInPlace ? 0 : in_plane);
           for (int64_t plane = first; plane < last; ++plane) {
             const scalar_t* grad = gp + plane * out_plane;
             const index_t* positions = ap + plane * out_plane;
             scalar_t* target = ip + plane * in_plane;
+            acc_t* sums = kSumInPlace ? reinterpret_cast<acc_t*>(target) : buffer.data();
+            std::fill(sums, sums + in_plane, acc_t(0));
             for (int64_t oh = 0; oh < g.out_h; ++oh) {
               for (int64_t ow = 0; ow < g.out_w; ++ow) {
                 const int64_t position = positions[oh * g.out_w + ow];
                 const int64_t h = oh * g.stride_h - g.pad_h + position / g.kernel_w * g.dilation_h;
                 const int64_t w = ow * g.stride_w - g.pad_w + position % g.kernel_w * g.dilation_w;
                 // A window with no tap inside the input (all padding, or past the edge through
-                // dilation) names a position outside it: its gradient has nowhere to go, as in
-                // the gather.
+                // dilation) names a position outside it: its gradient has nowhere to go.
                 if (h < 0 || h >= in_h || w < 0 || w >= in_w) continue;
-                target[h * in_w + w] = static_cast<scalar_t>(acc_t(0) + static_cast<acc_t>(grad[oh * g.out_w + ow]));
+                sums[h * in_w + w] += static_cast<acc_t>(grad[oh * g.out_w + ow]);
               }
             }
-          }
-        });
-      } else {
-        // Overlapping windows: each input gathers from the outputs it may have won, found once
-        // per row and per column (the same for every plane), in max_pool2d_input_grad's order.
-        const WindowCandidates rows(in_h, g.out_h, g.kernel_h, g.stride_h, g.pad_h, g.dilation_h);
-        const WindowCandidates cols(in_w, g.out_w, g.kernel_w, g.stride_w, g.pad_w, g.dilation_w);
-        const int64_t in_plane = in_h * in_w, out_plane = g.out_h * g.out_w;
-        at::parallel_for(0, batch * channels, 1 + 4096 / in_plane, [&](int64_t first, int64_t last) {
-          for (int64_t plane = first; plane < last; ++plane) {
-            const scalar_t* grad = gp + plane * out_plane;
-            const index_t* positions = ap + plane * out_plane;
-            scalar_t* target = ip + plane * in_plane;
-            for (int64_t h = 0; h < in_h; ++h) {
-              for (int64_t w = 0; w < in_w; ++w) {
-                acc_t sum = acc_t(0);
-                for (int64_t r = rows.begin[h]; r < rows.begin[h + 1]; ++r) {
-                  for (int64_t q = cols.begin[w]; q < cols.begin[w + 1]; ++q) {
-                    const int64_t output = rows.output[r] * g.out_w + cols.output[q];
-                    if (static_cast<int64_t>(positions[output]) == rows.tap[r] * g.kernel_w + cols.tap[q]) {
-                      sum += static_cast<acc_t>(grad[output]);
-                    }
-                  }
-                }
-                target[h * in_w + w] = static_cast<scalar_t>(sum);
-              }
+            if constexpr (!kSumInPlace) {
+              for (int64_t i = 0; i < in_plane; ++i) target[i] = static_cast<scalar_t>(sums[i]);
             }
           }
         });
