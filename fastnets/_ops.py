@@ -234,3 +234,84 @@ def _max_pool2d_backward_backward(ctx, grad):
 
 torch.library.register_autograd("fastnets::max_pool2d_backward", _max_pool2d_backward_backward,
                                 setup_context=_max_pool2d_backward_setup_context)
+
+
+# ---- convolution and the fused Conv-ReLU-Pool --------------------------------------------
+
+def _conv_output_size(size, kernel, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _conv2d_output_shape(input, weight, stride, padding, dilation):
+    torch._check(input.dim() == 4, lambda: f"input must be 4-D (N, C, H, W), got {input.dim()} dims")
+    torch._check(weight.dim() == 4, lambda: f"weight must be 4-D, got {weight.dim()} dims")
+    out_h = _conv_output_size(input.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
+    out_w = _conv_output_size(input.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
+    return input.shape[0], weight.shape[0], out_h, out_w
+
+
+@torch.library.register_fake("fastnets::conv2d")
+def _conv2d_fake(input, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    return input.new_empty(_conv2d_output_shape(input, weight, stride, padding, dilation))
+
+
+@torch.library.register_fake("fastnets::conv2d_backward")
+def _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
+    grad_input = input.new_empty(input.shape) if output_mask[0] else input.new_empty(0)
+    grad_weight = input.new_empty(weight.shape) if output_mask[1] else input.new_empty(0)
+    grad_bias = input.new_empty(weight.shape[0]) if output_mask[2] else input.new_empty(0)
+    return grad_input, grad_weight, grad_bias
+
+
+def _conv_grads(grads, output_mask):
+    return tuple(g if needed else None for g, needed in zip(grads, output_mask))
+
+
+def _conv2d_setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.has_bias = bias is not None
+    ctx.arguments = (stride, padding, dilation, groups)
+
+
+def _conv2d_backward(ctx, grad_output):
+    input, weight = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+    grads = ops.conv2d_backward(grad_output, input, weight, *ctx.arguments, mask)
+    return (*_conv_grads(grads, mask), None, None, None, None)
+
+
+torch.library.register_autograd("fastnets::conv2d", _conv2d_backward, setup_context=_conv2d_setup_context)
+
+
+@torch.library.register_fake("fastnets::conv_relu_pool2d")
+def _conv_relu_pool2d_fake(input, weight, bias, stride, padding, dilation, groups, pool_kernel, pool_stride):
+    batch, channels, out_h, out_w = _conv2d_output_shape(input, weight, stride, padding, dilation)
+    pooled = (batch, channels, (out_h - pool_kernel[0]) // pool_stride[0] + 1,
+              (out_w - pool_kernel[1]) // pool_stride[1] + 1)
+    return input.new_empty(pooled), input.new_empty(pooled, dtype=torch.uint8)
+
+
+@torch.library.register_fake("fastnets::conv_relu_pool2d_backward")
+def _conv_relu_pool2d_backward_fake(grad_output, argmax, input, weight, stride, padding, dilation, groups,
+                                    pool_kernel, pool_stride, output_mask):
+    return _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask)
+
+
+def _conv_relu_pool2d_setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups, pool_kernel, pool_stride = inputs
+    _, argmax = output
+    ctx.save_for_backward(input, weight, argmax)  # no convolution output: a byte per pooled output
+    ctx.has_bias = bias is not None
+    ctx.arguments = (stride, padding, dilation, groups, pool_kernel, pool_stride)
+
+
+def _conv_relu_pool2d_backward(ctx, grad_output, _grad_argmax):
+    input, weight, argmax = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+    grads = ops.conv_relu_pool2d_backward(grad_output, argmax, input, weight, *ctx.arguments, mask)
+    return (*_conv_grads(grads, mask), None, None, None, None, None, None)
+
+
+torch.library.register_autograd("fastnets::conv_relu_pool2d", _conv_relu_pool2d_backward,
+                                setup_context=_conv_relu_pool2d_setup_context)

@@ -158,3 +158,90 @@ def dropout(
     if inplace:
         return input.copy_(output)
     return output
+
+
+def _conv_padding(input: Tensor, weight: Tensor, padding, stride: List[int], dilation: List[int]):
+    """Symmetric padding for the kernels, and the input with any extra right/bottom padding
+    that padding="same" needs for even kernels (as PyTorch pads it)."""
+    if not isinstance(padding, str):
+        return input, _pair(padding, "padding")
+    if padding == "valid":
+        return input, [0, 0]
+    if padding != "same":
+        raise ValueError(f"padding must be 'valid', 'same', an int or a pair of ints, got {padding!r}")
+    if stride != [1, 1]:
+        raise ValueError("padding='same' is not supported for strided convolutions")
+    total = [d * (k - 1) for d, k in zip(dilation, weight.shape[-2:])]
+    left = [t // 2 for t in total]
+    extra = [t - 2 * lo for t, lo in zip(total, left)]
+    if any(extra):
+        input = torch.nn.functional.pad(input, [0, extra[1], 0, extra[0]])
+    return input, left
+
+
+def _conv_arguments(input: Tensor, weight: Tensor, stride, padding, dilation):
+    if input.dim() not in (3, 4):
+        raise ValueError(f"input must be (N, C, H, W) or (C, H, W), got shape {tuple(input.shape)}")
+    batched = input.dim() == 4
+    x = input if batched else input.unsqueeze(0)
+    strides, dilations = _pair(stride, "stride"), _pair(dilation, "dilation")
+    x, pads = _conv_padding(x, weight, padding, strides, dilations)
+    return x, strides, pads, dilations, batched
+
+
+def conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+) -> Tensor:
+    """2-D convolution with :func:`torch.nn.functional.conv2d`'s arguments and results.
+
+    Args:
+        input: (N, C_in, H, W) or (C_in, H, W); float32, float64, float16 or bfloat16; CPU or CUDA.
+        weight: (C_out, C_in / groups, kH, kW), same dtype and device.
+        bias: (C_out,) or None.
+        stride, dilation: int or (h, w) pair.
+        padding: int, (h, w) pair, "valid" or "same" (stride 1; even kernels get the extra
+            row/column at the bottom/right, as in PyTorch). Zero padding.
+        groups: input and output channels split into this many independent convolutions.
+
+    Returns:
+        (N, C_out, H_out, W_out) (or unbatched), contiguous, in input's dtype; accumulation in
+        float32 (float64 for float64 inputs), rounded once.
+    """
+    x, strides, pads, dilations, batched = _conv_arguments(input, weight, stride, padding, dilation)
+    output = ops.conv2d(x, weight, bias, strides, pads, dilations, groups)
+    return output if batched else output.squeeze(0)
+
+
+def conv_relu_pool2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    pool_kernel=2,
+    pool_stride=None,
+) -> Tensor:
+    """``max_pool2d(relu(conv2d(input, weight, bias, ...)), pool_kernel, pool_stride)`` in one pass.
+
+    The convolution arguments are :func:`conv2d`'s. The pooling has no padding and floor mode
+    (every window lies inside the convolution's output); ``pool_stride`` defaults to
+    ``pool_kernel``; windows have at most 128 positions. Values and gradients are those of the
+    three PyTorch ops (ties and NaN included); only the pooled output and one byte per pooled
+    output (the winner and whether its ReLU was active) are written, and backward needs no
+    convolution output.
+
+    Shape: (N, C_in, H, W) -> (N, C_out, H_pool, W_pool) (or unbatched).
+    """
+    x, strides, pads, dilations, batched = _conv_arguments(input, weight, stride, padding, dilation)
+    kernel = _pair(pool_kernel, "pool_kernel")
+    pool_strides = kernel if pool_stride is None else _pair(pool_stride, "pool_stride")
+    output, _ = ops.conv_relu_pool2d(x, weight, bias, strides, pads, dilations, groups, kernel, pool_strides)
+    return output if batched else output.squeeze(0)

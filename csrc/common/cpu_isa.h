@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 namespace fastnets {
 
@@ -55,6 +56,8 @@ inline CpuIsa cpu_isa() {
 #define FASTNETS_TARGET_AVX2
 #endif
 
+#define FASTNETS_INLINE_LAMBDA __attribute__((always_inline))
+
 namespace fastnets {
 namespace isa_detail {
 template <typename Fn>
@@ -75,6 +78,20 @@ void call_with_best_isa(const Fn& fn, CpuIsa cap = CpuIsa::kAvx512) {
   }
 }
 
-}  // namespace fastnets
+template <CpuIsa kIsa>
+using IsaTag = std::integral_constant<CpuIsa, kIsa>;
 
-#define FASTNETS_INLINE_LAMBDA __attribute__((always_inline))
+// Like call_with_best_isa, passing fn the chosen level as IsaTag<level>{}, so that it can pick
+// sizes for that level at compile time.
+template <typename Fn>
+void call_with_best_isa_tag(const Fn& fn, CpuIsa cap = CpuIsa::kAvx512) {
+  switch (cpu_isa() < cap ? cpu_isa() : cap) {
+    case CpuIsa::kAvx512:
+      isa_detail::call_avx512([&]() FASTNETS_INLINE_LAMBDA { fn(IsaTag<CpuIsa::kAvx512>{}); });
+      break;
+    case CpuIsa::kAvx2: isa_detail::call_avx2([&]() FASTNETS_INLINE_LAMBDA { fn(IsaTag<CpuIsa::kAvx2>{}); }); break;
+    default: fn(IsaTag<CpuIsa::kBaseline>{}); break;
+  }
+}
+
+}  // namespace fastnets

@@ -1,7 +1,8 @@
 """Modules: drop-in replacements for ``torch.nn`` layers (same arguments, same state_dict keys)."""
+from fastnets.nn.conv import Conv2d, ConvReLUPool2d, fuse_conv_relu_pool
 from fastnets.nn.dropout import Dropout
 from fastnets.nn.fixed_point import FixedPointQuantizer
 from fastnets.nn.maxout import Maxout, MaxoutLinear
 from fastnets.nn.pooling import MaxPool2d
 
-__all__ = ["Dropout", "FixedPointQuantizer", "Maxout", "MaxoutLinear", "MaxPool2d"]
+__all__ = ["Conv2d", "ConvReLUPool2d", "fuse_conv_relu_pool", "Dropout", "FixedPointQuantizer", "Maxout", "MaxoutLinear", "MaxPool2d"]

@@ -1,0 +1,398 @@
+// Convolution and the fused Conv2d + bias + ReLU + MaxPool2d: operator schemas and CPU kernels.
+// CUDA kernels: conv_cuda.cu; the index math and pooling epilogue: conv.h; the GEMM: cpu_gemm.h.
+//
+// Per image and group the convolution is a GEMM over the image's patch matrix (im2col), built
+// in a per-thread buffer that stays in L2; only the output (for the fused layer: the pooled
+// output and a 1-byte argmax) reaches memory. Backward: grad_input = col2im(W^T dy) per image;
+// grad_weight and grad_bias are summed per image into kWeightGradChunks fixed chunks of the
+// batch, then the chunks in order: the same bits for any thread count.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <limits>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "common/cpu_isa.h"
+#include "common/macros.h"
+#include "conv/conv_shape.h"
+#include "conv/cpu_gemm.h"
+
+namespace fastnets {
+namespace {
+
+constexpr int64_t kWeightGradChunks = 8;
+
+
+// Patch entry q = (c, r, s): its channel, the input offsets of its tap (input = output * stride +
+// offset) and the outputs whose reads fall inside the input.
+struct PatchTap {
+  int64_t channel, row_offset, col_offset, oh_first, oh_last, ow_first, ow_last;
+  PatchTap(const Conv2dGeometry& g, int64_t q) {
+    const int64_t taps = g.kernel_h * g.kernel_w;
+    channel = q / taps;
+    row_offset = q % taps / g.kernel_w * g.dilation_h - g.pad_h;
+    col_offset = q % g.kernel_w * g.dilation_w - g.pad_w;
+    conv_tap_range(g.out_h, g.in_h, g.stride_h, row_offset, oh_first, oh_last);
+    conv_tap_range(g.out_w, g.in_w, g.stride_w, col_offset, ow_first, ow_last);
+  }
+};
+
+// The patch matrix of one image and group, x pointing at the group's first input channel:
+// entry (q, p) = input read by patch entry q for output p (zero in the padding), written to
+// rows[q] + p * kPositionStride. kPositionStride 1 gives rows of a matrix; kPanelRows gives
+// the panels of gemm's A (rows[q] = panel start + q % kPanelRows).
+template <int kPositionStride, typename acc_t, typename scalar_t, typename Row>
+FASTNETS_ALWAYS_INLINE void im2col(const scalar_t* x, const Conv2dGeometry& g, const Row& row_of) {
+  for (int64_t q = 0; q < g.patch_size(); ++q) {
+    const PatchTap t(g, q);
+    const int64_t c = t.channel, row_offset = t.row_offset, col_offset = t.col_offset;
+    const int64_t oh_first = t.oh_first, oh_last = t.oh_last, ow_first = t.ow_first, ow_last = t.ow_last;
+    acc_t* out = row_of(q);
+    const scalar_t* plane = x + c * g.in_plane();
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      acc_t* o = out + oh * g.out_w * kPositionStride;
+      if (oh < oh_first || oh >= oh_last) {
+        for (int64_t ow = 0; ow < g.out_w; ++ow) o[ow * kPositionStride] = acc_t(0);
+        continue;
+      }
+      const scalar_t* in = plane + (oh * g.stride_h + row_offset) * g.in_w;
+      for (int64_t ow = 0; ow < ow_first; ++ow) o[ow * kPositionStride] = acc_t(0);
+      if (g.stride_w == 1) {
+        for (int64_t ow = ow_first; ow < ow_last; ++ow) o[ow * kPositionStride] = static_cast<acc_t>(in[ow + col_offset]);
+      } else {
+        for (int64_t ow = ow_first; ow < ow_last; ++ow) {
+          o[ow * kPositionStride] = static_cast<acc_t>(in[ow * g.stride_w + col_offset]);
+        }
+      }
+      for (int64_t ow = ow_last; ow < g.out_w; ++ow) o[ow * kPositionStride] = acc_t(0);
+    }
+  }
+}
+
+// The adjoint of im2col: dx[c][ih][iw] += col[q][p] for every patch entry reading (ih, iw), in
+// a fixed order (q, then p).
+template <typename acc_t>
+FASTNETS_ALWAYS_INLINE void col2im(const acc_t* col, int64_t ldc, const Conv2dGeometry& g, acc_t* dx) {
+  for (int64_t q = 0; q < g.patch_size(); ++q) {
+    const PatchTap t(g, q);
+    const int64_t c = t.channel, row_offset = t.row_offset, col_offset = t.col_offset;
+    const int64_t oh_first = t.oh_first, oh_last = t.oh_last, ow_first = t.ow_first, ow_last = t.ow_last;
+    acc_t* plane = dx + c * g.in_plane();
+    for (int64_t oh = oh_first; oh < oh_last; ++oh) {
+      const acc_t* o = col + q * ldc + oh * g.out_w;
+      acc_t* in = plane + (oh * g.stride_h + row_offset) * g.in_w;
+      for (int64_t ow = ow_first; ow < ow_last; ++ow) in[ow * g.stride_w + col_offset] += o[ow];
+    }
+  }
+}
+
+// Weights as gemm's A, one block of panels per group: forward rows are the group's output
+// channels over patch entries; transposed (for grad_input) rows are patch entries over channels.
+template <typename acc_t, typename scalar_t>
+std::vector<acc_t> pack_weight(const scalar_t* w, const Conv2dGeometry& g, bool transposed) {
+  const int64_t out_channels = g.group_out_channels(), patch = g.patch_size();
+  const int64_t rows = transposed ? patch : out_channels, depth = transposed ? out_channels : patch;
+  const int64_t per_group = panels_size(rows, depth);
+  std::vector<acc_t> packed(per_group * g.groups);
+  for (int64_t group = 0; group < g.groups; ++group) {
+    const scalar_t* wg = w + group * out_channels * patch;
+    if (transposed) {
+      pack_panels(rows, depth, [&](int64_t q, int64_t k) { return static_cast<acc_t>(wg[k * patch + q]); },
+                  packed.data() + group * per_group);
+    } else {
+      pack_panels(rows, depth, [&](int64_t k, int64_t q) { return static_cast<acc_t>(wg[k * patch + q]); },
+                  packed.data() + group * per_group);
+    }
+  }
+  return packed;
+}
+
+// The forward GEMM of images [first, last): epilogue(n, group, out) receives the group's
+// convolution output without bias, out[k * ldc + oh * out_w + ow] with ldc = padded_cols(P).
+template <typename scalar_t, typename Epilogue>
+void conv2d_forward_images(const scalar_t* x, const std::vector<at::opmath_type<scalar_t>>& weight_panels,
+                           const Conv2dGeometry& g, int64_t first, int64_t last, const Epilogue& epilogue) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t patch = g.patch_size(), positions = g.out_plane(), out_channels = g.group_out_channels();
+  const int64_t ldc = padded_cols<acc_t>(positions), per_group = panels_size(out_channels, patch);
+  std::vector<acc_t> col(patch * ldc, acc_t(0)), out(out_channels * ldc);
+  for (int64_t n = first; n < last; ++n) {
+    for (int64_t group = 0; group < g.groups; ++group) {
+      const scalar_t* xg = x + (n * g.in_channels + group * g.group_in_channels()) * g.in_plane();
+      call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
+        using Tile = GemmTileFor<acc_t, decltype(isa)::value>;
+        im2col<1, acc_t>(xg, g, [&](int64_t q) { return col.data() + q * ldc; });
+        gemm<Tile>(out_channels, positions, patch, weight_panels.data() + group * per_group, col.data(), ldc,
+                   out.data(), ldc, false);
+      });
+      epilogue(n, group, out.data(), ldc);
+    }
+  }
+}
+
+at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const Conv2dGeometry g = conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
+  const at::Tensor x = input.contiguous(), w = weight.contiguous();
+  const bool has_bias = bias.has_value() && bias->defined();
+  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+  at::Tensor y = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, x.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastnets::conv2d", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const std::vector<acc_t> panels = pack_weight<acc_t>(w.const_data_ptr<scalar_t>(), g, false);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    const int64_t positions = g.out_plane(), out_channels = g.group_out_channels();
+    at::parallel_for(0, g.batch, 1, [&](int64_t first, int64_t last) {
+      conv2d_forward_images(xp, panels, g, first, last, [&](int64_t n, int64_t group, const acc_t* out, int64_t ldc) {
+        for (int64_t k = 0; k < out_channels; ++k) {
+          const int64_t channel = group * out_channels + k;
+          const acc_t shift = bp ? static_cast<acc_t>(bp[channel]) : acc_t(0);
+          scalar_t* target = yp + (n * g.out_channels + channel) * positions;
+          for (int64_t p = 0; p < positions; ++p) target[p] = static_cast<scalar_t>(out[k * ldc + p] + shift);
+        }
+      });
+    });
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> conv_relu_pool2d_cpu(const at::Tensor& input, const at::Tensor& weight,
+                                                        const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                                        at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                        int64_t groups, at::IntArrayRef pool_kernel,
+                                                        at::IntArrayRef pool_stride) {
+  const Conv2dGeometry g = conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
+  const ConvPoolGeometry pool = conv_pool_geometry(g, pool_kernel, pool_stride);
+  const at::Tensor x = input.contiguous(), w = weight.contiguous();
+  const bool has_bias = bias.has_value() && bias->defined();
+  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+  at::Tensor y = at::empty({g.batch, g.out_channels, pool.out_h, pool.out_w}, x.options());
+  at::Tensor argmax = at::empty(y.sizes(), x.options().dtype(at::kByte));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastnets::conv_relu_pool2d", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const std::vector<acc_t> panels = pack_weight<acc_t>(w.const_data_ptr<scalar_t>(), g, false);
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    uint8_t* ap = argmax.mutable_data_ptr<uint8_t>();
+    const int64_t positions = g.out_plane(), pooled = pool.out_h * pool.out_w, out_channels = g.group_out_channels();
+    at::parallel_for(0, g.batch, 1, [&](int64_t first, int64_t last) {
+      conv2d_forward_images(xp, panels, g, first, last, [&](int64_t n, int64_t group, acc_t* out, int64_t ldc) {
+        for (int64_t k = 0; k < out_channels; ++k) {
+          const int64_t channel = group * out_channels + k;
+          acc_t* plane = out + k * ldc;
+          if (bp) {
+            const acc_t shift = static_cast<acc_t>(bp[channel]);
+            for (int64_t p = 0; p < positions; ++p) plane[p] += shift;
+          }
+          scalar_t* target = yp + (n * g.out_channels + channel) * pooled;
+          uint8_t* winners = ap + (n * g.out_channels + channel) * pooled;
+          for (int64_t ph = 0; ph < pool.out_h; ++ph) {
+            for (int64_t pw = 0; pw < pool.out_w; ++pw) {
+              target[ph * pool.out_w + pw] =
+                  static_cast<scalar_t>(relu_max_pool_window(plane, g.out_w, pool, ph, pw, winners[ph * pool.out_w + pw]));
+            }
+          }
+        }
+      });
+    });
+  });
+  return {y, argmax};
+}
+
+// The backward of images [0, batch): conv_grad(n, group, dy) writes the gradient of the group's
+// convolution output, dy[k * ldc + p] for p < P (ldc = padded_cols(P)).
+template <typename scalar_t, typename ConvGrad>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::Tensor& x, const at::Tensor& w,
+                                                                     const Conv2dGeometry& g,
+                                                                     std::array<bool, 3> output_mask,
+                                                                     const ConvGrad& conv_grad) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const bool need_input = output_mask[0], need_weight = output_mask[1], need_bias = output_mask[2];
+  const int64_t patch = g.patch_size(), positions = g.out_plane();
+  const int64_t in_channels = g.group_in_channels(), out_channels = g.group_out_channels();
+  const int64_t ldc = padded_cols<acc_t>(positions), ldk = padded_cols<acc_t>(out_channels);
+  const int64_t transposed_per_group = panels_size(patch, out_channels), patch_panels = panels_size(patch, positions);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const std::vector<acc_t> transposed =
+      need_input ? pack_weight<acc_t>(w.const_data_ptr<scalar_t>(), g, true) : std::vector<acc_t>();
+
+  at::Tensor grad_input = need_input ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+  scalar_t* gi = need_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
+  // Per chunk: the transposed weight gradient [group][q][k] and the bias gradient [channel].
+  const int64_t chunks = std::min(g.batch, kWeightGradChunks);
+  const int64_t weight_chunk = need_weight ? g.groups * patch * ldk : 0, bias_chunk = need_bias ? g.out_channels : 0;
+  std::vector<acc_t> weight_sums(chunks * weight_chunk, acc_t(0)), bias_sums(chunks * bias_chunk, acc_t(0));
+
+  at::parallel_for(0, chunks, 1, [&](int64_t first_chunk, int64_t last_chunk) {
+    std::vector<acc_t> dy(out_channels * ldc, acc_t(0)), dy_t(need_weight ? positions * ldk : 0, acc_t(0));
+    std::vector<acc_t> col(need_input ? patch * ldc : 0), dx(need_input ? in_channels * g.in_plane() : 0);
+    std::vector<acc_t> x_panels(need_weight ? patch_panels : 0, acc_t(0));
+    for (int64_t chunk = first_chunk; chunk < last_chunk; ++chunk) {
+      acc_t* weight_sum = weight_sums.data() + chunk * weight_chunk;
+      acc_t* bias_sum = bias_sums.data() + chunk * bias_chunk;
+      for (int64_t n = g.batch * chunk / chunks; n < g.batch * (chunk + 1) / chunks; ++n) {
+        for (int64_t group = 0; group < g.groups; ++group) {
+          conv_grad(n, group, dy.data());
+          const int64_t x_offset = (n * g.in_channels + group * in_channels) * g.in_plane();
+          call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
+            using Tile = GemmTileFor<acc_t, decltype(isa)::value>;
+            if (need_input) {
+              gemm<Tile>(patch, positions, out_channels, transposed.data() + group * transposed_per_group, dy.data(),
+                         ldc, col.data(), ldc, false);
+              std::fill(dx.begin(), dx.end(), acc_t(0));
+              col2im(col.data(), ldc, g, dx.data());
+              for (size_t i = 0; i < dx.size(); ++i) gi[x_offset + i] = static_cast<scalar_t>(dx[i]);
+            }
+            if (need_weight) {
+              im2col<kPanelRows, acc_t>(xp + x_offset, g, [&](int64_t q) {
+                return x_panels.data() + q / kPanelRows * kPanelRows * positions + q % kPanelRows;
+              });
+              for (int64_t k = 0; k < out_channels; ++k) {
+                for (int64_t p = 0; p < positions; ++p) dy_t[p * ldk + k] = dy[k * ldc + p];
+              }
+              gemm<Tile>(patch, out_channels, positions, x_panels.data(), dy_t.data(), ldk,
+                         weight_sum + group * patch * ldk, ldk, true);
+            }
+          });
+          if (need_bias) {
+            for (int64_t k = 0; k < out_channels; ++k) {
+              acc_t sum = acc_t(0);
+              for (int64_t p = 0; p < positions; ++p) sum += dy[k * ldc + p];
+              bias_sum[group * out_channels + k] += sum;
+            }
+          }
+        }
+      }
+    }
+  });
+
+  at::Tensor grad_weight = at::empty({0}, x.options()), grad_bias = at::empty({0}, x.options());
+  if (need_weight) {
+    grad_weight = at::empty(w.sizes(), w.options());
+    scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, g.out_channels, 1, [&](int64_t first, int64_t last) {
+      for (int64_t channel = first; channel < last; ++channel) {
+        const int64_t group = channel / out_channels, k = channel % out_channels;
+        for (int64_t q = 0; q < patch; ++q) {
+          acc_t sum = acc_t(0);
+          for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+            sum += weight_sums[chunk * weight_chunk + (group * patch + q) * ldk + k];
+          }
+          gw[channel * patch + q] = static_cast<scalar_t>(sum);
+        }
+      }
+    });
+  }
+  if (need_bias) {
+    grad_bias = at::empty({g.out_channels}, x.options());
+    scalar_t* gb = grad_bias.mutable_data_ptr<scalar_t>();
+    for (int64_t channel = 0; channel < g.out_channels; ++channel) {
+      acc_t sum = acc_t(0);
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += bias_sums[chunk * bias_chunk + channel];
+      gb[channel] = static_cast<scalar_t>(sum);
+    }
+  }
+  return {grad_input, grad_weight, grad_bias};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(const at::Tensor& grad_output,
+                                                                   const at::Tensor& input, const at::Tensor& weight,
+                                                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                                                   at::IntArrayRef dilation, int64_t groups,
+                                                                   std::array<bool, 3> output_mask) {
+  const Conv2dGeometry g = conv2d_geometry(input, weight, std::nullopt, stride, padding, dilation, groups);
+  check_conv_grad(grad_output, input, "grad_output", {g.batch, g.out_channels, g.out_h, g.out_w});
+  const at::Tensor x = input.contiguous(), w = weight.contiguous(), dy = grad_output.contiguous();
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastnets::conv2d_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+    const int64_t positions = g.out_plane(), out_channels = g.group_out_channels();
+    const int64_t ldc = padded_cols<acc_t>(positions);
+    grads = conv2d_backward_images<scalar_t>(x, w, g, output_mask, [&](int64_t n, int64_t group, acc_t* out) {
+      const scalar_t* source = dyp + (n * g.out_channels + group * out_channels) * positions;
+      for (int64_t k = 0; k < out_channels; ++k) {
+        for (int64_t p = 0; p < positions; ++p) out[k * ldc + p] = static_cast<acc_t>(source[k * positions + p]);
+      }
+    });
+  });
+  return grads;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& argmax, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride, std::array<bool, 3> output_mask) {
+  const Conv2dGeometry g = conv2d_geometry(input, weight, std::nullopt, stride, padding, dilation, groups);
+  const ConvPoolGeometry pool = conv_pool_geometry(g, pool_kernel, pool_stride);
+  check_conv_grad(grad_output, input, "grad_output", {g.batch, g.out_channels, pool.out_h, pool.out_w});
+  check_conv_argmax(argmax, grad_output);
+  const at::Tensor x = input.contiguous(), w = weight.contiguous(), dy = grad_output.contiguous();
+  const at::Tensor a = argmax.contiguous();
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastnets::conv_relu_pool2d_backward",
+                                  [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+    const uint8_t* ap = a.const_data_ptr<uint8_t>();
+    const int64_t pooled = pool.out_h * pool.out_w, out_channels = g.group_out_channels();
+    const int64_t ldc = padded_cols<acc_t>(g.out_plane());
+    // Each pooled output adds its gradient to its active winner, in row-major order: the order
+    // (so the bits) of relu_max_pool_conv_grad's gather, without its search.
+    grads = conv2d_backward_images<scalar_t>(x, w, g, output_mask, [&](int64_t n, int64_t group, acc_t* out) {
+      for (int64_t k = 0; k < out_channels; ++k) {
+        const int64_t plane = (n * g.out_channels + group * out_channels + k) * pooled;
+        acc_t* target = out + k * ldc;
+        std::fill(target, target + g.out_plane(), acc_t(0));
+        for (int64_t ph = 0; ph < pool.out_h; ++ph) {
+          for (int64_t pw = 0; pw < pool.out_w; ++pw) {
+            const uint8_t winner = ap[plane + ph * pool.out_w + pw];
+            if (winner & kReluInactive) continue;
+            const int64_t oh = ph * pool.stride_h + winner / pool.kernel_w, ow = pw * pool.stride_w + winner % pool.kernel_w;
+            target[oh * g.out_w + ow] += static_cast<acc_t>(dyp[plane + ph * pool.out_w + pw]);
+          }
+        }
+      }
+    });
+  });
+  return grads;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fastnets, m) {
+  // torch.nn.functional.conv2d with explicit (symmetric) padding.
+  m.def("conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride=1, int[2] padding=0, int[2] dilation=1, "
+        "int groups=1) -> Tensor");
+  // (grad_input, grad_weight, grad_bias); those not asked for in output_mask are empty.
+  m.def("conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
+        "int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // max_pool2d(relu(conv2d(...)), pool_kernel, pool_stride) in one pass. Returns (output, argmax):
+  // the winner's position in its window, | 0x80 when its pre-activation was not positive.
+  m.def("conv_relu_pool2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+        "int[2] dilation, int groups, int[2] pool_kernel, int[2] pool_stride) -> (Tensor, Tensor)");
+  m.def("conv_relu_pool2d_backward(Tensor grad_output, Tensor argmax, Tensor input, Tensor weight, int[2] stride, "
+        "int[2] padding, int[2] dilation, int groups, int[2] pool_kernel, int[2] pool_stride, bool[3] output_mask) "
+        "-> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fastnets, CPU, m) {
+  m.impl("conv2d", &conv2d_cpu);
+  m.impl("conv2d_backward", &conv2d_backward_cpu);
+  m.impl("conv_relu_pool2d", &conv_relu_pool2d_cpu);
+  m.impl("conv_relu_pool2d_backward", &conv_relu_pool2d_backward_cpu);
+}
+
+}  // namespace fastnets

@@ -1,0 +1,114 @@
+#pragma once
+// The CPU GEMM of the convolutions: C (+)= A B, with A packed in panels of kRows rows and B
+// row-major, computed in tiles of kRows x (kVectors SIMD vectors) held in registers. GCC's vector
+// extensions keep it portable: the same template compiles for AVX-512, AVX2 or SSE (cpu_isa.h)
+// and for float or double; each k step loads kVectors vectors of B and broadcasts kRows values of A.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "common/cpu_isa.h"
+#include "common/macros.h"
+
+namespace fastnets {
+
+template <typename T, int kVectorBytes, int kRowsOfTile, int kVectorsOfTile>
+struct GemmTile {
+  typedef T vec __attribute__((vector_size(kVectorBytes)));
+  static constexpr int kRows = kRowsOfTile;
+  static constexpr int kVectors = kVectorsOfTile;
+  static constexpr int kLanes = kVectorBytes / static_cast<int>(sizeof(T));
+  static constexpr int kCols = kLanes * kVectors;
+};
+
+// Every tile has kPanelRows rows, so A is packed the same way whatever the instruction set; the
+// accumulators, the vectors of B and one broadcast fit the register file (32 registers for
+// AVX-512, 16 for AVX2 and SSE). B's rows are padded to kMaxTileBytes, a multiple of every tile.
+constexpr int kPanelRows = 8;
+constexpr int kMaxTileBytes = 128;
+
+template <typename T, CpuIsa kIsa>
+using GemmTileFor = std::conditional_t<kIsa == CpuIsa::kAvx512, GemmTile<T, 64, kPanelRows, 2>,
+                                       std::conditional_t<kIsa == CpuIsa::kAvx2, GemmTile<T, 32, kPanelRows, 1>,
+                                                          GemmTile<T, 16, kPanelRows, 1>>>;
+
+// Row length of B and C buffers holding `cols` columns of T.
+template <typename T>
+int64_t padded_cols(int64_t cols) {
+  constexpr int64_t multiple = kMaxTileBytes / sizeof(T);
+  return (cols + multiple - 1) / multiple * multiple;
+}
+
+// One tile: C[rows][cols] (+)= sum over k < depth of a[k][0..kRows) (x) b[k][0..kCols), where
+// rows <= kRows and cols <= kCols are the valid part (the rest is computed and dropped).
+template <typename Tile, typename T>
+FASTNETS_ALWAYS_INLINE void gemm_tile(int64_t depth, const T* a, const T* b, int64_t ldb, T* c, int64_t ldc,
+                                      int64_t rows, int64_t cols, bool accumulate) {
+  using vec = typename Tile::vec;
+  constexpr int R = Tile::kRows, V = Tile::kVectors, L = Tile::kLanes;
+  vec acc[R][V];
+  for (int i = 0; i < R; ++i) {
+    for (int j = 0; j < V; ++j) acc[i][j] = vec{};
+  }
+  for (int64_t k = 0; k < depth; ++k) {
+    vec bk[V];
+    for (int j = 0; j < V; ++j) std::memcpy(&bk[j], b + k * ldb + j * L, sizeof(vec));
+    for (int i = 0; i < R; ++i) {
+      const T ak = a[k * R + i];
+      for (int j = 0; j < V; ++j) acc[i][j] += ak * bk[j];
+    }
+  }
+  if (rows == R && cols == Tile::kCols) {
+    for (int i = 0; i < R; ++i) {
+      for (int j = 0; j < V; ++j) {
+        vec out = acc[i][j];
+        if (accumulate) {
+          vec old;
+          std::memcpy(&old, c + i * ldc + j * L, sizeof(vec));
+          out += old;
+        }
+        std::memcpy(c + i * ldc + j * L, &out, sizeof(vec));
+      }
+    }
+    return;
+  }
+  T tile[R][Tile::kCols];
+  std::memcpy(tile, acc, sizeof(tile));
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < cols; ++j) c[i * ldc + j] = (accumulate ? c[i * ldc + j] : T(0)) + tile[i][j];
+  }
+}
+
+// C[rows][cols] (+)= A B with A packed as [rows / kRows panels][depth][kRows] (see pack_panels)
+// and B as [depth][ldb], ldb = padded_cols(cols) (the padding columns are read, not used).
+template <typename Tile, typename T>
+FASTNETS_ALWAYS_INLINE void gemm(int64_t rows, int64_t cols, int64_t depth, const T* a_packed, const T* b,
+                                 int64_t ldb, T* c, int64_t ldc, bool accumulate) {
+  for (int64_t col = 0; col < cols; col += Tile::kCols) {
+    for (int64_t row = 0; row < rows; row += Tile::kRows) {
+      gemm_tile<Tile>(depth, a_packed + row * depth, b + col, ldb, c + row * ldc + col, ldc,
+                      std::min<int64_t>(Tile::kRows, rows - row), std::min<int64_t>(Tile::kCols, cols - col),
+                      accumulate);
+    }
+  }
+}
+
+// Values in A packed for `rows` rows of `depth`: whole panels.
+inline int64_t panels_size(int64_t rows, int64_t depth) {
+  return (rows + kPanelRows - 1) / kPanelRows * kPanelRows * depth;
+}
+
+// Packs A[rows][depth], given as value(row, k), into panels of kPanelRows rows:
+// out[panel][k][row % kPanelRows], zero past the last row; out holds panels_size(rows, depth).
+template <typename T, typename Value>
+void pack_panels(int64_t rows, int64_t depth, const Value& value, T* out) {
+  for (int64_t row0 = 0; row0 < rows; row0 += kPanelRows) {
+    T* panel = out + row0 * depth;
+    for (int64_t k = 0; k < depth; ++k) {
+      for (int64_t i = 0; i < kPanelRows; ++i) panel[k * kPanelRows + i] = row0 + i < rows ? value(row0 + i, k) : T(0);
+    }
+  }
+}
+
+}  // namespace fastnets

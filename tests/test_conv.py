@@ -1,0 +1,290 @@
+"""Convolution and the fused Conv-ReLU-Pool layer: values and gradients against
+torch.nn.functional (float64 tight, lower precisions against PyTorch's own error), gradcheck,
+opcheck, torch.compile, threads, errors, the modules and the fusing helper."""
+import pytest
+import torch
+import torch.nn.functional as torch_F
+from torch import nn
+
+import fastnets.functional as F
+import fastnets.nn as fnn
+from harness import DEVICES, TRAINING_DTYPES, assert_close_to_reference, check_compiles, check_opcheck, check_same_for_threads
+
+ops = torch.ops.fastnets
+
+# (N, C, H, W, out_channels, kernel, stride, padding, dilation, groups): odd sizes, every argument.
+GEOMETRIES = [
+    (2, 3, 9, 11, 4, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (3, 4, 10, 7, 6, (3, 2), (2, 1), (0, 1), (1, 2), 2),
+    (1, 1, 5, 5, 3, (5, 5), (1, 1), (0, 0), (1, 1), 1),
+    (2, 6, 13, 13, 9, (4, 4), (3, 2), (2, 1), (2, 1), 3),
+    (2, 8, 6, 6, 8, (3, 3), (1, 1), (1, 1), (1, 1), 8),  # depthwise
+    (3, 5, 12, 12, 17, (1, 1), (1, 1), (0, 0), (1, 1), 1),
+    (2, 32, 14, 14, 64, (5, 5), (1, 1), (2, 2), (1, 1), 1),  # the MNIST CNN's conv2
+    (1, 2, 3, 30, 5, (2, 7), (1, 3), (1, 3), (1, 1), 1),
+]
+
+
+def make(geometry, dtype=torch.float64, device="cpu", seed=0):
+    n, c, h, w, k, kernel, _, _, _, groups = geometry
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
+    weight = torch.randn(k, c // groups, *kernel, generator=gen, dtype=torch.float64)
+    bias = torch.randn(k, generator=gen, dtype=torch.float64)
+    return [t.to(device=device, dtype=dtype) for t in (x, weight, bias)]
+
+
+def arguments(geometry):
+    return geometry[6], geometry[7], geometry[8], geometry[9]
+
+
+def grads_of(fn, *tensors, grad_output=None):
+    leaves = [t.detach().clone().requires_grad_() for t in tensors]
+    out = fn(*leaves)
+    out.backward(grad_output if grad_output is not None else torch.ones_like(out))
+    return out.detach(), [leaf.grad for leaf in leaves]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_conv2d_matches_pytorch_float64(device, geometry, with_bias):
+    x, weight, bias = make(geometry, device=device)
+    stride, padding, dilation, groups = arguments(geometry)
+    tensors = (x, weight, bias) if with_bias else (x, weight)
+    expected = torch_F.conv2d(x, weight, bias if with_bias else None, stride, padding, dilation, groups)
+    grad = torch.randn_like(expected)
+    out, grads = grads_of(lambda *t: F.conv2d(*t, stride=stride, padding=padding, dilation=dilation, groups=groups),
+                          *tensors, grad_output=grad)
+    ref_out, ref_grads = grads_of(lambda *t: torch_F.conv2d(*t, stride=stride, padding=padding, dilation=dilation,
+                                                            groups=groups), *tensors, grad_output=grad)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    for ours, theirs in zip(grads, ref_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-11)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[6]])
+def test_conv2d_lower_precision_within_pytorch_error(device, dtype, geometry):
+    x, weight, bias = make(geometry, device=device)
+    stride, padding, dilation, groups = arguments(geometry)
+    grad = torch.randn(torch_F.conv2d(x, weight, bias, stride, padding, dilation, groups).shape, device=device,
+                       dtype=torch.float64)
+    run = lambda fn, *t: grads_of(lambda *u: fn(*u, stride=stride, padding=padding, dilation=dilation,  # noqa: E731
+                                                groups=groups), *t, grad_output=grad.to(t[0].dtype))
+    low = [t.to(dtype) for t in (x, weight, bias)]
+    out, grads = run(F.conv2d, *low)
+    reference, reference_grads = run(torch_F.conv2d, *[t.to(dtype).double() for t in (x, weight, bias)])
+    baseline, baseline_grads = run(torch_F.conv2d, *low)
+    assert out.dtype == dtype
+    assert_close_to_reference(out, reference, baseline=baseline)
+    for ours, exact, theirs in zip(grads, reference_grads, baseline_grads):
+        assert_close_to_reference(ours, exact, baseline=theirs)
+
+
+def three_ops(x, weight, bias, stride, padding, dilation, groups, pool_kernel, pool_stride):
+    conv = torch_F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    return torch_F.max_pool2d(torch_F.relu(conv), pool_kernel, pool_stride)
+
+
+POOLS = [((2, 2), None), ((3, 3), (2, 2)), ((2, 3), (1, 2)), ((1, 1), (1, 1)), ((3, 2), (3, 2))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[3], GEOMETRIES[6]])
+@pytest.mark.parametrize("pool_kernel,pool_stride", POOLS)
+def test_fused_matches_three_ops_float64(device, geometry, pool_kernel, pool_stride):
+    x, weight, bias = make(geometry, device=device)
+    stride, padding, dilation, groups = arguments(geometry)
+    conv_shape = torch_F.conv2d(x, weight, None, stride, padding, dilation, groups).shape
+    if conv_shape[2] < pool_kernel[0] or conv_shape[3] < pool_kernel[1]:
+        pytest.skip("pooling window larger than the convolution output")
+    pool_args = (pool_kernel, pool_stride if pool_stride is not None else pool_kernel)
+    expected = three_ops(x, weight, bias, stride, padding, dilation, groups, *pool_args)
+    grad = torch.randn_like(expected)
+    out, grads = grads_of(lambda *t: F.conv_relu_pool2d(*t, stride, padding, dilation, groups, pool_kernel,
+                                                        pool_stride), x, weight, bias, grad_output=grad)
+    ref_out, ref_grads = grads_of(lambda *t: three_ops(*t, stride, padding, dilation, groups, *pool_args),
+                                  x, weight, bias, grad_output=grad)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    for ours, theirs in zip(grads, ref_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-11)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", TRAINING_DTYPES)
+def test_fused_ties_and_inactive_windows(device, dtype):
+    """Negative pre-activations everywhere: relu gives ties of zeros (the first wins), every
+    winner is inactive (argmax high bit) and no gradient flows; one positive value wins its window."""
+    x = torch.ones(1, 1, 4, 4, device=device, dtype=dtype)
+    weight = torch.ones(2, 1, 1, 1, device=device, dtype=dtype)
+    bias = torch.tensor([-2.0, -2.0], device=device, dtype=dtype)
+    x[0, 0, 3, 2] = 5.0
+    out, argmax = ops.conv_relu_pool2d(x, weight, bias, [1, 1], [0, 0], [1, 1], 1, [2, 2], [2, 2])
+    expected = torch.zeros(1, 2, 2, 2, dtype=dtype)
+    expected[0, :, 1, 1] = 3.0
+    assert torch.equal(out.cpu(), expected)
+    codes = torch.full((1, 2, 2, 2), 0x80, dtype=torch.uint8)
+    codes[0, :, 1, 1] = 2  # (i, j) = (1, 0) in the window: active
+    assert torch.equal(argmax.cpu(), codes)
+    leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    F.conv_relu_pool2d(*leaves).sum().backward()
+    assert leaves[2].grad.tolist() == [1.0, 1.0] and leaves[0].grad[0, 0, 3, 2].item() == 2.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_fused_lower_precision_within_pytorch_error(device, dtype):
+    geometry = GEOMETRIES[6]
+    x, weight, bias = make(geometry, device=device)
+    stride, padding, dilation, groups = arguments(geometry)
+    low = [t.to(dtype) for t in (x, weight, bias)]
+    out = F.conv_relu_pool2d(*low, stride, padding, dilation, groups)
+    reference = three_ops(*[t.double() for t in low], stride, padding, dilation, groups, (2, 2), (2, 2))
+    baseline = three_ops(*low, stride, padding, dilation, groups, (2, 2), (2, 2))
+    assert_close_to_reference(out, reference, baseline=baseline)
+
+
+def test_gradcheck_float64():
+    x, weight, bias = make((2, 4, 7, 6, 4, (3, 2), (2, 1), (1, 1), (1, 2), 2))
+    leaves = [t.requires_grad_() for t in (x, weight, bias)]
+    assert torch.autograd.gradcheck(lambda *t: F.conv2d(*t, stride=(2, 1), padding=1, dilation=(1, 2), groups=2),
+                                    leaves)
+    x, weight, bias = make((2, 3, 8, 9, 4, (3, 3), (1, 1), (1, 1), (1, 1), 1), seed=3)
+    leaves = [t.requires_grad_() for t in (x, weight, bias)]
+    assert torch.autograd.gradcheck(lambda *t: F.conv_relu_pool2d(*t, 1, 1, 1, 1, (3, 2), (2, 2)), leaves)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    x, weight, bias = make(GEOMETRIES[1], dtype=torch.float32, device=device)
+    stride, padding, dilation, groups = [list(a) if isinstance(a, tuple) else a for a in arguments(GEOMETRIES[1])]
+    for t in (x, weight, bias):
+        t.requires_grad_()
+    check_opcheck(ops.conv2d.default, (x, weight, bias, stride, padding, dilation, groups))
+    check_opcheck(ops.conv2d.default, (x, weight, None, stride, padding, dilation, groups))
+    out = ops.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    check_opcheck(ops.conv2d_backward.default,
+                  (torch.randn_like(out), x.detach(), weight.detach(), stride, padding, dilation, groups,
+                   [True, False, True]))
+    pooled, argmax = ops.conv_relu_pool2d(x, weight, bias, stride, padding, dilation, groups, [2, 2], [2, 1])
+    check_opcheck(ops.conv_relu_pool2d.default,
+                  (x, weight, bias, stride, padding, dilation, groups, [2, 2], [2, 1]))
+    check_opcheck(ops.conv_relu_pool2d_backward.default,
+                  (torch.randn_like(pooled), argmax, x.detach(), weight.detach(), stride, padding, dilation, groups,
+                   [2, 2], [2, 1], [True, True, True]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph(device):
+    x, weight, bias = make(GEOMETRIES[0], dtype=torch.float32, device=device)
+    second = torch.randn(5, 4, 2, 2, device=device)
+
+    def step(x, weight, bias):
+        return F.conv_relu_pool2d(F.conv2d(x, weight, bias, padding=1), second, padding="same")
+
+    check_compiles(step, x, weight, bias)
+    leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    compiled = torch.compile(lambda *t: step(*t).square().sum(), fullgraph=True)
+    compiled(*leaves).backward()
+    expected = grads_of(lambda *t: step(*t).square().sum(), x, weight, bias)[1]
+    for ours, theirs in zip([t.grad for t in leaves], expected):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_cpu_results_independent_of_threads():
+    x, weight, bias = make(GEOMETRIES[6], dtype=torch.float32, seed=5)
+    x = x.repeat(9, 1, 1, 1)  # 18 images: more than one weight-gradient chunk per thread
+    for fn in (lambda *t: F.conv2d(*t, padding=2), lambda *t: F.conv_relu_pool2d(*t, padding=2)):
+        def run():
+            out, grads = grads_of(fn, x, weight, bias)
+            return torch.cat([out.flatten()] + [g.flatten() for g in grads])
+        threads = torch.get_num_threads()
+        try:
+            check_same_for_threads(run)
+        finally:
+            torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_batch(device):
+    x = torch.randn(0, 3, 8, 8, device=device)
+    weight, bias = torch.randn(4, 3, 3, 3, device=device), torch.randn(4, device=device)
+    leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    out = F.conv2d(*leaves, padding=1)
+    assert out.shape == (0, 4, 8, 8)
+    out.sum().backward()
+    assert torch.equal(leaves[1].grad, torch.zeros_like(weight)) and torch.equal(leaves[2].grad, torch.zeros_like(bias))
+    assert F.conv_relu_pool2d(x, weight, bias, padding=1).shape == (0, 4, 4, 4)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid", 0, (2, 1)])
+@pytest.mark.parametrize("kernel", [(3, 3), (4, 2)])
+def test_padding_strings_and_unbatched_input(padding, kernel):
+    x, weight, bias = make((1, 3, 9, 8, 5, kernel, 1, 0, 1, 1))
+    expected = torch_F.conv2d(x[0], weight, bias, padding=padding, dilation=(1, 2))
+    torch.testing.assert_close(F.conv2d(x[0], weight, bias, padding=padding, dilation=(1, 2)), expected)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: F.conv2d(torch.randn(1, 3, 8, 8), torch.randn(4, 2, 3, 3)), "weight must have shape"),
+    (lambda: F.conv2d(torch.randn(1, 3, 4, 4), torch.randn(4, 3, 5, 5)), "larger than the padded input"),
+    (lambda: F.conv2d(torch.randn(3, 4), torch.randn(4, 3, 1, 1)), "input must be"),
+    (lambda: ops.conv2d(torch.randn(1, 3, 4, 4), torch.randn(4, 3, 1), None), "weight must be 4-D"),
+    (lambda: F.conv2d(torch.randn(1, 3, 4, 4), torch.randn(4, 3, 1, 1, dtype=torch.float64)), "weight must have input's dtype"),
+    (lambda: F.conv2d(torch.randn(1, 3, 4, 4), torch.randn(4, 3, 1, 1), torch.randn(3)), "bias must have shape"),
+    (lambda: F.conv2d(torch.randn(1, 3, 4, 4), torch.randn(4, 1, 1, 1), groups=3), "divisible by groups"),
+    (lambda: F.conv2d(torch.randn(1, 4, 4, 4), torch.randn(6, 2, 1, 1), groups=0), "groups must be at least 1"),
+    (lambda: F.conv2d(torch.randn(1, 3, 4, 4), torch.randn(4, 3, 1, 1), stride=0), "stride must be at least 1"),
+    (lambda: F.conv2d(torch.randn(1, 3, 4, 4), torch.randn(4, 3, 1, 1), padding="full"), "padding must be"),
+    (lambda: F.conv2d(torch.randn(1, 3, 4, 4), torch.randn(4, 3, 1, 1), stride=2, padding="same"), "strided"),
+    (lambda: F.conv2d(torch.randint(0, 3, (1, 3, 4, 4)), torch.randint(0, 3, (4, 3, 1, 1))), "input must be float32"),
+    (lambda: F.conv_relu_pool2d(torch.randn(1, 3, 4, 4), torch.randn(4, 3, 3, 3), pool_kernel=3), "pool_kernel"),
+    (lambda: F.conv_relu_pool2d(torch.randn(1, 3, 40, 40), torch.randn(4, 3, 1, 1), pool_kernel=12), "at most 128"),
+    (lambda: ops.conv_relu_pool2d_backward(torch.randn(1, 4, 2, 2), torch.zeros(1, 4, 2, 2, dtype=torch.int32),
+                                           torch.randn(1, 3, 4, 4), torch.randn(4, 3, 1, 1), [1, 1], [0, 0], [1, 1], 1,
+                                           [2, 2], [2, 2], [True, True, True]), "argmax must be a uint8"),
+    (lambda: ops.conv2d_backward(torch.randn(1, 4, 3, 3), torch.randn(1, 3, 4, 4), torch.randn(4, 3, 1, 1), [1, 1],
+                                 [0, 0], [1, 1], 1, [True, True, True]), "grad_output must have shape"),
+])
+def test_bad_input_raises_a_clear_error(call, message):
+    with pytest.raises((RuntimeError, ValueError), match=message):
+        call()
+
+
+def test_conv2d_module_is_a_drop_in():
+    torch.manual_seed(7)
+    reference = nn.Conv2d(4, 6, (3, 2), stride=(1, 2), padding=(1, 1), dilation=(2, 1), groups=2)
+    torch.manual_seed(7)
+    ours = fnn.Conv2d(4, 6, (3, 2), stride=(1, 2), padding=(1, 1), dilation=(2, 1), groups=2)
+    assert ours.state_dict().keys() == reference.state_dict().keys()
+    for a, b in zip(ours.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(a, b)  # same initialization
+    x = torch.randn(3, 4, 9, 10)
+    torch.testing.assert_close(ours(x), reference(x))
+    for mode in ("reflect", "replicate", "circular"):
+        reference = nn.Conv2d(3, 5, 3, padding="same", padding_mode=mode, bias=False)
+        ours = fnn.Conv2d(3, 5, 3, padding="same", padding_mode=mode, bias=False)
+        ours.load_state_dict(reference.state_dict())
+        torch.testing.assert_close(ours(x[:, :3]), reference(x[:, :3]))
+
+
+def test_conv_relu_pool_module_loads_a_conv2d_and_the_fusing_helper():
+    model = nn.Sequential(nn.Conv2d(1, 8, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(8, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+                          nn.Conv2d(16, 4, 1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
+                          nn.Flatten())
+    x = torch.randn(5, 1, 28, 28)
+    expected = model(x)
+    state = model.state_dict()
+    fnn.fuse_conv_relu_pool(model)
+    assert isinstance(model[0], fnn.ConvReLUPool2d) and isinstance(model[3], fnn.ConvReLUPool2d)
+    assert isinstance(model[6], nn.Conv2d) and not isinstance(model[6], fnn.ConvReLUPool2d)  # ceil_mode: kept
+    assert model.state_dict().keys() == state.keys()
+    torch.testing.assert_close(model(x), expected)
+    layer = fnn.ConvReLUPool2d(1, 8, 5, padding=2, pool_kernel=2)
+    layer.load_state_dict(nn.Conv2d(1, 8, 5, padding=2).state_dict())
+    conv = nn.Conv2d(1, 8, 5, padding=2)
+    conv.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(layer(x), torch_F.max_pool2d(torch.relu(conv(x)), 2))
