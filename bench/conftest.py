@@ -20,9 +20,11 @@ ROUNDS = {"cpu": 7, "cuda": 30}
 INNER_CUDA = 10  # calls per timed round on CUDA, then one synchronize
 
 
-def run_case(benchmark, fn, *, device, op, impl, dtype, numel, bytes_moved, direction, rounds=None):
+def run_case(benchmark, fn, *, device, op, impl, dtype, numel, bytes_moved, direction, rounds=None, flops=None,
+             dtype_label=None):
     """Times fn() and records what summary.py needs. On CUDA a round is INNER_CUDA calls and a
-    synchronize, so launch overhead overlaps and the per-call time is the round's / INNER_CUDA."""
+    synchronize, so launch overhead overlaps and the per-call time is the round's / INNER_CUDA.
+    Compute-bound cases give `flops` (per call): the summary then reports GFLOP/s."""
     inner = INNER_CUDA if device == "cuda" else 1
 
     def round_():
@@ -32,8 +34,8 @@ def run_case(benchmark, fn, *, device, op, impl, dtype, numel, bytes_moved, dire
             torch.cuda.synchronize()
 
     benchmark.extra_info.update(
-        suite=benchmark.fullname.split("::")[0], op=op, impl=impl, device=device, dtype=str(dtype).replace("torch.", ""), numel=numel,
-        bytes=bytes_moved, calls_per_round=inner, direction=direction,
+        suite=benchmark.fullname.split("::")[0], op=op, impl=impl, device=device,
+        dtype=dtype_label or str(dtype).replace("torch.", ""), numel=numel, bytes=bytes_moved, flops=flops, calls_per_round=inner, direction=direction,
         device_name=torch.cuda.get_device_name() if device == "cuda" else "cpu",
     )
     benchmark.pedantic(round_, rounds=rounds or ROUNDS[device], warmup_rounds=1)
