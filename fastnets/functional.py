@@ -234,9 +234,11 @@ def conv_relu_pool2d(
     The convolution arguments are :func:`conv2d`'s. The pooling has no padding and floor mode
     (every window lies inside the convolution's output); ``pool_stride`` defaults to
     ``pool_kernel``; windows have at most 128 positions. Values and gradients are those of the
-    three PyTorch ops (ties and NaN included); only the pooled output and one byte per pooled
-    output (the winner and whether its ReLU was active) are written, and backward needs no
-    convolution output.
+    three PyTorch ops (ties and NaN included) in float32 and float64; in float16 and bfloat16 the
+    pooling compares the float32 pre-activations, which PyTorch rounds first, so a winner (and
+    with it the gradient's position) may differ where rounding makes values tie. Only the pooled
+    output and one byte per pooled output (the winner and whether its ReLU was active) are
+    written, and backward needs no convolution output.
 
     Shape: (N, C_in, H, W) -> (N, C_out, H_pool, W_pool) (or unbatched).
     """

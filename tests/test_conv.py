@@ -245,6 +245,9 @@ def test_padding_strings_and_unbatched_input(padding, kernel):
     (lambda: ops.conv_relu_pool2d_backward(torch.randn(1, 4, 2, 2), torch.zeros(1, 4, 2, 2, dtype=torch.int32),
                                            torch.randn(1, 3, 4, 4), torch.randn(4, 3, 1, 1), [1, 1], [0, 0], [1, 1], 1,
                                            [2, 2], [2, 2], [True, True, True]), "argmax must be a uint8"),
+    (lambda: ops.conv_relu_pool2d_backward(torch.randn(1, 4, 2, 2), torch.full((1, 4, 2, 2), 0x7F, dtype=torch.uint8),
+                                           torch.randn(1, 3, 4, 4), torch.randn(4, 3, 1, 1), [1, 1], [0, 0], [1, 1], 1,
+                                           [2, 2], [2, 2], [True, True, True]), "not a position"),
     (lambda: ops.conv2d_backward(torch.randn(1, 4, 3, 3), torch.randn(1, 3, 4, 4), torch.randn(4, 3, 1, 1), [1, 1],
                                  [0, 0], [1, 1], 1, [True, True, True]), "grad_output must have shape"),
 ])
@@ -283,6 +286,8 @@ def test_conv_relu_pool_module_loads_a_conv2d_and_the_fusing_helper():
     assert isinstance(model[6], nn.Conv2d) and not isinstance(model[6], fnn.ConvReLUPool2d)  # ceil_mode: kept
     assert model.state_dict().keys() == state.keys()
     torch.testing.assert_close(model(x), expected)
+    norm = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Conv2d(1, 2, 3)), nn.ReLU(), nn.MaxPool2d(2))
+    assert not isinstance(fnn.fuse_conv_relu_pool(norm)[0], fnn.ConvReLUPool2d)  # parametrized: kept
     layer = fnn.ConvReLUPool2d(1, 8, 5, padding=2, pool_kernel=2)
     layer.load_state_dict(nn.Conv2d(1, 8, 5, padding=2).state_dict())
     conv = nn.Conv2d(1, 8, 5, padding=2)

@@ -2,7 +2,7 @@
 // CUDA kernels: conv_cuda.cu; the index math and pooling epilogue: conv.h; the GEMM: cpu_gemm.h.
 //
 // Per image and group the convolution is a GEMM over the image's patch matrix (im2col), built
-// in a per-thread buffer that stays in L2; only the output (for the fused layer: the pooled
+// in a per-thread buffer (in L2 for layers like the MNIST CNN's; no tiling over positions yet); only the output (for the fused layer: the pooled
 // output and a 1-byte argmax) reaches memory. Backward: grad_input = col2im(W^T dy) per image;
 // grad_weight and grad_bias are summed per image into kWeightGradChunks fixed chunks of the
 // batch, then the chunks in order: the same bits for any thread count.
@@ -360,6 +360,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool2d_backward_cpu(
           for (int64_t pw = 0; pw < pool.out_w; ++pw) {
             const uint8_t winner = ap[plane + ph * pool.out_w + pw];
             if (winner & kReluInactive) continue;
+            TORCH_CHECK(winner < pool.kernel_h * pool.kernel_w, "argmax holds ", static_cast<int>(winner),
+                        ", not a position in a ", pool.kernel_h, "x", pool.kernel_w, " window");
             const int64_t oh = ph * pool.stride_h + winner / pool.kernel_w, ow = pw * pool.stride_w + winner % pool.kernel_w;
             target[oh * g.out_w + ow] += static_cast<acc_t>(dyp[plane + ph * pool.out_w + pw]);
           }

@@ -3,6 +3,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from fastnets import functional as F
+from fastnets.nn.pooling import MaxPool2d as _MaxPool2d
 
 class Conv2d(nn.Conv2d):
     """Drop-in for :class:`torch.nn.Conv2d`: same constructor, initialization, parameters and
@@ -68,8 +69,15 @@ class ConvReLUPool2d(nn.Conv2d):
         return F.conv_relu_pool2d(input, self.weight, self.bias, self.stride, padding, self.dilation, self.groups,
                                   self.pool_kernel, self.pool_stride)
 
+def _fusable_conv(conv: nn.Module) -> bool:
+    """Plain convolutions only: a subclass may compute something else, a parametrized or lazy
+    weight is not a plain parameter."""
+    return (type(conv) in (nn.Conv2d, Conv2d) and not nn.utils.parametrize.is_parametrized(conv)
+            and not isinstance(conv.weight, nn.parameter.UninitializedParameter))
+
+
 def _fusable_pool(pool: nn.Module) -> bool:
-    if not isinstance(pool, nn.MaxPool2d):
+    if type(pool) is not nn.MaxPool2d and not isinstance(pool, _MaxPool2d):
         return False
     pad = nn.modules.utils._pair(pool.padding)
     dilation = nn.modules.utils._pair(pool.dilation)
@@ -82,8 +90,8 @@ def fuse_conv_relu_pool(model: nn.Module) -> nn.Module:
     :class:`torch.nn.Sequential` (at any depth) by a :class:`ConvReLUPool2d` sharing the
     convolution's parameters, in place; returns ``model``.
 
-    Runs whose pooling has padding, dilation, ``ceil_mode`` or ``return_indices`` are left as they
-    are (the fused layer has none of these). The state_dict keys of the fused layer are the
+    Runs whose pooling has padding, dilation, ``ceil_mode`` or ``return_indices``, and
+    convolutions that are subclasses, parametrized or lazy, are left as they are. The state_dict keys of the fused layer are the
     convolution's, under the convolution's name; the ReLU and pooling slots become
     :class:`torch.nn.Identity`, so the indices of later layers do not move.
     """
@@ -93,8 +101,7 @@ def fuse_conv_relu_pool(model: nn.Module) -> nn.Module:
         names = list(module._modules.keys())
         for i in range(len(names) - 2):
             conv, relu, pool = (module._modules[names[i + j]] for j in range(3))
-            if (isinstance(conv, nn.Conv2d) and not isinstance(conv, ConvReLUPool2d)
-                    and isinstance(relu, nn.ReLU) and _fusable_pool(pool)):
+            if _fusable_conv(conv) and type(relu) is nn.ReLU and _fusable_pool(pool):
                 module._modules[names[i]] = ConvReLUPool2d.from_modules(conv, pool)
                 module._modules[names[i + 1]] = nn.Identity()
                 module._modules[names[i + 2]] = nn.Identity()
