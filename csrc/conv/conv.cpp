@@ -2,8 +2,11 @@
 // CUDA kernels: conv_cuda.cu; the index math and pooling epilogue: conv.h; the GEMM: cpu_gemm.h.
 //
 // Per image and group the convolution is a GEMM over the image's patch matrix (im2col), built
-// in a per-thread buffer (in L2 for layers like the MNIST CNN's; no tiling over positions yet); only the output (for the fused layer: the pooled
-// output and a 1-byte argmax) reaches memory. Backward: grad_input = col2im(W^T dy) per image;
+// in a per-thread buffer (in L2 for layers like the MNIST CNN's; no tiling over positions yet);
+// only the output (for the fused layer: the pooled output and a 1-byte argmax) reaches memory.
+// The GEMM's columns are output positions in a ColumnLayout: row-major, or for the fused layer
+// with windows that do not overlap, window tap by window tap, which turns pooling into
+// elementwise maxima of contiguous blocks. Backward: grad_input = col2im(W^T dy) per image;
 // grad_weight and grad_bias are summed per image into kWeightGradChunks fixed chunks of the
 // batch, then the chunks in order: the same bits for any thread count.
 #include <ATen/Dispatch.h>
@@ -12,10 +15,14 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <limits>
 #include <tuple>
 #include <type_traits>
@@ -32,66 +39,124 @@ namespace {
 constexpr int64_t kWeightGradChunks = 8;
 
 
-// Patch entry q = (c, r, s): its channel, the input offsets of its tap (input = output * stride +
-// offset) and the outputs whose reads fall inside the input.
+// Patch entry q = (c, r, s): its channel and the offsets of its tap: it reads input
+// (oh * stride_h + row_offset, ow * stride_w + col_offset) for output (oh, ow).
 struct PatchTap {
-  int64_t channel, row_offset, col_offset, oh_first, oh_last, ow_first, ow_last;
+  int64_t channel, row_offset, col_offset;
   PatchTap(const Conv2dGeometry& g, int64_t q) {
     const int64_t taps = g.kernel_h * g.kernel_w;
     channel = q / taps;
     row_offset = q % taps / g.kernel_w * g.dilation_h - g.pad_h;
     col_offset = q % g.kernel_w * g.dilation_w - g.pad_w;
-    conv_tap_range(g.out_h, g.in_h, g.stride_h, row_offset, oh_first, oh_last);
-    conv_tap_range(g.out_w, g.in_w, g.stride_w, col_offset, ow_first, ow_last);
   }
 };
 
-// The patch matrix of one image and group, x pointing at the group's first input channel:
-// entry (q, p) = input read by patch entry q for output p (zero in the padding), written to
-// rows[q] + p * kPositionStride. kPositionStride 1 gives rows of a matrix; kPanelRows gives
-// the panels of gemm's A (rows[q] = panel start + q % kPanelRows).
-template <int kPositionStride, typename acc_t, typename scalar_t, typename Row>
-FASTNETS_ALWAYS_INLINE void im2col(const scalar_t* x, const Conv2dGeometry& g, const Row& row_of) {
-  for (int64_t q = 0; q < g.patch_size(); ++q) {
-    const PatchTap t(g, q);
-    const int64_t c = t.channel, row_offset = t.row_offset, col_offset = t.col_offset;
-    const int64_t oh_first = t.oh_first, oh_last = t.oh_last, ow_first = t.ow_first, ow_last = t.ow_last;
-    acc_t* out = row_of(q);
-    const scalar_t* plane = x + c * g.in_plane();
-    for (int64_t oh = 0; oh < g.out_h; ++oh) {
-      acc_t* o = out + oh * g.out_w * kPositionStride;
-      if (oh < oh_first || oh >= oh_last) {
-        for (int64_t ow = 0; ow < g.out_w; ++ow) o[ow * kPositionStride] = acc_t(0);
-        continue;
-      }
-      const scalar_t* in = plane + (oh * g.stride_h + row_offset) * g.in_w;
-      for (int64_t ow = 0; ow < ow_first; ++ow) o[ow * kPositionStride] = acc_t(0);
-      if (g.stride_w == 1) {
-        for (int64_t ow = ow_first; ow < ow_last; ++ow) o[ow * kPositionStride] = static_cast<acc_t>(in[ow + col_offset]);
-      } else {
-        for (int64_t ow = ow_first; ow < ow_last; ++ow) {
-          o[ow * kPositionStride] = static_cast<acc_t>(in[ow * g.stride_w + col_offset]);
-        }
-      }
-      for (int64_t ow = ow_last; ow < g.out_w; ++ow) o[ow * kPositionStride] = acc_t(0);
+// A grid of output positions: cell (a, b) is output (a * step_h + first_h, b * step_w + first_w).
+struct PositionGrid {
+  int64_t rows, cols, step_h, step_w, first_h, first_w;
+};
+
+// The GEMM's columns: the grids' cells, grid after grid, each row-major.
+struct ColumnLayout {
+  std::vector<PositionGrid> grids;
+  int64_t columns = 0;
+  void add(const PositionGrid& grid) {
+    grids.push_back(grid);
+    columns += grid.rows * grid.cols;
+  }
+};
+
+// Every output, row-major.
+ColumnLayout natural_columns(const Conv2dGeometry& g) {
+  ColumnLayout layout;
+  layout.add({g.out_h, g.out_w, 1, 1, 0, 0});
+  return layout;
+}
+
+// Windows that do not overlap: one grid per window tap t = i * kernel_w + j, whose cell (ph, pw)
+// is that tap of pooled output (ph, pw). Column t * pooled + ph * out_w + pw; outputs under no
+// window are left out.
+bool pools_without_overlap(const ConvPoolGeometry& pool) {
+  return pool.stride_h >= pool.kernel_h && pool.stride_w >= pool.kernel_w;
+}
+
+ColumnLayout window_tap_columns(const ConvPoolGeometry& pool) {
+  ColumnLayout layout;
+  for (int64_t i = 0; i < pool.kernel_h; ++i) {
+    for (int64_t j = 0; j < pool.kernel_w; ++j) {
+      layout.add({pool.out_h, pool.out_w, pool.stride_h, pool.stride_w, i, j});
     }
+  }
+  return layout;
+}
+
+// Calls row(column, ih_row, first, last, step, offset) for each row of each grid as seen by patch
+// entry tap: the row's cells b in [first, last) read input row pointer ih_row at b * step +
+// offset; the other cells (and whole rows with ih_row == -1) fall in the padding.
+template <typename Row>
+FASTNETS_ALWAYS_INLINE void for_each_tap_row(const Conv2dGeometry& g, const ColumnLayout& layout,
+                                             const PatchTap& tap, const Row& row) {
+  int64_t column = 0;
+  for (const PositionGrid& grid : layout.grids) {
+    const int64_t step_h = grid.step_h * g.stride_h, step_w = grid.step_w * g.stride_w;
+    const int64_t offset_h = grid.first_h * g.stride_h + tap.row_offset;
+    const int64_t offset_w = grid.first_w * g.stride_w + tap.col_offset;
+    int64_t a_first, a_last, b_first, b_last;
+    conv_tap_range(grid.rows, g.in_h, step_h, offset_h, a_first, a_last);
+    conv_tap_range(grid.cols, g.in_w, step_w, offset_w, b_first, b_last);
+    for (int64_t a = 0; a < grid.rows; ++a) {
+      const bool inside = a >= a_first && a < a_last;
+      row(column + a * grid.cols, grid.cols, inside ? a * step_h + offset_h : -1, b_first, b_last, step_w, offset_w);
+    }
+    column += grid.rows * grid.cols;
   }
 }
 
-// The adjoint of im2col: dx[c][ih][iw] += col[q][p] for every patch entry reading (ih, iw), in
-// a fixed order (q, then p).
-template <typename acc_t>
-FASTNETS_ALWAYS_INLINE void col2im(const acc_t* col, int64_t ldc, const Conv2dGeometry& g, acc_t* dx) {
+// The patch matrix of one image and group, x pointing at the group's first input channel:
+// entry (q, column) = input read by patch entry q for the layout's output at `column` (zero in
+// the padding), written to rows[q] + column * kPositionStride. kPositionStride 1 gives rows of a
+// matrix; kPanelRows gives the panels of gemm's A (rows[q] = panel start + q % kPanelRows).
+template <int kPositionStride, typename acc_t, typename scalar_t, typename Rows>
+FASTNETS_ALWAYS_INLINE void im2col(const scalar_t* x, const Conv2dGeometry& g, const ColumnLayout& layout,
+                                   const Rows& row_of) {
   for (int64_t q = 0; q < g.patch_size(); ++q) {
-    const PatchTap t(g, q);
-    const int64_t c = t.channel, row_offset = t.row_offset, col_offset = t.col_offset;
-    const int64_t oh_first = t.oh_first, oh_last = t.oh_last, ow_first = t.ow_first, ow_last = t.ow_last;
-    acc_t* plane = dx + c * g.in_plane();
-    for (int64_t oh = oh_first; oh < oh_last; ++oh) {
-      const acc_t* o = col + q * ldc + oh * g.out_w;
-      acc_t* in = plane + (oh * g.stride_h + row_offset) * g.in_w;
-      for (int64_t ow = ow_first; ow < ow_last; ++ow) in[ow * g.stride_w + col_offset] += o[ow];
-    }
+    const PatchTap tap(g, q);
+    acc_t* out = row_of(q);
+    const scalar_t* plane = x + tap.channel * g.in_plane();
+    for_each_tap_row(g, layout, tap, [&](int64_t column, int64_t cols, int64_t ih, int64_t first, int64_t last,
+                                         int64_t step, int64_t offset) FASTNETS_INLINE_LAMBDA {
+      acc_t* o = out + column * kPositionStride;
+      if (ih < 0) {
+        for (int64_t b = 0; b < cols; ++b) o[b * kPositionStride] = acc_t(0);
+        return;
+      }
+      const scalar_t* in = plane + ih * g.in_w;
+      for (int64_t b = 0; b < first; ++b) o[b * kPositionStride] = acc_t(0);
+      if (step == 1) {
+        for (int64_t b = first; b < last; ++b) o[b * kPositionStride] = static_cast<acc_t>(in[b + offset]);
+      } else {
+        for (int64_t b = first; b < last; ++b) o[b * kPositionStride] = static_cast<acc_t>(in[b * step + offset]);
+      }
+      for (int64_t b = last; b < cols; ++b) o[b * kPositionStride] = acc_t(0);
+    });
+  }
+}
+
+// The adjoint of im2col: dx[c][ih][iw] += col[q][column] for every patch entry reading (ih, iw),
+// in a fixed order (q, then column).
+template <typename acc_t>
+FASTNETS_ALWAYS_INLINE void col2im(const acc_t* col, int64_t ldc, const Conv2dGeometry& g, const ColumnLayout& layout,
+                                   acc_t* dx) {
+  for (int64_t q = 0; q < g.patch_size(); ++q) {
+    const PatchTap tap(g, q);
+    acc_t* plane = dx + tap.channel * g.in_plane();
+    for_each_tap_row(g, layout, tap, [&](int64_t column, int64_t, int64_t ih, int64_t first, int64_t last,
+                                         int64_t step, int64_t offset) FASTNETS_INLINE_LAMBDA {
+      if (ih < 0) return;
+      const acc_t* o = col + q * ldc + column;
+      acc_t* in = plane + ih * g.in_w;
+      for (int64_t b = first; b < last; ++b) in[b * step + offset] += o[b];
+    });
   }
 }
 
@@ -116,13 +181,15 @@ std::vector<acc_t> pack_weight(const scalar_t* w, const Conv2dGeometry& g, bool 
   return packed;
 }
 
-// The forward GEMM of images [first, last): epilogue(n, group, out) receives the group's
-// convolution output without bias, out[k * ldc + oh * out_w + ow] with ldc = padded_cols(P).
+// The forward GEMM of images [first, last): epilogue(n, group, out, ldc) receives the group's
+// convolution output without bias, out[k * ldc + column] in the layout's columns, ldc =
+// padded_cols(columns).
 template <typename scalar_t, typename Epilogue>
 void conv2d_forward_images(const scalar_t* x, const std::vector<at::opmath_type<scalar_t>>& weight_panels,
-                           const Conv2dGeometry& g, int64_t first, int64_t last, const Epilogue& epilogue) {
+                           const Conv2dGeometry& g, const ColumnLayout& layout, int64_t first, int64_t last,
+                           const Epilogue& epilogue) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t patch = g.patch_size(), positions = g.out_plane(), out_channels = g.group_out_channels();
+  const int64_t patch = g.patch_size(), positions = layout.columns, out_channels = g.group_out_channels();
   const int64_t ldc = padded_cols<acc_t>(positions), per_group = panels_size(out_channels, patch);
   std::vector<acc_t> col(patch * ldc, acc_t(0)), out(out_channels * ldc);
   for (int64_t n = first; n < last; ++n) {
@@ -130,7 +197,7 @@ void conv2d_forward_images(const scalar_t* x, const std::vector<at::opmath_type<
       const scalar_t* xg = x + (n * g.in_channels + group * g.group_in_channels()) * g.in_plane();
       call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
         using Tile = GemmTileFor<acc_t, decltype(isa)::value>;
-        im2col<1, acc_t>(xg, g, [&](int64_t q) { return col.data() + q * ldc; });
+        im2col<1, acc_t>(xg, g, layout, [&](int64_t q) { return col.data() + q * ldc; });
         gemm<Tile>(out_channels, positions, patch, weight_panels.data() + group * per_group, col.data(), ldc,
                    out.data(), ldc, false);
       });
@@ -153,8 +220,10 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
     const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const int64_t positions = g.out_plane(), out_channels = g.group_out_channels();
+    const ColumnLayout layout = natural_columns(g);
     at::parallel_for(0, g.batch, 1, [&](int64_t first, int64_t last) {
-      conv2d_forward_images(xp, panels, g, first, last, [&](int64_t n, int64_t group, const acc_t* out, int64_t ldc) {
+      conv2d_forward_images(xp, panels, g, layout, first, last, [&](int64_t n, int64_t group, const acc_t* out,
+                                                                     int64_t ldc) {
         for (int64_t k = 0; k < out_channels; ++k) {
           const int64_t channel = group * out_channels + k;
           const acc_t shift = bp ? static_cast<acc_t>(bp[channel]) : acc_t(0);
@@ -166,6 +235,41 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   });
   return y;
 }
+
+#if defined(__x86_64__) && defined(__GNUC__)
+constexpr bool kHaveTapPooling = true;
+
+// relu_max_pool_window for window_tap_columns, float, 16 pooled outputs at a time: tap t of every
+// pooled output is the contiguous block conv[t * pooled, (t + 1) * pooled), so a window's taps
+// are lanes at the same place in each block. The rule of conv.h (relu keeping NaN; greater or
+// NaN takes; argmax | kReluInactive unless the maximum is positive) as AVX-512 compare masks:
+// GCC lowers vector selects of generic vectors lane by lane outside a function compiled for
+// AVX-512, hence intrinsics. conv lacks the bias (shift); reads stay inside the blocks.
+FASTNETS_TARGET_AVX512 void relu_max_pool_taps_avx512(const float* conv, float shift, int64_t pooled, int64_t taps,
+                                                      float* out, uint8_t* argmax) {
+  const __m512 zero = _mm512_setzero_ps(), bias = _mm512_set1_ps(shift);
+  for (int64_t q0 = 0; q0 < pooled; q0 += 16) {
+    const __mmask16 lanes = pooled - q0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (pooled - q0)) - 1);
+    __m512 best = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    __m512i position = _mm512_setzero_si512();
+    for (int64_t t = 0; t < taps; ++t) {
+      __m512 value = _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, conv + t * pooled + q0), bias);
+      const __mmask16 nan = _mm512_cmp_ps_mask(value, value, _CMP_UNORD_Q);
+      value = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(value, zero, _CMP_GT_OQ) | nan, value);
+      const __mmask16 takes = _mm512_cmp_ps_mask(value, best, _CMP_GT_OQ) | nan;
+      best = _mm512_mask_mov_ps(best, takes, value);
+      position = _mm512_mask_mov_epi32(position, takes, _mm512_set1_epi32(static_cast<int>(t)));
+    }
+    const __mmask16 inactive = static_cast<__mmask16>(~_mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ));
+    position = _mm512_mask_or_epi32(position, inactive, position, _mm512_set1_epi32(kReluInactive));
+    _mm512_mask_storeu_ps(out + q0, lanes, best);
+    _mm512_mask_cvtepi32_storeu_epi8(argmax + q0, lanes, position);
+  }
+}
+#else
+constexpr bool kHaveTapPooling = false;
+void relu_max_pool_taps_avx512(const float*, float, int64_t, int64_t, float*, uint8_t*) {}
+#endif
 
 std::tuple<at::Tensor, at::Tensor> conv_relu_pool2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                                                         const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
@@ -186,23 +290,35 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_pool2d_cpu(const at::Tensor& input,
     const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     uint8_t* ap = argmax.mutable_data_ptr<uint8_t>();
-    const int64_t positions = g.out_plane(), pooled = pool.out_h * pool.out_w, out_channels = g.group_out_channels();
+    const int64_t pooled = pool.out_h * pool.out_w, out_channels = g.group_out_channels();
+    // Window by window in float with AVX-512; otherwise every output, row-major, pooled by
+    // relu_max_pool_window.
+    const bool by_taps = kHaveTapPooling && std::is_same_v<acc_t, float> && cpu_isa() == CpuIsa::kAvx512 &&
+                         pools_without_overlap(pool);
+    const ColumnLayout layout = by_taps ? window_tap_columns(pool) : natural_columns(g);
     at::parallel_for(0, g.batch, 1, [&](int64_t first, int64_t last) {
-      conv2d_forward_images(xp, panels, g, first, last, [&](int64_t n, int64_t group, acc_t* out, int64_t ldc) {
+      std::vector<float> pooled_values(by_taps ? pooled : 0);
+      conv2d_forward_images(xp, panels, g, layout, first, last, [&](int64_t n, int64_t group, acc_t* out,
+                                                                     int64_t ldc) {
         for (int64_t k = 0; k < out_channels; ++k) {
           const int64_t channel = group * out_channels + k;
-          acc_t* plane = out + k * ldc;
-          if (bp) {
-            const acc_t shift = static_cast<acc_t>(bp[channel]);
-            for (int64_t p = 0; p < positions; ++p) plane[p] += shift;
-          }
+          const acc_t shift = bp ? static_cast<acc_t>(bp[channel]) : acc_t(0);
+          acc_t* conv = out + k * ldc;
           scalar_t* target = yp + (n * g.out_channels + channel) * pooled;
           uint8_t* winners = ap + (n * g.out_channels + channel) * pooled;
-          for (int64_t ph = 0; ph < pool.out_h; ++ph) {
-            for (int64_t pw = 0; pw < pool.out_w; ++pw) {
-              target[ph * pool.out_w + pw] =
-                  static_cast<scalar_t>(relu_max_pool_window(plane, g.out_w, pool, ph, pw, winners[ph * pool.out_w + pw]));
+          if (by_taps) {  // acc_t is float here
+            float* values = std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(target) : pooled_values.data();
+            relu_max_pool_taps_avx512(reinterpret_cast<const float*>(conv), static_cast<float>(shift), pooled,
+                                      pool.kernel_h * pool.kernel_w, values, winners);
+            if (!std::is_same_v<scalar_t, float>) {
+              for (int64_t o = 0; o < pooled; ++o) target[o] = static_cast<scalar_t>(values[o]);
             }
+            continue;
+          }
+          for (int64_t p = 0; p < layout.columns; ++p) conv[p] += shift;
+          for (int64_t o = 0; o < pooled; ++o) {
+            target[o] = static_cast<scalar_t>(
+                relu_max_pool_window(conv, g.out_w, pool, o / pool.out_w, o % pool.out_w, winners[o]));
           }
         }
       });
@@ -212,15 +328,16 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_pool2d_cpu(const at::Tensor& input,
 }
 
 // The backward of images [0, batch): conv_grad(n, group, dy) writes the gradient of the group's
-// convolution output, dy[k * ldc + p] for p < P (ldc = padded_cols(P)).
+// convolution output in the layout's columns, dy[k * ldc + column] (ldc = padded_cols(columns)).
 template <typename scalar_t, typename ConvGrad>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::Tensor& x, const at::Tensor& w,
                                                                      const Conv2dGeometry& g,
+                                                                     const ColumnLayout& layout,
                                                                      std::array<bool, 3> output_mask,
                                                                      const ConvGrad& conv_grad) {
   using acc_t = at::opmath_type<scalar_t>;
   const bool need_input = output_mask[0], need_weight = output_mask[1], need_bias = output_mask[2];
-  const int64_t patch = g.patch_size(), positions = g.out_plane();
+  const int64_t patch = g.patch_size(), positions = layout.columns;
   const int64_t in_channels = g.group_in_channels(), out_channels = g.group_out_channels();
   const int64_t ldc = padded_cols<acc_t>(positions), ldk = padded_cols<acc_t>(out_channels);
   const int64_t transposed_per_group = panels_size(patch, out_channels), patch_panels = panels_size(patch, positions);
@@ -252,11 +369,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
               gemm<Tile>(patch, positions, out_channels, transposed.data() + group * transposed_per_group, dy.data(),
                          ldc, col.data(), ldc, false);
               std::fill(dx.begin(), dx.end(), acc_t(0));
-              col2im(col.data(), ldc, g, dx.data());
+              col2im(col.data(), ldc, g, layout, dx.data());
               for (size_t i = 0; i < dx.size(); ++i) gi[x_offset + i] = static_cast<scalar_t>(dx[i]);
             }
             if (need_weight) {
-              im2col<kPanelRows, acc_t>(xp + x_offset, g, [&](int64_t q) {
+              im2col<kPanelRows, acc_t>(xp + x_offset, g, layout, [&](int64_t q) {
                 return x_panels.data() + q / kPanelRows * kPanelRows * positions + q % kPanelRows;
               });
               for (int64_t k = 0; k < out_channels; ++k) {
@@ -321,7 +438,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(const at::Ten
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
     const int64_t positions = g.out_plane(), out_channels = g.group_out_channels();
     const int64_t ldc = padded_cols<acc_t>(positions);
-    grads = conv2d_backward_images<scalar_t>(x, w, g, output_mask, [&](int64_t n, int64_t group, acc_t* out) {
+    grads = conv2d_backward_images<scalar_t>(x, w, g, natural_columns(g), output_mask,
+                                             [&](int64_t n, int64_t group, acc_t* out) {
       const scalar_t* source = dyp + (n * g.out_channels + group * out_channels) * positions;
       for (int64_t k = 0; k < out_channels; ++k) {
         for (int64_t p = 0; p < positions; ++p) out[k * ldc + p] = static_cast<acc_t>(source[k * positions + p]);
@@ -347,24 +465,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool2d_backward_cpu(
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
     const uint8_t* ap = a.const_data_ptr<uint8_t>();
-    const int64_t pooled = pool.out_h * pool.out_w, out_channels = g.group_out_channels();
-    const int64_t ldc = padded_cols<acc_t>(g.out_plane());
-    // Each pooled output adds its gradient to its active winner, in row-major order: the order
-    // (so the bits) of relu_max_pool_conv_grad's gather, without its search.
-    grads = conv2d_backward_images<scalar_t>(x, w, g, output_mask, [&](int64_t n, int64_t group, acc_t* out) {
+    const int64_t pooled = pool.out_h * pool.out_w, out_channels = g.group_out_channels(), taps = pool.kernel_h * pool.kernel_w;
+    const bool by_taps = pools_without_overlap(pool);
+    const ColumnLayout layout = by_taps ? window_tap_columns(pool) : natural_columns(g);
+    const int64_t ldc = padded_cols<acc_t>(layout.columns);
+    grads = conv2d_backward_images<scalar_t>(x, w, g, layout, output_mask, [&](int64_t n, int64_t group, acc_t* out) {
       for (int64_t k = 0; k < out_channels; ++k) {
         const int64_t plane = (n * g.out_channels + group * out_channels + k) * pooled;
+        const uint8_t* winners = ap + plane;
+        const scalar_t* grad = dyp + plane;
         acc_t* target = out + k * ldc;
-        std::fill(target, target + g.out_plane(), acc_t(0));
-        for (int64_t ph = 0; ph < pool.out_h; ++ph) {
-          for (int64_t pw = 0; pw < pool.out_w; ++pw) {
-            const uint8_t winner = ap[plane + ph * pool.out_w + pw];
-            if (winner & kReluInactive) continue;
-            TORCH_CHECK(winner < pool.kernel_h * pool.kernel_w, "argmax holds ", static_cast<int>(winner),
-                        ", not a position in a ", pool.kernel_h, "x", pool.kernel_w, " window");
-            const int64_t oh = ph * pool.stride_h + winner / pool.kernel_w, ow = pw * pool.stride_w + winner % pool.kernel_w;
-            target[oh * g.out_w + ow] += static_cast<acc_t>(dyp[plane + ph * pool.out_w + pw]);
+        if (by_taps) {  // tap t's block gets the gradients of the windows that tap won, active
+          bool valid = true;
+          for (int64_t q = 0; q < pooled; ++q) valid &= (winners[q] & ~kReluInactive) < taps;
+          TORCH_CHECK(valid, "argmax holds a value that is not a position in a ", pool.kernel_h, "x", pool.kernel_w,
+                      " window");
+          for (int64_t t = 0; t < taps; ++t) {
+            for (int64_t q = 0; q < pooled; ++q) {
+              target[t * pooled + q] = winners[q] == t ? static_cast<acc_t>(grad[q]) : acc_t(0);
+            }
           }
+          continue;
+        }
+        // Each pooled output adds its gradient to its active winner, in row-major order: the
+        // order (so the bits) of relu_max_pool_conv_grad's gather, without its search.
+        std::fill(target, target + layout.columns, acc_t(0));
+        for (int64_t o = 0; o < pooled; ++o) {
+          const uint8_t winner = winners[o];
+          if (winner & kReluInactive) continue;
+          TORCH_CHECK(winner < taps, "argmax holds ", static_cast<int>(winner), ", not a position in a ",
+                      pool.kernel_h, "x", pool.kernel_w, " window");
+          const int64_t oh = o / pool.out_w * pool.stride_h + winner / pool.kernel_w;
+          const int64_t ow = o % pool.out_w * pool.stride_w + winner % pool.kernel_w;
+          target[oh * g.out_w + ow] += static_cast<acc_t>(grad[o]);
         }
       }
     });
