@@ -155,9 +155,81 @@ FASTNETS_ALWAYS_INLINE void col2im(const acc_t* col, int64_t ldc, const Conv2dGe
       if (ih < 0) return;
       const acc_t* o = col + q * ldc + column;
       acc_t* in = plane + ih * g.in_w;
-      for (int64_t b = first; b < last; ++b) in[b * step + offset] += o[b];
+      if (step == 1) {  // a separate loop that GCC vectorizes
+        for (int64_t b = first; b < last; ++b) in[b + offset] += o[b];
+      } else {
+        for (int64_t b = first; b < last; ++b) in[b * step + offset] += o[b];
+      }
     });
   }
+}
+
+// Stride-1 convolutions as a GEMM read straight from a zero-padded copy of the source, without
+// im2col: in planes of padded_w columns, output (oh, ow) is column oh * padded_w + ow, and tap
+// q = (c, r, s) reads the source at column + tap_offset(q), tap_offset = c * plane + r *
+// dilation_h * padded_w + s * dilation_w: row q of B is the padded source from tap_offset(q).
+// The columns with ow >= out_w are computed and dropped (the work grows by padded_w / out_w).
+struct PaddedConv {
+  int64_t channels, padded_h, padded_w, kernel_h, kernel_w, dilation_h, dilation_w, out_h, out_w;
+  int64_t columns() const { return out_h * padded_w; }
+  int64_t plane() const { return padded_h * padded_w; }
+  int64_t depth() const { return channels * kernel_h * kernel_w; }
+  int64_t tap_offset(int64_t q) const {
+    const int64_t taps = kernel_h * kernel_w;
+    return q / taps * plane() + q % taps / kernel_w * dilation_h * padded_w + q % kernel_w * dilation_w;
+  }
+  // Values of the padded buffer: the gemm's reads of padding columns run past the last plane.
+  template <typename acc_t>
+  int64_t buffer_size() const {
+    return channels * plane() + (kernel_w - 1) * dilation_w + padded_cols<acc_t>(columns()) - columns();
+  }
+};
+
+// The forward of input planes (in_h, in_w) padded by (pad_h, pad_w), or, for grad_input, of
+// grad_output planes padded by the kernel span less the padding (a flipped-kernel convolution).
+PaddedConv padded_forward(const Conv2dGeometry& g) {
+  return {g.group_in_channels(), g.in_h + 2 * g.pad_h, g.in_w + 2 * g.pad_w, g.kernel_h, g.kernel_w,
+          g.dilation_h, g.dilation_w, g.out_h, g.out_w};
+}
+
+bool has_padded_grad_input(const Conv2dGeometry& g) {
+  return g.stride_h == 1 && g.stride_w == 1 && g.pad_h <= g.dilation_h * (g.kernel_h - 1) &&
+         g.pad_w <= g.dilation_w * (g.kernel_w - 1);
+}
+
+PaddedConv padded_grad_input(const Conv2dGeometry& g) {
+  return {g.group_out_channels(), g.out_h + 2 * (g.dilation_h * (g.kernel_h - 1) - g.pad_h),
+          g.out_w + 2 * (g.dilation_w * (g.kernel_w - 1) - g.pad_w), g.kernel_h, g.kernel_w, g.dilation_h,
+          g.dilation_w, g.in_h, g.in_w};
+}
+
+// Copies planes [channels][height][width] (source values, or source_stride apart) into the
+// padded buffer, at row top and column left of each padded plane; the rest stays zero.
+template <typename acc_t, typename scalar_t>
+FASTNETS_ALWAYS_INLINE void fill_padded(const scalar_t* source, int64_t source_plane, int64_t height, int64_t width,
+                                        int64_t source_row, const PaddedConv& pc, int64_t top, int64_t left,
+                                        acc_t* padded) {
+  for (int64_t c = 0; c < pc.channels; ++c) {
+    for (int64_t h = 0; h < height; ++h) {
+      const scalar_t* in = source + c * source_plane + h * source_row;
+      acc_t* out = padded + c * pc.plane() + (h + top) * pc.padded_w + left;
+      for (int64_t w = 0; w < width; ++w) out[w] = static_cast<acc_t>(in[w]);
+    }
+  }
+}
+
+template <typename Tile, typename acc_t>
+FASTNETS_ALWAYS_INLINE void padded_gemm(const PaddedConv& pc, int64_t rows, const acc_t* a_panels,
+                                        const acc_t* padded, const std::vector<int64_t>& offsets, acc_t* c,
+                                        int64_t ldc) {
+  gemm_rows<Tile>(rows, pc.columns(), pc.depth(), a_panels,
+                  [&](int64_t k) FASTNETS_INLINE_LAMBDA { return padded + offsets[k]; }, c, ldc, false);
+}
+
+std::vector<int64_t> tap_offsets(const PaddedConv& pc) {
+  std::vector<int64_t> offsets(pc.depth());
+  for (int64_t q = 0; q < pc.depth(); ++q) offsets[q] = pc.tap_offset(q);
+  return offsets;
 }
 
 // Weights as gemm's A, one block of panels per group: forward rows are the group's output
@@ -177,6 +249,24 @@ std::vector<acc_t> pack_weight(const scalar_t* w, const Conv2dGeometry& g, bool 
       pack_panels(rows, depth, [&](int64_t k, int64_t q) { return static_cast<acc_t>(wg[k * patch + q]); },
                   packed.data() + group * per_group);
     }
+  }
+  return packed;
+}
+
+// Weights as A of the padded grad_input: rows the group's input channels, depth (k, r', s') =
+// weight[k][c][kernel_h - 1 - r'][kernel_w - 1 - s'].
+template <typename acc_t, typename scalar_t>
+std::vector<acc_t> pack_flipped_weight(const scalar_t* w, const Conv2dGeometry& g) {
+  const int64_t out_channels = g.group_out_channels(), in_channels = g.group_in_channels();
+  const int64_t taps = g.kernel_h * g.kernel_w, depth = out_channels * taps;
+  const int64_t per_group = panels_size(in_channels, depth);
+  std::vector<acc_t> packed(per_group * g.groups);
+  for (int64_t group = 0; group < g.groups; ++group) {
+    const scalar_t* wg = w + group * out_channels * in_channels * taps;
+    pack_panels(in_channels, depth, [&](int64_t c, int64_t q) {
+      const int64_t k = q / taps, flipped = taps - 1 - q % taps;
+      return static_cast<acc_t>(wg[(k * in_channels + c) * taps + flipped]);
+    }, packed.data() + group * per_group);
   }
   return packed;
 }
@@ -220,17 +310,43 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
     const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const int64_t positions = g.out_plane(), out_channels = g.group_out_channels();
+    // out[k * ldc + oh * row + ow] + bias -> y
+    auto store = [&](int64_t n, int64_t group, const acc_t* out, int64_t ldc, int64_t row) {
+      for (int64_t k = 0; k < out_channels; ++k) {
+        const int64_t channel = group * out_channels + k;
+        const acc_t shift = bp ? static_cast<acc_t>(bp[channel]) : acc_t(0);
+        scalar_t* target = yp + (n * g.out_channels + channel) * positions;
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          for (int64_t ow = 0; ow < g.out_w; ++ow) {
+            target[oh * g.out_w + ow] = static_cast<scalar_t>(out[k * ldc + oh * row + ow] + shift);
+          }
+        }
+      }
+    };
+    if (g.stride_h == 1 && g.stride_w == 1) {
+      const PaddedConv pc = padded_forward(g);
+      const std::vector<int64_t> offsets = tap_offsets(pc);
+      const int64_t ldc = padded_cols<acc_t>(pc.columns()), per_group = panels_size(out_channels, pc.depth());
+      at::parallel_for(0, g.batch, 1, [&](int64_t first, int64_t last) {
+        std::vector<acc_t> padded(pc.buffer_size<acc_t>(), acc_t(0)), out(out_channels * ldc);
+        for (int64_t n = first; n < last; ++n) {
+          for (int64_t group = 0; group < g.groups; ++group) {
+            const scalar_t* xg = xp + (n * g.in_channels + group * g.group_in_channels()) * g.in_plane();
+            fill_padded(xg, g.in_plane(), g.in_h, g.in_w, g.in_w, pc, g.pad_h, g.pad_w, padded.data());
+            call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
+              padded_gemm<GemmTileFor<acc_t, decltype(isa)::value>>(pc, out_channels, panels.data() + group * per_group,
+                                                                    padded.data(), offsets, out.data(), ldc);
+            });
+            store(n, group, out.data(), ldc, pc.padded_w);
+          }
+        }
+      });
+      return;
+    }
     const ColumnLayout layout = natural_columns(g);
     at::parallel_for(0, g.batch, 1, [&](int64_t first, int64_t last) {
       conv2d_forward_images(xp, panels, g, layout, first, last, [&](int64_t n, int64_t group, const acc_t* out,
-                                                                     int64_t ldc) {
-        for (int64_t k = 0; k < out_channels; ++k) {
-          const int64_t channel = group * out_channels + k;
-          const acc_t shift = bp ? static_cast<acc_t>(bp[channel]) : acc_t(0);
-          scalar_t* target = yp + (n * g.out_channels + channel) * positions;
-          for (int64_t p = 0; p < positions; ++p) target[p] = static_cast<scalar_t>(out[k * ldc + p] + shift);
-        }
-      });
+                                                                     int64_t ldc) { store(n, group, out, ldc, g.out_w); });
     });
   });
   return y;
@@ -342,8 +458,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
   const int64_t ldc = padded_cols<acc_t>(positions), ldk = padded_cols<acc_t>(out_channels);
   const int64_t transposed_per_group = panels_size(patch, out_channels), patch_panels = panels_size(patch, positions);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  // grad_input: a flipped-kernel convolution of the padded gradient where the stride is 1 (and
+  // the columns are row-major), else col2im(W^T dy).
+  const bool padded_input_grad = need_input && layout.grids.size() == 1 && layout.grids[0].step_h == 1 &&
+                                 layout.grids[0].step_w == 1 && has_padded_grad_input(g);
+  const PaddedConv pc = padded_grad_input(g);
+  const std::vector<int64_t> offsets = padded_input_grad ? tap_offsets(pc) : std::vector<int64_t>();
+  const int64_t ldx = padded_input_grad ? padded_cols<acc_t>(pc.columns()) : 0;
+  const int64_t flipped_per_group = panels_size(in_channels, pc.depth());
   const std::vector<acc_t> transposed =
-      need_input ? pack_weight<acc_t>(w.const_data_ptr<scalar_t>(), g, true) : std::vector<acc_t>();
+      !need_input ? std::vector<acc_t>()
+      : padded_input_grad ? pack_flipped_weight<acc_t>(w.const_data_ptr<scalar_t>(), g)
+                          : pack_weight<acc_t>(w.const_data_ptr<scalar_t>(), g, true);
 
   at::Tensor grad_input = need_input ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
   scalar_t* gi = need_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
@@ -354,7 +480,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
 
   at::parallel_for(0, chunks, 1, [&](int64_t first_chunk, int64_t last_chunk) {
     std::vector<acc_t> dy(out_channels * ldc, acc_t(0)), dy_t(need_weight ? positions * ldk : 0, acc_t(0));
-    std::vector<acc_t> col(need_input ? patch * ldc : 0), dx(need_input ? in_channels * g.in_plane() : 0);
+    std::vector<acc_t> col(need_input ? (padded_input_grad ? in_channels * ldx : patch * ldc) : 0);
+    std::vector<acc_t> dx(need_input && !padded_input_grad ? in_channels * g.in_plane() : 0);
+    std::vector<acc_t> padded(padded_input_grad ? pc.buffer_size<acc_t>() : 0, acc_t(0));
     std::vector<acc_t> x_panels(need_weight ? patch_panels : 0, acc_t(0));
     for (int64_t chunk = first_chunk; chunk < last_chunk; ++chunk) {
       acc_t* weight_sum = weight_sums.data() + chunk * weight_chunk;
@@ -365,7 +493,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
           const int64_t x_offset = (n * g.in_channels + group * in_channels) * g.in_plane();
           call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
             using Tile = GemmTileFor<acc_t, decltype(isa)::value>;
-            if (need_input) {
+            if (padded_input_grad) {
+              const int64_t top = (pc.padded_h - g.out_h) / 2, left = (pc.padded_w - g.out_w) / 2;
+              fill_padded(dy.data(), ldc, g.out_h, g.out_w, g.out_w, pc, top, left, padded.data());
+              padded_gemm<Tile>(pc, in_channels, transposed.data() + group * flipped_per_group, padded.data(), offsets,
+                                col.data(), ldx);
+              for (int64_t c = 0; c < in_channels; ++c) {
+                for (int64_t h = 0; h < g.in_h; ++h) {
+                  for (int64_t w = 0; w < g.in_w; ++w) {
+                    gi[x_offset + (c * g.in_h + h) * g.in_w + w] =
+                        static_cast<scalar_t>(col[c * ldx + h * pc.padded_w + w]);
+                  }
+                }
+              }
+            } else if (need_input) {
               gemm<Tile>(patch, positions, out_channels, transposed.data() + group * transposed_per_group, dy.data(),
                          ldc, col.data(), ldc, false);
               std::fill(dx.begin(), dx.end(), acc_t(0));
@@ -465,9 +606,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool2d_backward_cpu(
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
     const uint8_t* ap = a.const_data_ptr<uint8_t>();
-    const int64_t pooled = pool.out_h * pool.out_w, out_channels = g.group_out_channels(), taps = pool.kernel_h * pool.kernel_w;
-    const bool by_taps = pools_without_overlap(pool);
-    const ColumnLayout layout = by_taps ? window_tap_columns(pool) : natural_columns(g);
+    const int64_t pooled = pool.out_h * pool.out_w, out_channels = g.group_out_channels();
+    const int64_t taps = pool.kernel_h * pool.kernel_w;
+    const ColumnLayout layout = natural_columns(g);
     const int64_t ldc = padded_cols<acc_t>(layout.columns);
     grads = conv2d_backward_images<scalar_t>(x, w, g, layout, output_mask, [&](int64_t n, int64_t group, acc_t* out) {
       for (int64_t k = 0; k < out_channels; ++k) {
@@ -475,18 +616,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool2d_backward_cpu(
         const uint8_t* winners = ap + plane;
         const scalar_t* grad = dyp + plane;
         acc_t* target = out + k * ldc;
-        if (by_taps) {  // tap t's block gets the gradients of the windows that tap won, active
-          bool valid = true;
-          for (int64_t q = 0; q < pooled; ++q) valid &= (winners[q] & ~kReluInactive) < taps;
-          TORCH_CHECK(valid, "argmax holds a value that is not a position in a ", pool.kernel_h, "x", pool.kernel_w,
-                      " window");
-          for (int64_t t = 0; t < taps; ++t) {
-            for (int64_t q = 0; q < pooled; ++q) {
-              target[t * pooled + q] = winners[q] == t ? static_cast<acc_t>(grad[q]) : acc_t(0);
-            }
-          }
-          continue;
-        }
         // Each pooled output adds its gradient to its active winner, in row-major order: the
         // order (so the bits) of relu_max_pool_conv_grad's gather, without its search.
         std::fill(target, target + layout.columns, acc_t(0));

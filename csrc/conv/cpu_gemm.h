@@ -40,10 +40,10 @@ int64_t padded_cols(int64_t cols) {
   return (cols + multiple - 1) / multiple * multiple;
 }
 
-// One tile: C[rows][cols] (+)= sum over k < depth of a[k][0..kRows) (x) b[k][0..kCols), where
-// rows <= kRows and cols <= kCols are the valid part (the rest is computed and dropped).
-template <typename Tile, typename T>
-FASTNETS_ALWAYS_INLINE void gemm_tile(int64_t depth, const T* a, const T* b, int64_t ldb, T* c, int64_t ldc,
+// One tile: C[rows][cols] (+)= sum over k < depth of a[k][0..kRows) (x) b_row(k)[col..col + kCols),
+// where rows <= kRows and cols <= kCols are the valid part (the rest is computed and dropped).
+template <typename Tile, typename T, typename BRows>
+FASTNETS_ALWAYS_INLINE void gemm_tile(int64_t depth, const T* a, const BRows& b_row, int64_t col, T* c, int64_t ldc,
                                       int64_t rows, int64_t cols, bool accumulate) {
   using vec = typename Tile::vec;
   constexpr int R = Tile::kRows, V = Tile::kVectors, L = Tile::kLanes;
@@ -53,7 +53,8 @@ FASTNETS_ALWAYS_INLINE void gemm_tile(int64_t depth, const T* a, const T* b, int
   }
   for (int64_t k = 0; k < depth; ++k) {
     vec bk[V];
-    for (int j = 0; j < V; ++j) std::memcpy(&bk[j], b + k * ldb + j * L, sizeof(vec));
+    const T* b = b_row(k) + col;
+    for (int j = 0; j < V; ++j) std::memcpy(&bk[j], b + j * L, sizeof(vec));
     for (int i = 0; i < R; ++i) {
       const T ak = a[k * R + i];
       for (int j = 0; j < V; ++j) acc[i][j] += ak * bk[j];
@@ -81,17 +82,35 @@ FASTNETS_ALWAYS_INLINE void gemm_tile(int64_t depth, const T* a, const T* b, int
 }
 
 // C[rows][cols] (+)= A B with A packed as [rows / kRows panels][depth][kRows] (see pack_panels)
-// and B as [depth][ldb], ldb = padded_cols(cols) (the padding columns are read, not used).
+// and row k of B starting at b_row(k), readable up to padded_cols(cols) (the padding columns
+// are read, not used).
+// The depth goes in blocks of kDepthBlock, each summed in registers and added to C: B's block
+// rows stay in cache across the tiles, and the rounding error grows with the block length and
+// the number of blocks rather than with the whole depth.
+constexpr int64_t kDepthBlock = 256;
+
+template <typename Tile, typename T, typename BRows>
+FASTNETS_ALWAYS_INLINE void gemm_rows(int64_t rows, int64_t cols, int64_t depth, const T* a_packed, const BRows& b_row,
+                                      T* c, int64_t ldc, bool accumulate) {
+  for (int64_t d0 = 0; d0 < depth || d0 == 0; d0 += kDepthBlock) {
+    const int64_t block = std::min(kDepthBlock, depth - d0);
+    const auto block_row = [&](int64_t k) FASTNETS_INLINE_LAMBDA { return b_row(d0 + k); };
+    for (int64_t col = 0; col < cols; col += Tile::kCols) {
+      for (int64_t row = 0; row < rows; row += Tile::kRows) {
+        gemm_tile<Tile>(block, a_packed + row * depth + d0 * Tile::kRows, block_row, col, c + row * ldc + col, ldc,
+                        std::min<int64_t>(Tile::kRows, rows - row), std::min<int64_t>(Tile::kCols, cols - col),
+                        accumulate || d0 > 0);
+      }
+    }
+  }
+}
+
+// The same with B as [depth][ldb], ldb = padded_cols(cols).
 template <typename Tile, typename T>
 FASTNETS_ALWAYS_INLINE void gemm(int64_t rows, int64_t cols, int64_t depth, const T* a_packed, const T* b,
                                  int64_t ldb, T* c, int64_t ldc, bool accumulate) {
-  for (int64_t col = 0; col < cols; col += Tile::kCols) {
-    for (int64_t row = 0; row < rows; row += Tile::kRows) {
-      gemm_tile<Tile>(depth, a_packed + row * depth, b + col, ldb, c + row * ldc + col, ldc,
-                      std::min<int64_t>(Tile::kRows, rows - row), std::min<int64_t>(Tile::kCols, cols - col),
-                      accumulate);
-    }
-  }
+  gemm_rows<Tile>(rows, cols, depth, a_packed, [b, ldb](int64_t k) FASTNETS_INLINE_LAMBDA { return b + k * ldb; }, c,
+                  ldc, accumulate);
 }
 
 // Values in A packed for `rows` rows of `depth`: whole panels.
