@@ -4,9 +4,9 @@
 // Per image and group the convolution is a GEMM over the image's patch matrix (im2col), built
 // in a per-thread buffer (in L2 for layers like the MNIST CNN's; no tiling over positions yet);
 // only the output (for the fused layer: the pooled output and a 1-byte argmax) reaches memory.
-// The GEMM's columns are output positions in a ColumnLayout: row-major, or for the fused layer
-// with windows that do not overlap, window tap by window tap, which turns pooling into
-// elementwise maxima of contiguous blocks. Backward: grad_input = col2im(W^T dy) per image;
+// Stride-1 convolutions skip im2col: the GEMM reads a zero-padded copy of the input (see
+// PaddedConv). Backward: grad_input = a flipped-kernel convolution of the padded gradient for
+// stride 1, else col2im(W^T dy), per image;
 // grad_weight and grad_bias are summed per image into kWeightGradChunks fixed chunks of the
 // batch, then the chunks in order: the same bits for any thread count.
 #include <ATen/Dispatch.h>
@@ -39,128 +39,65 @@ namespace {
 constexpr int64_t kWeightGradChunks = 8;
 
 
-// Patch entry q = (c, r, s): its channel and the offsets of its tap: it reads input
-// (oh * stride_h + row_offset, ow * stride_w + col_offset) for output (oh, ow).
+// Patch entry q = (c, r, s): its channel, the offsets of its tap (it reads input (oh *
+// stride_h + row_offset, ow * stride_w + col_offset) for output (oh, ow)) and the outputs whose
+// reads fall inside the input.
 struct PatchTap {
-  int64_t channel, row_offset, col_offset;
+  int64_t channel, row_offset, col_offset, oh_first, oh_last, ow_first, ow_last;
   PatchTap(const Conv2dGeometry& g, int64_t q) {
     const int64_t taps = g.kernel_h * g.kernel_w;
     channel = q / taps;
     row_offset = q % taps / g.kernel_w * g.dilation_h - g.pad_h;
     col_offset = q % g.kernel_w * g.dilation_w - g.pad_w;
+    conv_tap_range(g.out_h, g.in_h, g.stride_h, row_offset, oh_first, oh_last);
+    conv_tap_range(g.out_w, g.in_w, g.stride_w, col_offset, ow_first, ow_last);
   }
 };
-
-// A grid of output positions: cell (a, b) is output (a * step_h + first_h, b * step_w + first_w).
-struct PositionGrid {
-  int64_t rows, cols, step_h, step_w, first_h, first_w;
-};
-
-// The GEMM's columns: the grids' cells, grid after grid, each row-major.
-struct ColumnLayout {
-  std::vector<PositionGrid> grids;
-  int64_t columns = 0;
-  void add(const PositionGrid& grid) {
-    grids.push_back(grid);
-    columns += grid.rows * grid.cols;
-  }
-};
-
-// Every output, row-major.
-ColumnLayout natural_columns(const Conv2dGeometry& g) {
-  ColumnLayout layout;
-  layout.add({g.out_h, g.out_w, 1, 1, 0, 0});
-  return layout;
-}
-
-// Windows that do not overlap: one grid per window tap t = i * kernel_w + j, whose cell (ph, pw)
-// is that tap of pooled output (ph, pw). Column t * pooled + ph * out_w + pw; outputs under no
-// window are left out.
-bool pools_without_overlap(const ConvPoolGeometry& pool) {
-  return pool.stride_h >= pool.kernel_h && pool.stride_w >= pool.kernel_w;
-}
-
-ColumnLayout window_tap_columns(const ConvPoolGeometry& pool) {
-  ColumnLayout layout;
-  for (int64_t i = 0; i < pool.kernel_h; ++i) {
-    for (int64_t j = 0; j < pool.kernel_w; ++j) {
-      layout.add({pool.out_h, pool.out_w, pool.stride_h, pool.stride_w, i, j});
-    }
-  }
-  return layout;
-}
-
-// Calls row(column, ih_row, first, last, step, offset) for each row of each grid as seen by patch
-// entry tap: the row's cells b in [first, last) read input row pointer ih_row at b * step +
-// offset; the other cells (and whole rows with ih_row == -1) fall in the padding.
-template <typename Row>
-FASTNETS_ALWAYS_INLINE void for_each_tap_row(const Conv2dGeometry& g, const ColumnLayout& layout,
-                                             const PatchTap& tap, const Row& row) {
-  int64_t column = 0;
-  for (const PositionGrid& grid : layout.grids) {
-    const int64_t step_h = grid.step_h * g.stride_h, step_w = grid.step_w * g.stride_w;
-    const int64_t offset_h = grid.first_h * g.stride_h + tap.row_offset;
-    const int64_t offset_w = grid.first_w * g.stride_w + tap.col_offset;
-    int64_t a_first, a_last, b_first, b_last;
-    conv_tap_range(grid.rows, g.in_h, step_h, offset_h, a_first, a_last);
-    conv_tap_range(grid.cols, g.in_w, step_w, offset_w, b_first, b_last);
-    for (int64_t a = 0; a < grid.rows; ++a) {
-      const bool inside = a >= a_first && a < a_last;
-      row(column + a * grid.cols, grid.cols, inside ? a * step_h + offset_h : -1, b_first, b_last, step_w, offset_w);
-    }
-    column += grid.rows * grid.cols;
-  }
-}
 
 // The patch matrix of one image and group, x pointing at the group's first input channel:
-// entry (q, column) = input read by patch entry q for the layout's output at `column` (zero in
-// the padding), written to rows[q] + column * kPositionStride. kPositionStride 1 gives rows of a
-// matrix; kPanelRows gives the panels of gemm's A (rows[q] = panel start + q % kPanelRows).
+// entry (q, p) = input read by patch entry q for output p = oh * out_w + ow (zero in the
+// padding), written to rows[q] + p * kPositionStride. kPositionStride 1 gives rows of a matrix;
+// kPanelRows gives the panels of gemm's A (rows[q] = panel start + q % kPanelRows).
 template <int kPositionStride, typename acc_t, typename scalar_t, typename Rows>
-FASTNETS_ALWAYS_INLINE void im2col(const scalar_t* x, const Conv2dGeometry& g, const ColumnLayout& layout,
-                                   const Rows& row_of) {
+FASTNETS_ALWAYS_INLINE void im2col(const scalar_t* x, const Conv2dGeometry& g, const Rows& row_of) {
   for (int64_t q = 0; q < g.patch_size(); ++q) {
-    const PatchTap tap(g, q);
+    const PatchTap t(g, q);
     acc_t* out = row_of(q);
-    const scalar_t* plane = x + tap.channel * g.in_plane();
-    for_each_tap_row(g, layout, tap, [&](int64_t column, int64_t cols, int64_t ih, int64_t first, int64_t last,
-                                         int64_t step, int64_t offset) FASTNETS_INLINE_LAMBDA {
-      acc_t* o = out + column * kPositionStride;
-      if (ih < 0) {
-        for (int64_t b = 0; b < cols; ++b) o[b * kPositionStride] = acc_t(0);
-        return;
+    const scalar_t* plane = x + t.channel * g.in_plane();
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      acc_t* o = out + oh * g.out_w * kPositionStride;
+      if (oh < t.oh_first || oh >= t.oh_last) {
+        for (int64_t ow = 0; ow < g.out_w; ++ow) o[ow * kPositionStride] = acc_t(0);
+        continue;
       }
-      const scalar_t* in = plane + ih * g.in_w;
-      for (int64_t b = 0; b < first; ++b) o[b * kPositionStride] = acc_t(0);
-      if (step == 1) {
-        for (int64_t b = first; b < last; ++b) o[b * kPositionStride] = static_cast<acc_t>(in[b + offset]);
+      const scalar_t* in = plane + (oh * g.stride_h + t.row_offset) * g.in_w;
+      for (int64_t ow = 0; ow < t.ow_first; ++ow) o[ow * kPositionStride] = acc_t(0);
+      if (g.stride_w == 1) {
+        for (int64_t ow = t.ow_first; ow < t.ow_last; ++ow) {
+          o[ow * kPositionStride] = static_cast<acc_t>(in[ow + t.col_offset]);
+        }
       } else {
-        for (int64_t b = first; b < last; ++b) o[b * kPositionStride] = static_cast<acc_t>(in[b * step + offset]);
+        for (int64_t ow = t.ow_first; ow < t.ow_last; ++ow) {
+          o[ow * kPositionStride] = static_cast<acc_t>(in[ow * g.stride_w + t.col_offset]);
+        }
       }
-      for (int64_t b = last; b < cols; ++b) o[b * kPositionStride] = acc_t(0);
-    });
+      for (int64_t ow = t.ow_last; ow < g.out_w; ++ow) o[ow * kPositionStride] = acc_t(0);
+    }
   }
 }
 
-// The adjoint of im2col: dx[c][ih][iw] += col[q][column] for every patch entry reading (ih, iw),
-// in a fixed order (q, then column).
+// The adjoint of im2col: dx[c][ih][iw] += col[q][p] for every patch entry reading (ih, iw), in
+// a fixed order (q, then p).
 template <typename acc_t>
-FASTNETS_ALWAYS_INLINE void col2im(const acc_t* col, int64_t ldc, const Conv2dGeometry& g, const ColumnLayout& layout,
-                                   acc_t* dx) {
+FASTNETS_ALWAYS_INLINE void col2im(const acc_t* col, int64_t ldc, const Conv2dGeometry& g, acc_t* dx) {
   for (int64_t q = 0; q < g.patch_size(); ++q) {
-    const PatchTap tap(g, q);
-    acc_t* plane = dx + tap.channel * g.in_plane();
-    for_each_tap_row(g, layout, tap, [&](int64_t column, int64_t, int64_t ih, int64_t first, int64_t last,
-                                         int64_t step, int64_t offset) FASTNETS_INLINE_LAMBDA {
-      if (ih < 0) return;
-      const acc_t* o = col + q * ldc + column;
-      acc_t* in = plane + ih * g.in_w;
-      if (step == 1) {  // a separate loop that GCC vectorizes
-        for (int64_t b = first; b < last; ++b) in[b + offset] += o[b];
-      } else {
-        for (int64_t b = first; b < last; ++b) in[b * step + offset] += o[b];
-      }
-    });
+    const PatchTap t(g, q);
+    acc_t* plane = dx + t.channel * g.in_plane();
+    for (int64_t oh = t.oh_first; oh < t.oh_last; ++oh) {
+      const acc_t* o = col + q * ldc + oh * g.out_w;
+      acc_t* in = plane + (oh * g.stride_h + t.row_offset) * g.in_w;
+      for (int64_t ow = t.ow_first; ow < t.ow_last; ++ow) in[ow * g.stride_w + t.col_offset] += o[ow];
+    }
   }
 }
 
@@ -271,27 +208,37 @@ std::vector<acc_t> pack_flipped_weight(const scalar_t* w, const Conv2dGeometry& 
   return packed;
 }
 
-// The forward GEMM of images [first, last): epilogue(n, group, out, ldc) receives the group's
-// convolution output without bias, out[k * ldc + column] in the layout's columns, ldc =
-// padded_cols(columns).
+// The forward GEMM of images [first, last): epilogue(n, group, out, ldc, row) receives the
+// group's convolution output without bias, output (oh, ow) of channel k at out[k * ldc + oh *
+// row + ow]. Stride 1 reads a padded copy of the input (row = its padded width), other strides
+// build the patch matrix (row = out_w).
 template <typename scalar_t, typename Epilogue>
 void conv2d_forward_images(const scalar_t* x, const std::vector<at::opmath_type<scalar_t>>& weight_panels,
-                           const Conv2dGeometry& g, const ColumnLayout& layout, int64_t first, int64_t last,
-                           const Epilogue& epilogue) {
+                           const Conv2dGeometry& g, int64_t first, int64_t last, const Epilogue& epilogue) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t patch = g.patch_size(), positions = layout.columns, out_channels = g.group_out_channels();
-  const int64_t ldc = padded_cols<acc_t>(positions), per_group = panels_size(out_channels, patch);
-  std::vector<acc_t> col(patch * ldc, acc_t(0)), out(out_channels * ldc);
+  const int64_t patch = g.patch_size(), out_channels = g.group_out_channels();
+  const int64_t per_group = panels_size(out_channels, patch);
+  const bool padded_input = g.stride_h == 1 && g.stride_w == 1;
+  const PaddedConv pc = padded_forward(g);
+  const std::vector<int64_t> offsets = padded_input ? tap_offsets(pc) : std::vector<int64_t>();
+  const int64_t columns = padded_input ? pc.columns() : g.out_plane(), ldc = padded_cols<acc_t>(columns);
+  const int64_t row = padded_input ? pc.padded_w : g.out_w;
+  std::vector<acc_t> source(padded_input ? pc.buffer_size<acc_t>() : patch * ldc, acc_t(0)), out(out_channels * ldc);
   for (int64_t n = first; n < last; ++n) {
     for (int64_t group = 0; group < g.groups; ++group) {
       const scalar_t* xg = x + (n * g.in_channels + group * g.group_in_channels()) * g.in_plane();
+      const acc_t* a = weight_panels.data() + group * per_group;
       call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
         using Tile = GemmTileFor<acc_t, decltype(isa)::value>;
-        im2col<1, acc_t>(xg, g, layout, [&](int64_t q) { return col.data() + q * ldc; });
-        gemm<Tile>(out_channels, positions, patch, weight_panels.data() + group * per_group, col.data(), ldc,
-                   out.data(), ldc, false);
+        if (padded_input) {
+          fill_padded(xg, g.in_plane(), g.in_h, g.in_w, g.in_w, pc, g.pad_h, g.pad_w, source.data());
+          padded_gemm<Tile>(pc, out_channels, a, source.data(), offsets, out.data(), ldc);
+        } else {
+          im2col<1, acc_t>(xg, g, [&](int64_t q) { return source.data() + q * ldc; });
+          gemm<Tile>(out_channels, columns, patch, a, source.data(), ldc, out.data(), ldc, false);
+        }
       });
-      epilogue(n, group, out.data(), ldc);
+      epilogue(n, group, out.data(), ldc, row);
     }
   }
 }
@@ -311,7 +258,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const int64_t positions = g.out_plane(), out_channels = g.group_out_channels();
     // out[k * ldc + oh * row + ow] + bias -> y
-    auto store = [&](int64_t n, int64_t group, const acc_t* out, int64_t ldc, int64_t row) {
+    auto store = [&](int64_t n, int64_t group, acc_t* out, int64_t ldc, int64_t row) {
       for (int64_t k = 0; k < out_channels; ++k) {
         const int64_t channel = group * out_channels + k;
         const acc_t shift = bp ? static_cast<acc_t>(bp[channel]) : acc_t(0);
@@ -323,68 +270,55 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
         }
       }
     };
-    if (g.stride_h == 1 && g.stride_w == 1) {
-      const PaddedConv pc = padded_forward(g);
-      const std::vector<int64_t> offsets = tap_offsets(pc);
-      const int64_t ldc = padded_cols<acc_t>(pc.columns()), per_group = panels_size(out_channels, pc.depth());
-      at::parallel_for(0, g.batch, 1, [&](int64_t first, int64_t last) {
-        std::vector<acc_t> padded(pc.buffer_size<acc_t>(), acc_t(0)), out(out_channels * ldc);
-        for (int64_t n = first; n < last; ++n) {
-          for (int64_t group = 0; group < g.groups; ++group) {
-            const scalar_t* xg = xp + (n * g.in_channels + group * g.group_in_channels()) * g.in_plane();
-            fill_padded(xg, g.in_plane(), g.in_h, g.in_w, g.in_w, pc, g.pad_h, g.pad_w, padded.data());
-            call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
-              padded_gemm<GemmTileFor<acc_t, decltype(isa)::value>>(pc, out_channels, panels.data() + group * per_group,
-                                                                    padded.data(), offsets, out.data(), ldc);
-            });
-            store(n, group, out.data(), ldc, pc.padded_w);
-          }
-        }
-      });
-      return;
-    }
-    const ColumnLayout layout = natural_columns(g);
     at::parallel_for(0, g.batch, 1, [&](int64_t first, int64_t last) {
-      conv2d_forward_images(xp, panels, g, layout, first, last, [&](int64_t n, int64_t group, const acc_t* out,
-                                                                     int64_t ldc) { store(n, group, out, ldc, g.out_w); });
+      conv2d_forward_images(xp, panels, g, first, last, store);
     });
   });
   return y;
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-constexpr bool kHaveTapPooling = true;
+constexpr bool kHaveVectorPooling = true;
 
-// relu_max_pool_window for window_tap_columns, float, 16 pooled outputs at a time: tap t of every
-// pooled output is the contiguous block conv[t * pooled, (t + 1) * pooled), so a window's taps
-// are lanes at the same place in each block. The rule of conv.h (relu keeping NaN; greater or
-// NaN takes; argmax | kReluInactive unless the maximum is positive) as AVX-512 compare masks:
-// GCC lowers vector selects of generic vectors lane by lane outside a function compiled for
-// AVX-512, hence intrinsics. conv lacks the bias (shift); reads stay inside the blocks.
-FASTNETS_TARGET_AVX512 void relu_max_pool_taps_avx512(const float* conv, float shift, int64_t pooled, int64_t taps,
-                                                      float* out, uint8_t* argmax) {
+// relu_max_pool_window over one channel for float, 16 pooled outputs of a row at a time, their
+// window taps gathered from conv[oh * row_stride + ow] (without the bias, shift). The rule of
+// conv.h (relu keeping NaN; greater or NaN takes; argmax | kReluInactive unless the maximum is
+// positive) as AVX-512 compare masks: GCC lowers the selects of generic vectors lane by lane
+// outside a function compiled for AVX-512, hence intrinsics.
+FASTNETS_TARGET_AVX512 void relu_max_pool_avx512(const float* conv, int64_t row_stride, float shift,
+                                                 const ConvPoolGeometry& pool, float* out, uint8_t* argmax) {
   const __m512 zero = _mm512_setzero_ps(), bias = _mm512_set1_ps(shift);
-  for (int64_t q0 = 0; q0 < pooled; q0 += 16) {
-    const __mmask16 lanes = pooled - q0 >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (pooled - q0)) - 1);
-    __m512 best = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-    __m512i position = _mm512_setzero_si512();
-    for (int64_t t = 0; t < taps; ++t) {
-      __m512 value = _mm512_add_ps(_mm512_maskz_loadu_ps(lanes, conv + t * pooled + q0), bias);
-      const __mmask16 nan = _mm512_cmp_ps_mask(value, value, _CMP_UNORD_Q);
-      value = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(value, zero, _CMP_GT_OQ) | nan, value);
-      const __mmask16 takes = _mm512_cmp_ps_mask(value, best, _CMP_GT_OQ) | nan;
-      best = _mm512_mask_mov_ps(best, takes, value);
-      position = _mm512_mask_mov_epi32(position, takes, _mm512_set1_epi32(static_cast<int>(t)));
+  const __m512i lane_offsets = _mm512_mullo_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+      _mm512_set1_epi32(static_cast<int>(pool.stride_w)));
+  for (int64_t ph = 0; ph < pool.out_h; ++ph) {
+    for (int64_t pw0 = 0; pw0 < pool.out_w; pw0 += 16) {
+      const int64_t count = std::min<int64_t>(16, pool.out_w - pw0);
+      const __mmask16 lanes = static_cast<__mmask16>((1u << count) - 1);
+      __m512 best = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+      __m512i position = _mm512_setzero_si512();
+      for (int64_t i = 0; i < pool.kernel_h; ++i) {
+        for (int64_t j = 0; j < pool.kernel_w; ++j) {
+          const float* first = conv + (ph * pool.stride_h + i) * row_stride + pw0 * pool.stride_w + j;
+          __m512 value = _mm512_add_ps(_mm512_mask_i32gather_ps(zero, lanes, lane_offsets, first, 4), bias);
+          const __mmask16 nan = _mm512_cmp_ps_mask(value, value, _CMP_UNORD_Q);
+          value = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(value, zero, _CMP_GT_OQ) | nan, value);
+          const __mmask16 takes = _mm512_cmp_ps_mask(value, best, _CMP_GT_OQ) | nan;
+          best = _mm512_mask_mov_ps(best, takes, value);
+          position = _mm512_mask_mov_epi32(position, takes,
+                                           _mm512_set1_epi32(static_cast<int>(i * pool.kernel_w + j)));
+        }
+      }
+      const __mmask16 inactive = static_cast<__mmask16>(~_mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ));
+      position = _mm512_mask_or_epi32(position, inactive, position, _mm512_set1_epi32(kReluInactive));
+      _mm512_mask_storeu_ps(out + ph * pool.out_w + pw0, lanes, best);
+      _mm512_mask_cvtepi32_storeu_epi8(argmax + ph * pool.out_w + pw0, lanes, position);
     }
-    const __mmask16 inactive = static_cast<__mmask16>(~_mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ));
-    position = _mm512_mask_or_epi32(position, inactive, position, _mm512_set1_epi32(kReluInactive));
-    _mm512_mask_storeu_ps(out + q0, lanes, best);
-    _mm512_mask_cvtepi32_storeu_epi8(argmax + q0, lanes, position);
   }
 }
 #else
-constexpr bool kHaveTapPooling = false;
-void relu_max_pool_taps_avx512(const float*, float, int64_t, int64_t, float*, uint8_t*) {}
+constexpr bool kHaveVectorPooling = false;
+void relu_max_pool_avx512(const float*, int64_t, float, const ConvPoolGeometry&, float*, uint8_t*) {}
 #endif
 
 std::tuple<at::Tensor, at::Tensor> conv_relu_pool2d_cpu(const at::Tensor& input, const at::Tensor& weight,
@@ -407,34 +341,33 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_pool2d_cpu(const at::Tensor& input,
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     uint8_t* ap = argmax.mutable_data_ptr<uint8_t>();
     const int64_t pooled = pool.out_h * pool.out_w, out_channels = g.group_out_channels();
-    // Window by window in float with AVX-512; otherwise every output, row-major, pooled by
-    // relu_max_pool_window.
-    const bool by_taps = kHaveTapPooling && std::is_same_v<acc_t, float> && cpu_isa() == CpuIsa::kAvx512 &&
-                         pools_without_overlap(pool);
-    const ColumnLayout layout = by_taps ? window_tap_columns(pool) : natural_columns(g);
+    // float with AVX-512: vector pooling; otherwise relu_max_pool_window window by window.
+    const bool vector_pooling = kHaveVectorPooling && std::is_same_v<acc_t, float> && cpu_isa() == CpuIsa::kAvx512;
     at::parallel_for(0, g.batch, 1, [&](int64_t first, int64_t last) {
-      std::vector<float> pooled_values(by_taps ? pooled : 0);
-      conv2d_forward_images(xp, panels, g, layout, first, last, [&](int64_t n, int64_t group, acc_t* out,
-                                                                     int64_t ldc) {
+      std::vector<float> pooled_values(vector_pooling ? pooled : 0);
+      conv2d_forward_images(xp, panels, g, first, last, [&](int64_t n, int64_t group, acc_t* out, int64_t ldc,
+                                                            int64_t row) {
         for (int64_t k = 0; k < out_channels; ++k) {
           const int64_t channel = group * out_channels + k;
           const acc_t shift = bp ? static_cast<acc_t>(bp[channel]) : acc_t(0);
           acc_t* conv = out + k * ldc;
           scalar_t* target = yp + (n * g.out_channels + channel) * pooled;
           uint8_t* winners = ap + (n * g.out_channels + channel) * pooled;
-          if (by_taps) {  // acc_t is float here
+          if (vector_pooling) {  // acc_t is float here
             float* values = std::is_same_v<scalar_t, float> ? reinterpret_cast<float*>(target) : pooled_values.data();
-            relu_max_pool_taps_avx512(reinterpret_cast<const float*>(conv), static_cast<float>(shift), pooled,
-                                      pool.kernel_h * pool.kernel_w, values, winners);
+            relu_max_pool_avx512(reinterpret_cast<const float*>(conv), row, static_cast<float>(shift), pool, values,
+                                 winners);
             if (!std::is_same_v<scalar_t, float>) {
               for (int64_t o = 0; o < pooled; ++o) target[o] = static_cast<scalar_t>(values[o]);
             }
             continue;
           }
-          for (int64_t p = 0; p < layout.columns; ++p) conv[p] += shift;
+          for (int64_t oh = 0; oh < g.out_h; ++oh) {
+            for (int64_t ow = 0; ow < g.out_w; ++ow) conv[oh * row + ow] += shift;
+          }
           for (int64_t o = 0; o < pooled; ++o) {
             target[o] = static_cast<scalar_t>(
-                relu_max_pool_window(conv, g.out_w, pool, o / pool.out_w, o % pool.out_w, winners[o]));
+                relu_max_pool_window(conv, row, pool, o / pool.out_w, o % pool.out_w, winners[o]));
           }
         }
       });
@@ -444,24 +377,22 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_pool2d_cpu(const at::Tensor& input,
 }
 
 // The backward of images [0, batch): conv_grad(n, group, dy) writes the gradient of the group's
-// convolution output in the layout's columns, dy[k * ldc + column] (ldc = padded_cols(columns)).
+// convolution output, dy[k * ldc + oh * out_w + ow] (ldc = padded_cols(out_h * out_w)).
 template <typename scalar_t, typename ConvGrad>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::Tensor& x, const at::Tensor& w,
                                                                      const Conv2dGeometry& g,
-                                                                     const ColumnLayout& layout,
                                                                      std::array<bool, 3> output_mask,
                                                                      const ConvGrad& conv_grad) {
   using acc_t = at::opmath_type<scalar_t>;
   const bool need_input = output_mask[0], need_weight = output_mask[1], need_bias = output_mask[2];
-  const int64_t patch = g.patch_size(), positions = layout.columns;
+  const int64_t patch = g.patch_size(), positions = g.out_plane();
   const int64_t in_channels = g.group_in_channels(), out_channels = g.group_out_channels();
   const int64_t ldc = padded_cols<acc_t>(positions), ldk = padded_cols<acc_t>(out_channels);
   const int64_t transposed_per_group = panels_size(patch, out_channels), patch_panels = panels_size(patch, positions);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  // grad_input: a flipped-kernel convolution of the padded gradient where the stride is 1 (and
-  // the columns are row-major), else col2im(W^T dy).
-  const bool padded_input_grad = need_input && layout.grids.size() == 1 && layout.grids[0].step_h == 1 &&
-                                 layout.grids[0].step_w == 1 && has_padded_grad_input(g);
+  // grad_input: a flipped-kernel convolution of the padded gradient where the stride is 1, else
+  // col2im(W^T dy).
+  const bool padded_input_grad = need_input && has_padded_grad_input(g);
   const PaddedConv pc = padded_grad_input(g);
   const std::vector<int64_t> offsets = padded_input_grad ? tap_offsets(pc) : std::vector<int64_t>();
   const int64_t ldx = padded_input_grad ? padded_cols<acc_t>(pc.columns()) : 0;
@@ -510,11 +441,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
               gemm<Tile>(patch, positions, out_channels, transposed.data() + group * transposed_per_group, dy.data(),
                          ldc, col.data(), ldc, false);
               std::fill(dx.begin(), dx.end(), acc_t(0));
-              col2im(col.data(), ldc, g, layout, dx.data());
+              col2im(col.data(), ldc, g, dx.data());
               for (size_t i = 0; i < dx.size(); ++i) gi[x_offset + i] = static_cast<scalar_t>(dx[i]);
             }
             if (need_weight) {
-              im2col<kPanelRows, acc_t>(xp + x_offset, g, layout, [&](int64_t q) {
+              im2col<kPanelRows, acc_t>(xp + x_offset, g, [&](int64_t q) {
                 return x_panels.data() + q / kPanelRows * kPanelRows * positions + q % kPanelRows;
               });
               for (int64_t k = 0; k < out_channels; ++k) {
@@ -579,8 +510,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(const at::Ten
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
     const int64_t positions = g.out_plane(), out_channels = g.group_out_channels();
     const int64_t ldc = padded_cols<acc_t>(positions);
-    grads = conv2d_backward_images<scalar_t>(x, w, g, natural_columns(g), output_mask,
-                                             [&](int64_t n, int64_t group, acc_t* out) {
+    grads = conv2d_backward_images<scalar_t>(x, w, g, output_mask, [&](int64_t n, int64_t group, acc_t* out) {
       const scalar_t* source = dyp + (n * g.out_channels + group * out_channels) * positions;
       for (int64_t k = 0; k < out_channels; ++k) {
         for (int64_t p = 0; p < positions; ++p) out[k * ldc + p] = static_cast<acc_t>(source[k * positions + p]);
@@ -608,9 +538,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool2d_backward_cpu(
     const uint8_t* ap = a.const_data_ptr<uint8_t>();
     const int64_t pooled = pool.out_h * pool.out_w, out_channels = g.group_out_channels();
     const int64_t taps = pool.kernel_h * pool.kernel_w;
-    const ColumnLayout layout = natural_columns(g);
-    const int64_t ldc = padded_cols<acc_t>(layout.columns);
-    grads = conv2d_backward_images<scalar_t>(x, w, g, layout, output_mask, [&](int64_t n, int64_t group, acc_t* out) {
+    const int64_t ldc = padded_cols<acc_t>(g.out_plane());
+    grads = conv2d_backward_images<scalar_t>(x, w, g, output_mask, [&](int64_t n, int64_t group, acc_t* out) {
       for (int64_t k = 0; k < out_channels; ++k) {
         const int64_t plane = (n * g.out_channels + group * out_channels + k) * pooled;
         const uint8_t* winners = ap + plane;
@@ -618,7 +547,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool2d_backward_cpu(
         acc_t* target = out + k * ldc;
         // Each pooled output adds its gradient to its active winner, in row-major order: the
         // order (so the bits) of relu_max_pool_conv_grad's gather, without its search.
-        std::fill(target, target + layout.columns, acc_t(0));
+        std::fill(target, target + g.out_plane(), acc_t(0));
         for (int64_t o = 0; o < pooled; ++o) {
           const uint8_t winner = winners[o];
           if (winner & kReluInactive) continue;
