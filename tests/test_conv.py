@@ -22,6 +22,8 @@ GEOMETRIES = [
     (3, 5, 12, 12, 17, (1, 1), (1, 1), (0, 0), (1, 1), 1),
     (2, 32, 14, 14, 64, (5, 5), (1, 1), (2, 2), (1, 1), 1),  # the MNIST CNN's conv2
     (1, 2, 3, 30, 5, (2, 7), (1, 3), (1, 3), (1, 1), 1),
+    (2, 4, 9, 10, 6, (3, 2), (1, 1), (2, 1), (2, 3), 2),  # stride 1 with dilation and groups
+    (1, 3, 5, 6, 2, (1, 1), (1, 1), (2, 1), (1, 1), 1),  # padding wider than the kernel
 ]
 
 
@@ -92,7 +94,7 @@ POOLS = [((2, 2), None), ((3, 3), (2, 2)), ((2, 3), (1, 2)), ((1, 1), (1, 1)), (
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[3], GEOMETRIES[6]])
+@pytest.mark.parametrize("geometry", [GEOMETRIES[i] for i in (0, 1, 3, 6, 8, 9)])
 @pytest.mark.parametrize("pool_kernel,pool_stride", POOLS)
 def test_fused_matches_three_ops_float64(device, geometry, pool_kernel, pool_stride):
     x, weight, bias = make(geometry, device=device)

@@ -32,6 +32,10 @@ leaves = [t.requires_grad_() for t in (torch.randn(3, 5, 13, 11), torch.randn(7,
 pooled = fastnets.functional.conv_relu_pool2d(*leaves, padding=1, pool_kernel=2)
 pooled.backward(torch.randn_like(pooled))
 results["conv"] = [fastnets.functional.conv2d(*leaves, stride=(2, 1), dilation=(1, 2)).detach(), pooled.detach()]
+results["conv"] += [t for kernel, stride in ((3, 2), ((2, 3), (3, 1)), (1, 1))
+                    for t in ops.conv_relu_pool2d(*[leaf.detach() for leaf in leaves], [1, 1], [1, 1], [1, 1], 1,
+                                                  list(fastnets.functional._pair(kernel, "k")),
+                                                  list(fastnets.functional._pair(stride, "s")))]
 results["conv"] += [leaf.grad for leaf in leaves]
 torch.save(results, sys.argv[1])
 """
