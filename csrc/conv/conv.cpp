@@ -397,6 +397,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
   const std::vector<int64_t> offsets = padded_input_grad ? tap_offsets(pc) : std::vector<int64_t>();
   const int64_t ldx = padded_input_grad ? padded_cols<acc_t>(pc.columns()) : 0;
   const int64_t flipped_per_group = panels_size(in_channels, pc.depth());
+  // grad_weight^T = patches x dy^T; for stride 1 the patch rows are read in place from a padded
+  // copy of the input (patch entry q, output p at offset(q) + column_of[p]), else built by im2col.
+  const bool padded_weight_grad = need_weight && g.stride_h == 1 && g.stride_w == 1;
+  const PaddedConv pf = padded_forward(g);
+  const std::vector<int64_t> input_offsets = padded_weight_grad ? tap_offsets(pf) : std::vector<int64_t>();
+  std::vector<int64_t> column_of(padded_weight_grad ? positions : 0);
+  for (size_t p = 0; p < column_of.size(); ++p) column_of[p] = p / g.out_w * pf.padded_w + p % g.out_w;
   const std::vector<acc_t> transposed =
       !need_input ? std::vector<acc_t>()
       : padded_input_grad ? pack_flipped_weight<acc_t>(w.const_data_ptr<scalar_t>(), g)
@@ -414,7 +421,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
     std::vector<acc_t> col(need_input ? (padded_input_grad ? in_channels * ldx : patch * ldc) : 0);
     std::vector<acc_t> dx(need_input && !padded_input_grad ? in_channels * g.in_plane() : 0);
     std::vector<acc_t> padded(padded_input_grad ? pc.buffer_size<acc_t>() : 0, acc_t(0));
-    std::vector<acc_t> x_panels(need_weight ? patch_panels : 0, acc_t(0));
+    std::vector<acc_t> x_panels(need_weight && !padded_weight_grad ? patch_panels : 0, acc_t(0));
+    std::vector<acc_t> padded_x(padded_weight_grad ? pf.buffer_size<acc_t>() : 0, acc_t(0));
     for (int64_t chunk = first_chunk; chunk < last_chunk; ++chunk) {
       acc_t* weight_sum = weight_sums.data() + chunk * weight_chunk;
       acc_t* bias_sum = bias_sums.data() + chunk * bias_chunk;
@@ -445,14 +453,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
               for (size_t i = 0; i < dx.size(); ++i) gi[x_offset + i] = static_cast<scalar_t>(dx[i]);
             }
             if (need_weight) {
-              im2col<kPanelRows, acc_t>(xp + x_offset, g, [&](int64_t q) {
-                return x_panels.data() + q / kPanelRows * kPanelRows * positions + q % kPanelRows;
-              });
               for (int64_t k = 0; k < out_channels; ++k) {
                 for (int64_t p = 0; p < positions; ++p) dy_t[p * ldk + k] = dy[k * ldc + p];
               }
-              gemm<Tile>(patch, out_channels, positions, x_panels.data(), dy_t.data(), ldk,
-                         weight_sum + group * patch * ldk, ldk, true);
+              acc_t* sum = weight_sum + group * patch * ldk;
+              if (padded_weight_grad) {
+                fill_padded(xp + x_offset, g.in_plane(), g.in_h, g.in_w, g.in_w, pf, g.pad_h, g.pad_w,
+                            padded_x.data());
+                for (int64_t q0 = 0; q0 < patch; q0 += kPanelRows) {
+                  const acc_t* rows[kPanelRows];  // rows past the patch repeat the last one, dropped
+                  for (int i = 0; i < kPanelRows; ++i) {
+                    rows[i] = padded_x.data() + input_offsets[std::min<int64_t>(q0 + i, patch - 1)];
+                  }
+                  for (int64_t d0 = 0; d0 < positions; d0 += kDepthBlock) {
+                    const int64_t* columns = column_of.data() + d0;
+                    const auto a_value = [&](int i, int64_t p) FASTNETS_INLINE_LAMBDA { return rows[i][columns[p]]; };
+                    const auto b_row = [&](int64_t p) FASTNETS_INLINE_LAMBDA { return dy_t.data() + (d0 + p) * ldk; };
+                    for (int64_t col = 0; col < out_channels; col += Tile::kCols) {
+                      gemm_tile<Tile>(std::min(kDepthBlock, positions - d0), a_value, b_row, col, sum + q0 * ldk + col,
+                                      ldk, std::min<int64_t>(kPanelRows, patch - q0),
+                                      std::min<int64_t>(Tile::kCols, out_channels - col), true);
+                    }
+                  }
+                }
+              } else {
+                im2col<kPanelRows, acc_t>(xp + x_offset, g, [&](int64_t q) {
+                  return x_panels.data() + q / kPanelRows * kPanelRows * positions + q % kPanelRows;
+                });
+                gemm<Tile>(patch, out_channels, positions, x_panels.data(), dy_t.data(), ldk, sum, ldk, true);
+              }
             }
           });
           if (need_bias) {

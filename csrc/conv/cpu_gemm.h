@@ -40,11 +40,12 @@ int64_t padded_cols(int64_t cols) {
   return (cols + multiple - 1) / multiple * multiple;
 }
 
-// One tile: C[rows][cols] (+)= sum over k < depth of a[k][0..kRows) (x) b_row(k)[col..col + kCols),
-// where rows <= kRows and cols <= kCols are the valid part (the rest is computed and dropped).
-template <typename Tile, typename T, typename BRows>
-FASTNETS_ALWAYS_INLINE void gemm_tile(int64_t depth, const T* a, const BRows& b_row, int64_t col, T* c, int64_t ldc,
-                                      int64_t rows, int64_t cols, bool accumulate) {
+// One tile: C[rows][cols] (+)= sum over k < depth of a(i, k) b_row(k)[col + j] for i < kRows,
+// j < kCols, where rows <= kRows and cols <= kCols are the valid part (the rest is computed and
+// dropped). a(i, k) is A's value; packed A (pack_panels) is a_packed[k * kRows + i].
+template <typename Tile, typename T, typename AValue, typename BRows>
+FASTNETS_ALWAYS_INLINE void gemm_tile(int64_t depth, const AValue& a, const BRows& b_row, int64_t col, T* c,
+                                      int64_t ldc, int64_t rows, int64_t cols, bool accumulate) {
   using vec = typename Tile::vec;
   constexpr int R = Tile::kRows, V = Tile::kVectors, L = Tile::kLanes;
   vec acc[R][V];
@@ -56,7 +57,7 @@ FASTNETS_ALWAYS_INLINE void gemm_tile(int64_t depth, const T* a, const BRows& b_
     const T* b = b_row(k) + col;
     for (int j = 0; j < V; ++j) std::memcpy(&bk[j], b + j * L, sizeof(vec));
     for (int i = 0; i < R; ++i) {
-      const T ak = a[k * R + i];
+      const T ak = a(i, k);
       for (int j = 0; j < V; ++j) acc[i][j] += ak * bk[j];
     }
   }
@@ -97,7 +98,9 @@ FASTNETS_ALWAYS_INLINE void gemm_rows(int64_t rows, int64_t cols, int64_t depth,
     const auto block_row = [&](int64_t k) FASTNETS_INLINE_LAMBDA { return b_row(d0 + k); };
     for (int64_t col = 0; col < cols; col += Tile::kCols) {
       for (int64_t row = 0; row < rows; row += Tile::kRows) {
-        gemm_tile<Tile>(block, a_packed + row * depth + d0 * Tile::kRows, block_row, col, c + row * ldc + col, ldc,
+        const T* panel = a_packed + row * depth + d0 * Tile::kRows;
+        const auto a_value = [panel](int i, int64_t k) FASTNETS_INLINE_LAMBDA { return panel[k * Tile::kRows + i]; };
+        gemm_tile<Tile>(block, a_value, block_row, col, c + row * ldc + col, ldc,
                         std::min<int64_t>(Tile::kRows, rows - row), std::min<int64_t>(Tile::kCols, cols - col),
                         accumulate || d0 > 0);
       }
