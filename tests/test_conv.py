@@ -8,7 +8,8 @@ from torch import nn
 
 import fastnets.functional as F
 import fastnets.nn as fnn
-from harness import DEVICES, TRAINING_DTYPES, assert_close_to_reference, check_compiles, check_opcheck, check_same_for_threads
+from harness import (DEVICES, TRAINING_DTYPES, assert_close_to_reference, check_compiles, check_opcheck,
+                     check_same_for_threads)
 
 ops = torch.ops.fastnets
 
@@ -234,7 +235,8 @@ def test_padding_strings_and_unbatched_input(padding, kernel):
     (lambda: F.conv2d(torch.randn(1, 3, 4, 4), torch.randn(4, 3, 5, 5)), "larger than the padded input"),
     (lambda: F.conv2d(torch.randn(3, 4), torch.randn(4, 3, 1, 1)), "input must be"),
     (lambda: ops.conv2d(torch.randn(1, 3, 4, 4), torch.randn(4, 3, 1), None), "weight must be 4-D"),
-    (lambda: F.conv2d(torch.randn(1, 3, 4, 4), torch.randn(4, 3, 1, 1, dtype=torch.float64)), "weight must have input's dtype"),
+    (lambda: F.conv2d(torch.randn(1, 3, 4, 4), torch.randn(4, 3, 1, 1, dtype=torch.float64)),
+     "weight must have input's dtype"),
     (lambda: F.conv2d(torch.randn(1, 3, 4, 4), torch.randn(4, 3, 1, 1), torch.randn(3)), "bias must have shape"),
     (lambda: F.conv2d(torch.randn(1, 3, 4, 4), torch.randn(4, 1, 1, 1), groups=3), "divisible by groups"),
     (lambda: F.conv2d(torch.randn(1, 4, 4, 4), torch.randn(6, 2, 1, 1), groups=0), "groups must be at least 1"),
@@ -295,3 +297,50 @@ def test_conv_relu_pool_module_loads_a_conv2d_and_the_fusing_helper():
     conv = nn.Conv2d(1, 8, 5, padding=2)
     conv.load_state_dict(layer.state_dict())
     torch.testing.assert_close(layer(x), torch_F.max_pool2d(torch.relu(conv(x)), 2))
+
+
+# The index math only the CUDA kernels call, exposed by fastnets._C for these tests.
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_cuda_index_math_matches_unfold(geometry):
+    from fastnets import _C
+    n, c, h, w, k, kernel, stride, padding, dilation, groups = geometry
+    cg = c // groups
+    out_h = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    out_w = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    values = [cg, h, w, *kernel, *stride, *padding, *dilation, out_h, out_w]
+    x = torch.arange(1, cg * h * w + 1, dtype=torch.float64).view(1, cg, h, w)
+    patches = torch_F.unfold(x, kernel, dilation, padding, stride)[0]  # (cg * kh * kw, out_h * out_w), 0 = padding
+    offsets = torch.tensor(_C._conv_input_offsets(values)).view(patches.shape)
+    assert torch.equal(torch.where(offsets >= 0, offsets + 1, 0).double(), patches)
+    positions = torch.tensor(_C._conv_output_positions(values)).view(*kernel, h, w)
+    for r in range(kernel[0]):
+        for s in range(kernel[1]):
+            q = r * kernel[1] + s
+            for p in range(out_h * out_w):  # every output reading (ih, iw) through (r, s) is found, and only those
+                read = offsets[q, p].item()
+                if read >= 0:
+                    assert positions[r, s, read // w, read % w].item() == p
+            assert (positions[r, s] >= 0).sum().item() == (offsets[q] >= 0).sum().item()
+
+
+@pytest.mark.parametrize("pool_kernel,pool_stride",
+                         [((2, 2), (2, 2)), ((3, 3), (2, 2)), ((2, 3), (1, 2)), ((3, 2), (3, 2))])
+def test_cuda_pool_gradient_gather_matches_scatter(pool_kernel, pool_stride):
+    from fastnets import _C
+    conv_h, conv_w = 9, 8
+    out_h, out_w = (conv_h - pool_kernel[0]) // pool_stride[0] + 1, (conv_w - pool_kernel[1]) // pool_stride[1] + 1
+    gen = torch.Generator().manual_seed(1)
+    grad = torch.randn(out_h * out_w, generator=gen, dtype=torch.float64)
+    taps = pool_kernel[0] * pool_kernel[1]
+    inactive = (torch.rand(out_h * out_w, generator=gen) < 0.3) * 0x80
+    argmax = torch.randint(0, taps, (out_h * out_w,), generator=gen) | inactive
+    gathered = _C._relu_max_pool_conv_grad(grad.tolist(), argmax.tolist(), [*pool_kernel, *pool_stride, out_h, out_w],
+                                           conv_h, conv_w)
+    expected = torch.zeros(conv_h, conv_w, dtype=torch.float64)
+    for o in range(out_h * out_w):  # scatter in row-major order of the pooled outputs
+        a = argmax[o].item()
+        if a & 0x80:
+            continue
+        ph, pw = divmod(o, out_w)
+        expected[ph * pool_stride[0] + a // pool_kernel[1], pw * pool_stride[1] + a % pool_kernel[1]] += grad[o]
+    assert torch.equal(torch.tensor(gathered, dtype=torch.float64).view(conv_h, conv_w), expected)

@@ -5,4 +5,5 @@ from fastnets.nn.fixed_point import FixedPointQuantizer
 from fastnets.nn.maxout import Maxout, MaxoutLinear
 from fastnets.nn.pooling import MaxPool2d
 
-__all__ = ["Conv2d", "ConvReLUPool2d", "fuse_conv_relu_pool", "Dropout", "FixedPointQuantizer", "Maxout", "MaxoutLinear", "MaxPool2d"]
+__all__ = ["Conv2d", "ConvReLUPool2d", "fuse_conv_relu_pool", "Dropout", "FixedPointQuantizer", "Maxout",
+           "MaxoutLinear", "MaxPool2d"]

@@ -91,9 +91,9 @@ def fuse_conv_relu_pool(model: nn.Module) -> nn.Module:
     convolution's parameters, in place; returns ``model``.
 
     Runs whose pooling has padding, dilation, ``ceil_mode`` or ``return_indices``, and
-    convolutions that are subclasses, parametrized or lazy, are left as they are. The state_dict keys of the fused layer are the
-    convolution's, under the convolution's name; the ReLU and pooling slots become
-    :class:`torch.nn.Identity`, so the indices of later layers do not move.
+    convolutions that are subclasses, parametrized or lazy, are left as they are. The state_dict
+    keys of the fused layer are the convolution's, under the convolution's name; the ReLU and
+    pooling slots become :class:`torch.nn.Identity`, so the indices of later layers do not move.
     """
     for module in list(model.modules()):
         if not isinstance(module, nn.Sequential):
