@@ -105,9 +105,17 @@ FASTNETS_ALWAYS_INLINE void col2im(const acc_t* col, int64_t ldc, const Conv2dGe
 // im2col: in planes of padded_w columns, output (oh, ow) is column oh * padded_w + ow, and tap
 // q = (c, r, s) reads the source at column + tap_offset(q), tap_offset = c * plane + r *
 // dilation_h * padded_w + s * dilation_w: row q of B is the padded source from tap_offset(q).
-// The columns with ow >= out_w are computed and dropped (the work grows by padded_w / out_w).
+// A padded row is the pad_left zeros then the source row, so that the reads past its end (at
+// most pad_left, the padding being symmetric) land in the next row's zeros; one more zero row at
+// the bottom serves the last row. The columns with ow >= out_w are computed and dropped (the
+// work grows by padded_w / out_w).
 struct PaddedConv {
-  int64_t channels, padded_h, padded_w, kernel_h, kernel_w, dilation_h, dilation_w, out_h, out_w;
+  int64_t channels, pad_top, pad_left, padded_h, padded_w, kernel_h, kernel_w, dilation_h, dilation_w, out_h, out_w;
+  PaddedConv(int64_t channels_, int64_t height, int64_t width, int64_t pad_h, int64_t pad_w, int64_t kernel_h_,
+             int64_t kernel_w_, int64_t dilation_h_, int64_t dilation_w_, int64_t out_h_, int64_t out_w_)
+      : channels(channels_), pad_top(pad_h), pad_left(pad_w), padded_h(height + 2 * pad_h + 1),
+        padded_w(width + pad_w), kernel_h(kernel_h_), kernel_w(kernel_w_), dilation_h(dilation_h_),
+        dilation_w(dilation_w_), out_h(out_h_), out_w(out_w_) {}
   int64_t columns() const { return out_h * padded_w; }
   int64_t plane() const { return padded_h * padded_w; }
   int64_t depth() const { return channels * kernel_h * kernel_w; }
@@ -125,8 +133,8 @@ struct PaddedConv {
 // The forward of input planes (in_h, in_w) padded by (pad_h, pad_w), or, for grad_input, of
 // grad_output planes padded by the kernel span less the padding (a flipped-kernel convolution).
 PaddedConv padded_forward(const Conv2dGeometry& g) {
-  return {g.group_in_channels(), g.in_h + 2 * g.pad_h, g.in_w + 2 * g.pad_w, g.kernel_h, g.kernel_w,
-          g.dilation_h, g.dilation_w, g.out_h, g.out_w};
+  return PaddedConv(g.group_in_channels(), g.in_h, g.in_w, g.pad_h, g.pad_w, g.kernel_h, g.kernel_w, g.dilation_h,
+                    g.dilation_w, g.out_h, g.out_w);
 }
 
 bool has_padded_grad_input(const Conv2dGeometry& g) {
@@ -135,17 +143,17 @@ bool has_padded_grad_input(const Conv2dGeometry& g) {
 }
 
 PaddedConv padded_grad_input(const Conv2dGeometry& g) {
-  return {g.group_out_channels(), g.out_h + 2 * (g.dilation_h * (g.kernel_h - 1) - g.pad_h),
-          g.out_w + 2 * (g.dilation_w * (g.kernel_w - 1) - g.pad_w), g.kernel_h, g.kernel_w, g.dilation_h,
-          g.dilation_w, g.in_h, g.in_w};
+  return PaddedConv(g.group_out_channels(), g.out_h, g.out_w, g.dilation_h * (g.kernel_h - 1) - g.pad_h,
+                    g.dilation_w * (g.kernel_w - 1) - g.pad_w, g.kernel_h, g.kernel_w, g.dilation_h, g.dilation_w,
+                    g.in_h, g.in_w);
 }
 
-// Copies planes [channels][height][width] (source values, or source_stride apart) into the
-// padded buffer, at row top and column left of each padded plane; the rest stays zero.
+// Copies planes [channels][height][width], source_plane and source_row values apart, into the
+// padded buffer, after pad_top rows and pad_left columns of each padded plane; the rest stays zero.
 template <typename acc_t, typename scalar_t>
 FASTNETS_ALWAYS_INLINE void fill_padded(const scalar_t* source, int64_t source_plane, int64_t height, int64_t width,
-                                        int64_t source_row, const PaddedConv& pc, int64_t top, int64_t left,
-                                        acc_t* padded) {
+                                        int64_t source_row, const PaddedConv& pc, acc_t* padded) {
+  const int64_t top = pc.pad_top, left = pc.pad_left;
   for (int64_t c = 0; c < pc.channels; ++c) {
     for (int64_t h = 0; h < height; ++h) {
       const scalar_t* in = source + c * source_plane + h * source_row;
@@ -231,7 +239,7 @@ void conv2d_forward_images(const scalar_t* x, const std::vector<at::opmath_type<
       call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
         using Tile = GemmTileFor<acc_t, decltype(isa)::value>;
         if (padded_input) {
-          fill_padded(xg, g.in_plane(), g.in_h, g.in_w, g.in_w, pc, g.pad_h, g.pad_w, source.data());
+          fill_padded(xg, g.in_plane(), g.in_h, g.in_w, g.in_w, pc, source.data());
           padded_gemm<Tile>(pc, out_channels, a, source.data(), offsets, out.data(), ldc);
         } else {
           im2col<1, acc_t>(xg, g, [&](int64_t q) { return source.data() + q * ldc; });
@@ -433,8 +441,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
           call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
             using Tile = GemmTileFor<acc_t, decltype(isa)::value>;
             if (padded_input_grad) {
-              const int64_t top = (pc.padded_h - g.out_h) / 2, left = (pc.padded_w - g.out_w) / 2;
-              fill_padded(dy.data(), ldc, g.out_h, g.out_w, g.out_w, pc, top, left, padded.data());
+              fill_padded(dy.data(), ldc, g.out_h, g.out_w, g.out_w, pc, padded.data());
               padded_gemm<Tile>(pc, in_channels, transposed.data() + group * flipped_per_group, padded.data(), offsets,
                                 col.data(), ldx);
               for (int64_t c = 0; c < in_channels; ++c) {
@@ -458,8 +465,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
               }
               acc_t* sum = weight_sum + group * patch * ldk;
               if (padded_weight_grad) {
-                fill_padded(xp + x_offset, g.in_plane(), g.in_h, g.in_w, g.in_w, pf, g.pad_h, g.pad_w,
-                            padded_x.data());
+                fill_padded(xp + x_offset, g.in_plane(), g.in_h, g.in_w, g.in_w, pf, padded_x.data());
                 for (int64_t q0 = 0; q0 < patch; q0 += kPanelRows) {
                   const acc_t* rows[kPanelRows];  // rows past the patch repeat the last one, dropped
                   for (int i = 0; i < kPanelRows; ++i) {
