@@ -862,10 +862,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool2d_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& argmax, const at::Tensor& input, const at::Tensor& weight,
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride, std::array<bool, 3> output_mask) {
-  const Conv2dGeometry g = conv2d_geometry(input, weight, std::nullopt, stride, padding, dilation, groups);
-  const ConvPoolGeometry pool = conv_pool_geometry(g, pool_kernel, pool_stride);
-  check_conv_grad(grad_output, input, "grad_output", {g.batch, g.out_channels, pool.out_h, pool.out_w});
-  check_conv_argmax(argmax, grad_output);
+  ConvPoolGeometry pool;
+  const Conv2dGeometry g = conv_relu_pool2d_backward_geometry(grad_output, argmax, input, weight, stride, padding,
+                                                              dilation, groups, pool_kernel, pool_stride, pool);
   const c10::cuda::CUDAGuard guard(input.device());
   if (g.batch == 0) return empty_batch_grads(g, input, output_mask);
   const at::Tensor x = input.contiguous(), w = weight.contiguous(), dy = grad_output.contiguous();

@@ -103,4 +103,18 @@ inline void check_conv_argmax(const at::Tensor& argmax, const at::Tensor& grad_o
               grad_output.device(), ", got ", argmax.device());
 }
 
+// Checks conv_relu_pool2d_backward's arguments; pool receives the pooling geometry.
+inline Conv2dGeometry conv_relu_pool2d_backward_geometry(const at::Tensor& grad_output, const at::Tensor& argmax,
+                                                         const at::Tensor& input, const at::Tensor& weight,
+                                                         at::IntArrayRef stride, at::IntArrayRef padding,
+                                                         at::IntArrayRef dilation, int64_t groups,
+                                                         at::IntArrayRef pool_kernel, at::IntArrayRef pool_stride,
+                                                         ConvPoolGeometry& pool) {
+  const Conv2dGeometry g = conv2d_geometry(input, weight, std::nullopt, stride, padding, dilation, groups);
+  pool = conv_pool_geometry(g, pool_kernel, pool_stride);
+  check_conv_grad(grad_output, input, "grad_output", {g.batch, g.out_channels, pool.out_h, pool.out_w});
+  check_conv_argmax(argmax, grad_output);
+  return g;
+}
+
 }  // namespace fastnets
