@@ -720,6 +720,20 @@ const scalar_t* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
 }
 
+// The plain convolution's forward op; the fused layer adds its pooling.
+template <typename scalar_t, class Cfg>
+ForwardOp<scalar_t, Cfg> forward_op(const Conv2dGeometry& g, const at::Tensor& x, const at::Tensor& w,
+                                    const at::Tensor& b, at::Tensor& out) {
+  ForwardOp<scalar_t, Cfg> op{};
+  op.g = g;
+  op.x = x.const_data_ptr<scalar_t>();
+  op.w = w.const_data_ptr<scalar_t>();
+  op.bias = data_or_null<scalar_t>(b);
+  op.out = out.mutable_data_ptr<scalar_t>();
+  op.fused = false;
+  return op;
+}
+
 at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const Conv2dGeometry g = conv2d_geometry(input, weight, bias, stride, padding, dilation, groups);
@@ -730,13 +744,7 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight, const 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastnets::conv2d_cuda", [&] {
     with_config<scalar_t>([&](auto cfg) {
       using Cfg = decltype(cfg);
-      ForwardOp<scalar_t, Cfg> op{};
-      op.g = g;
-      op.x = x.const_data_ptr<scalar_t>();
-      op.w = w.const_data_ptr<scalar_t>();
-      op.bias = data_or_null<scalar_t>(b);
-      op.out = out.mutable_data_ptr<scalar_t>();
-      op.fused = false;
+      ForwardOp<scalar_t, Cfg> op = forward_op<scalar_t, Cfg>(g, x, w, b, out);
       launch_gemm<Cfg>(op, ceil_div(g.batch * g.out_plane(), Cfg::kBN), g.group_out_channels(), g.groups);
     });
   });
@@ -758,12 +766,7 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_pool2d_cuda(const at::Tensor& input
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastnets::conv_relu_pool2d_cuda", [&] {
     with_config<scalar_t>([&](auto cfg) {
       using Cfg = decltype(cfg);
-      ForwardOp<scalar_t, Cfg> op{};
-      op.g = g;
-      op.x = x.const_data_ptr<scalar_t>();
-      op.w = w.const_data_ptr<scalar_t>();
-      op.bias = data_or_null<scalar_t>(b);
-      op.out = out.mutable_data_ptr<scalar_t>();
+      ForwardOp<scalar_t, Cfg> op = forward_op<scalar_t, Cfg>(g, x, w, b, out);
       op.fused = true;
       op.pool = pool;
       op.pt = choose_pool_tile(pool, Cfg::kBN);
