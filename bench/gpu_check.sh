@@ -25,8 +25,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee 
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
 step build env FASTNETS_CUDA=1 MAX_JOBS="$(nproc)" "$PY" setup.py --quiet build_ext --inplace || exit 1
 step info "$PY" -m fastnets info
-step tests "$PY" -m pytest tests -q -ra -m cuda -p no:cacheprovider
-step bench "$PY" -m fastnets bench -k cuda
+# Spread the tests over processes and stop a hung kernel when the plugins are there (device time is short).
+has() { "$PY" -c "import $1" 2>/dev/null; }
+test_args=(); bench_args=()
+has xdist && test_args+=(-n 8)
+has pytest_timeout && { test_args+=(--timeout 300); bench_args+=(--timeout 300); }
+step tests "$PY" -m pytest tests -q -ra -m cuda -p no:cacheprovider "${test_args[@]}"
+step bench "$PY" -m fastnets bench -k cuda "${bench_args[@]}"
 
 echo
 echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
