@@ -8,6 +8,7 @@ Environment:
 import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 
@@ -66,6 +67,17 @@ else:
     extension = CppExtension
     files = sources("*.cpp")
 
+
+
+def libstdcxx_link_args() -> list:
+    """Links libstdc++ dynamically even where the compiler has only its static archive (no
+    libstdc++.so, as on some CUDA images): a second, static copy of the C++ library inside
+    _C.so shares no locale with torch's, and formatting an error message then segfaults."""
+    compiler = os.environ.get("CXX", "c++")
+    found = subprocess.run([compiler, "-print-file-name=libstdc++.so"], capture_output=True, text=True).stdout.strip()
+    return [] if os.path.isabs(found) else ["-l:libstdc++.so.6"]
+
+
 setup(
     name="fastnets",
     version=VERSION,
@@ -77,7 +89,7 @@ setup(
             include_dirs=[str(ROOT / "csrc")],
             define_macros=define_macros,
             extra_compile_args=extra_compile_args,
-            extra_link_args=["-fopenmp"],
+            extra_link_args=["-fopenmp", *libstdcxx_link_args()],
         )
     ],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
