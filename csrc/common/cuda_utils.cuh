@@ -32,8 +32,10 @@ inline at::PhiloxCudaState cuda_philox_state(const std::optional<at::Generator>&
                                              c10::DeviceIndex device) {
   auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
       generator, at::cuda::detail::getDefaultCUDAGenerator(device));
-  TORCH_CHECK(gen->device().index() == device, "generator must be on the input's device cuda:", static_cast<int>(device),
-              ", got ", gen->device());
+  // torch.Generator("cuda") has no device index: like torch's own ops, it serves any device.
+  const c10::DeviceIndex generator_device = gen->device().index();
+  TORCH_CHECK(generator_device < 0 || generator_device == device, "generator must be on the input's device cuda:",
+              static_cast<int>(device), ", got ", gen->device());
   std::lock_guard<std::mutex> lock(gen->mutex_);
   return gen->philox_cuda_state(kPhiloxOffsetStep);
 }
