@@ -144,8 +144,16 @@ struct FmaTile {
     }
   }
 
+  // A tile's kBK products are summed apart and then added to c: rounding error then grows with
+  // kBK + K / kBK terms rather than K (conv2's K is 800), as blocked GEMMs such as cuDNN's do.
   __device__ __forceinline__ void step(const T* As, const T* Bs, int tid) {
     const int ty = tid / 16, tx = tid % 16;
+    T partial[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+#pragma unroll
+      for (int j = 0; j < TN; ++j) partial[i][j] = T(0);
+    }
 #pragma unroll
     for (int k = 0; k < Cfg::kBK; ++k) {
       T a[TM], b[TN];
@@ -156,8 +164,13 @@ struct FmaTile {
 #pragma unroll
       for (int i = 0; i < TM; ++i) {
 #pragma unroll
-        for (int j = 0; j < TN; ++j) c[i][j] += a[i] * b[j];
+        for (int j = 0; j < TN; ++j) partial[i][j] += a[i] * b[j];
       }
+    }
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+#pragma unroll
+      for (int j = 0; j < TN; ++j) c[i][j] += partial[i][j];
     }
   }
 
