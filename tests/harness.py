@@ -88,8 +88,8 @@ def check_cpu_cuda_identical(fn: Callable[[str], torch.Tensor]) -> None:
     """fn(device) gives bit-identical results on CPU and CUDA."""
     cpu, cuda = fn("cpu"), fn("cuda").cpu()
     assert cpu.dtype == cuda.dtype and cpu.shape == cuda.shape
-    assert torch.equal(cpu.view(-1).view(torch.uint8) if cpu.numel() else cpu,
-                       cuda.view(-1).view(torch.uint8) if cuda.numel() else cuda), "CPU and CUDA differ"
+    as_bytes = lambda t: t.reshape(-1).view(torch.uint8) if t.numel() else t  # noqa: E731  (NaN payloads too)
+    assert torch.equal(as_bytes(cpu), as_bytes(cuda)), "CPU and CUDA differ"
 
 
 def binomial_bounds(n: int, p: float, sigmas: float = 6.0) -> tuple:

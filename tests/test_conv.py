@@ -1,6 +1,8 @@
 """Convolution and the fused Conv-ReLU-Pool layer: values and gradients against
 torch.nn.functional (float64 tight, lower precisions against PyTorch's own error), gradcheck,
 opcheck, torch.compile, threads, errors, the modules and the fusing helper."""
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as torch_F
@@ -9,7 +11,7 @@ from torch import nn
 import fastnets.functional as F
 import fastnets.nn as fnn
 from harness import (DEVICES, TRAINING_DTYPES, assert_close_to_reference, check_compiles, check_opcheck,
-                     check_same_for_threads)
+                     check_same_for_threads, cuda_only)
 
 ops = torch.ops.fastnets
 
@@ -77,13 +79,48 @@ def test_conv2d_lower_precision_within_pytorch_error(device, dtype, geometry):
     run = lambda fn, *t: grads_of(lambda *u: fn(*u, stride=stride, padding=padding, dilation=dilation,  # noqa: E731
                                                 groups=groups), *t, grad_output=grad.to(t[0].dtype))
     low = [t.to(dtype) for t in (x, weight, bias)]
-    out, grads = run(F.conv2d, *low)
+    with tf32(False):  # float32 in full precision on both sides (TF32: the next test)
+        out, grads = run(F.conv2d, *low)
+        baseline, baseline_grads = run(torch_F.conv2d, *low)
     reference, reference_grads = run(torch_F.conv2d, *[t.to(dtype).double() for t in (x, weight, bias)])
-    baseline, baseline_grads = run(torch_F.conv2d, *low)
     assert out.dtype == dtype
     assert_close_to_reference(out, reference, baseline=baseline)
     for ours, exact, theirs in zip(grads, reference_grads, baseline_grads):
         assert_close_to_reference(ours, exact, baseline=theirs)
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool):
+    """torch.backends.cudnn.allow_tf32 (on by default), which the CUDA float32 convolutions follow."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
+
+
+@cuda_only
+@pytest.mark.cuda
+@pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[6]])
+def test_conv2d_tf32_within_its_rounding_bound(geometry):
+    """With TF32 on, the float32 inner products round their factors to 10 mantissa bits: each
+    output (and gradient) may err by about 2**-10 of the sum of its products' magnitudes."""
+    x, weight, bias = make(geometry, device="cuda")
+    stride, padding, dilation, groups = arguments(geometry)
+    grad = torch.randn(torch_F.conv2d(x, weight, bias, stride, padding, dilation, groups).shape, device="cuda",
+                       dtype=torch.float64)
+    run = lambda fn, g, *t: grads_of(lambda *u: fn(*u, stride=stride, padding=padding,  # noqa: E731
+                                                   dilation=dilation, groups=groups), *t, grad_output=g)
+    low = [t.float() for t in (x, weight, bias)]
+    with tf32(True):
+        out, grads = run(F.conv2d, grad.float(), *low)
+    reference, reference_grads = run(torch_F.conv2d, grad, *[t.double() for t in low])
+    # The same sums over the magnitudes of their terms.
+    magnitude, magnitude_grads = run(torch_F.conv2d, grad.abs(), *[t.double().abs() for t in low])
+    for ours, exact, size in zip([out, *grads], [reference, *reference_grads], [magnitude, *magnitude_grads]):
+        error = (ours.double() - exact).abs()
+        assert (error <= 2**-9 * size + 1e-6).all(), f"TF32 error {error.max().item():.3g} beyond its bound"
 
 
 def three_ops(x, weight, bias, stride, padding, dilation, groups, pool_kernel, pool_stride):
@@ -143,9 +180,10 @@ def test_fused_lower_precision_within_pytorch_error(device, dtype):
     x, weight, bias = make(geometry, device=device)
     stride, padding, dilation, groups = arguments(geometry)
     low = [t.to(dtype) for t in (x, weight, bias)]
-    out = F.conv_relu_pool2d(*low, stride, padding, dilation, groups)
+    with tf32(False):
+        out = F.conv_relu_pool2d(*low, stride, padding, dilation, groups)
+        baseline = three_ops(*low, stride, padding, dilation, groups, (2, 2), (2, 2))
     reference = three_ops(*[t.double() for t in low], stride, padding, dilation, groups, (2, 2), (2, 2))
-    baseline = three_ops(*low, stride, padding, dilation, groups, (2, 2), (2, 2))
     assert_close_to_reference(out, reference, baseline=baseline)
 
 

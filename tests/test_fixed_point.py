@@ -378,4 +378,5 @@ def test_cpu_cuda_identical(dtype):
         assert torch.equal(out.cpu(), reference(x, 16, 10, "stochastic", True, False, seed_offset.cpu()))
         codes, seed_offset = ops.fixed_point_to_codes(x.cuda(), 12, 6, "stochastic", False, None)
         expected = reference(x, 12, 6, "stochastic", True, False, seed_offset.cpu())
-        assert torch.equal(from_fixed(codes.cpu(), 6, torch.float64), expected.double())
+        # expected is rounded to dtype once (bfloat16 holds 8 of the codes' 12 bits): so are the codes.
+        assert torch.equal(from_fixed(codes.cpu(), 6, torch.float64).to(dtype), expected)

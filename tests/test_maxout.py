@@ -120,7 +120,7 @@ def test_bad_arguments_are_named(device):
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", TRAINING_DTYPES)
 def test_cpu_cuda_identical(dtype):
-    x = torch.randn(64, 96, 7).to(dtype)
+    x = torch.randn(64, 96, 9).to(dtype)
     for pieces, dim in ((4, 1), (3, -1), (2, 0)):
         check_cpu_cuda_identical(lambda device: ops.maxout(x.to(device), pieces, dim)[0])
         check_cpu_cuda_identical(lambda device: ops.maxout(x.to(device), pieces, dim)[1])
