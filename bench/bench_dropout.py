@@ -1,77 +1,57 @@
-"""Dropout against torch.nn.functional.dropout (and torch.compile'd dropout on CUDA), same run.
+"""Dropout against torch.nn.functional.dropout (and torch.compile'd dropout on CUDA).
 
-Cases per device and dtype: copy (the bandwidth ceiling), forward, backward (the op autograd
-runs: fastnets regenerates the mask, PyTorch reads its saved bool mask), and a training step
-(forward + backward through autograd).
+Directions: forward; backward (the op autograd runs: fastnets regenerates the mask from two
+integers, PyTorch reads its saved bool mask); forward+backward through autograd. Bytes: one read
+and one write of the tensor per pass (masks not counted).
 """
-import pytest
 import torch
 import torch.nn.functional as torch_F
 
 import fastnets.functional as F
-from conftest import DEVICES, NUMEL, copy_case, run_case
+from fastnets.benchmark import Case, training_step
+from fastnets.benchmark import pytest_benchmark_case as bench_case  # noqa: F401  (the entry of `pytest bench/`)
 
 P = 0.5
-DTYPES = {"cpu": [torch.float32], "cuda": [torch.float32, torch.bfloat16]}
-CASES = [(device, dtype) for device in DEVICES for dtype in DTYPES[device]]
-IDS = [f"{device}-{str(dtype).replace('torch.', '')}" for device, dtype in CASES]
+NUMEL = {"cpu": 16 * 2**20, "cuda": 64 * 2**20}  # shared/ANCHORS.md's sizes
+DTYPES = {"cpu": ["float32"], "cuda": ["float32", "bfloat16"]}
 
 
-def _inputs(device, dtype):
-    numel = NUMEL[device]
-    x = torch.randn(numel, device=device, dtype=dtype)
-    return x, numel, numel * x.element_size()
-
-
-@pytest.mark.parametrize("device,dtype", CASES, ids=IDS)
-def bench_copy(benchmark, device, dtype):
-    copy_case(benchmark, device=device, dtype=dtype, shape=(NUMEL[device],), op="dropout")
-
-
-def _forward_impls(device):
-    impls = {"fastnets": lambda x: F.dropout(x, P), "torch": lambda x: torch_F.dropout(x, P)}
+def forward_impls(device):
+    impls = {"fastnets": lambda a: lambda: F.dropout(a[0], P), "torch": lambda a: lambda: torch_F.dropout(a[0], P)}
     if device == "cuda":
-        impls["torch.compile"] = torch.compile(lambda x: torch_F.dropout(x, P), fullgraph=True)
+        compiled = torch.compile(lambda x: torch_F.dropout(x, P), fullgraph=True)
+        impls["torch.compile"] = lambda a: lambda: compiled(a[0])
     return impls
 
 
-@pytest.mark.parametrize("impl", ["fastnets", "torch", "torch.compile"])
-@pytest.mark.parametrize("device,dtype", CASES, ids=IDS)
-def bench_dropout_forward(benchmark, device, dtype, impl):
-    impls = _forward_impls(device)
-    if impl not in impls:
-        pytest.skip(f"{impl} is benchmarked on CUDA only")
-    x, numel, nbytes = _inputs(device, dtype)
-    fn = impls[impl]
-    run_case(benchmark, lambda: fn(x), device=device, op="dropout", impl=impl, dtype=dtype,
-             numel=numel, bytes_moved=2 * nbytes, direction="forward")
+def bind_fastnets_backward(inputs):
+    grad, = inputs
+    _, seed_offset = torch.ops.fastnets.dropout(grad, P, None)
+    return lambda: torch.ops.fastnets.dropout_backward(grad, seed_offset, P)
 
 
-@pytest.mark.parametrize("impl", ["fastnets", "torch"])
-@pytest.mark.parametrize("device,dtype", CASES, ids=IDS)
-def bench_dropout_backward(benchmark, device, dtype, impl):
-    grad, numel, nbytes = _inputs(device, dtype)
-    if impl == "fastnets":
-        _, seed_offset = torch.ops.fastnets.dropout(grad, P, None)
-        fn = lambda: torch.ops.fastnets.dropout_backward(grad, seed_offset, P)  # noqa: E731
-    else:
-        _, mask = torch.native_dropout(grad, P, True)
-        fn = lambda: torch.ops.aten.native_dropout_backward(grad, mask, 1.0 / (1.0 - P))  # noqa: E731
-    run_case(benchmark, fn, device=device, op="dropout", impl=impl, dtype=dtype,
-             numel=numel, bytes_moved=2 * nbytes, direction="backward")
+def bind_torch_backward(inputs):
+    grad, = inputs
+    _, mask = torch.native_dropout(grad, P, True)
+    return lambda: torch.ops.aten.native_dropout_backward(grad, mask, 1.0 / (1.0 - P))
 
 
-@pytest.mark.parametrize("impl", ["fastnets", "torch"])
-@pytest.mark.parametrize("device,dtype", CASES, ids=IDS)
-def bench_dropout_train_step(benchmark, device, dtype, impl):
-    x, numel, nbytes = _inputs(device, dtype)
-    x.requires_grad_(True)
-    grad = torch.randn_like(x)
-    dropout = F.dropout if impl == "fastnets" else torch_F.dropout
-
-    def step():
-        x.grad = None
-        dropout(x, P).backward(grad)
-
-    run_case(benchmark, step, device=device, op="dropout", impl=impl, dtype=dtype,
-             numel=numel, bytes_moved=4 * nbytes, direction="forward+backward")
+def cases(device: str) -> list:
+    result = []
+    for dtype_name in DTYPES[device]:
+        dtype, numel = getattr(torch, dtype_name), NUMEL[device]
+        nbytes = numel * dtype.itemsize
+        tensor = lambda dtype=dtype, numel=numel: torch.randn(numel, device=device, dtype=dtype)  # noqa: E731
+        common = dict(op="dropout", shape=f"{numel // 2**20}Mi", device=device, dtype=dtype_name)
+        result += [
+            Case(**common, direction="forward", make_inputs=lambda t=tensor: (t(),), impls=forward_impls(device),
+                 bytes_moved=2 * nbytes),
+            Case(**common, direction="backward", make_inputs=lambda t=tensor: (t(),),
+                 impls={"fastnets": bind_fastnets_backward, "torch": bind_torch_backward}, bytes_moved=2 * nbytes),
+            Case(**common, direction="forward+backward",
+                 make_inputs=lambda t=tensor: (t().requires_grad_(), t()),
+                 impls={"fastnets": training_step(lambda x: F.dropout(x, P)),
+                        "torch": training_step(lambda x: torch_F.dropout(x, P))},
+                 bytes_moved=4 * nbytes),
+        ]
+    return result

@@ -1,17 +1,16 @@
-"""Fixed-point quantization against a pure-PyTorch formula, its torch.compile'd version (CUDA)
-and QPyTorch's fixed_point_quantize (when qtorch is importable), same run. Bytes: one read and
-one write per element."""
-import pytest
+"""Fixed-point quantization <2, 14> against a pure-PyTorch formula, its torch.compile'd version
+(CUDA) and QPyTorch's fixed_point_quantize (float32, when qtorch is importable). Bytes: one read
+and one write per element."""
 import torch
 
 import fastnets.functional as F
-from conftest import DEVICES, NUMEL, copy_case, run_case
+from fastnets.benchmark import Case
+from fastnets.benchmark import pytest_benchmark_case as bench_case  # noqa: F401  (the entry of `pytest bench/`)
 
 WL, FL = 16, 14  # Gupta et al.'s <2, 14>
 LOW, HIGH = -(2 ** (WL - 1)), 2 ** (WL - 1) - 1
-DTYPES = {"cpu": [torch.float32], "cuda": [torch.float32, torch.bfloat16]}
-CASES = [(device, dtype) for device in DEVICES for dtype in DTYPES[device]]
-IDS = [f"{device}-{str(dtype).replace('torch.', '')}" for device, dtype in CASES]
+NUMEL = {"cpu": 16 * 2**20, "cuda": 64 * 2**20}
+DTYPES = {"cpu": ["float32"], "cuda": ["float32", "bfloat16"]}
 
 try:
     import qtorch.quant as qtorch_quant
@@ -26,33 +25,27 @@ def torch_formula(x, rounding):
     return rounded.clamp_(LOW, HIGH).mul_(2.0**-FL)
 
 
-def _impls(device, rounding):
-    impls = {
-        "fastnets": lambda x: F.fixed_point_quantize(x, WL, FL, rounding),
-        "torch": lambda x: torch_formula(x, rounding),
+def impls(device, dtype_name, rounding):
+    result = {
+        "fastnets": lambda a: lambda: F.fixed_point_quantize(a[0], WL, FL, rounding),
+        "torch": lambda a: lambda: torch_formula(a[0], rounding),
     }
     if device == "cuda":
-        impls["torch.compile"] = torch.compile(lambda x: torch_formula(x, rounding), fullgraph=True)
-    if qtorch_quant is not None:
-        impls["qtorch"] = lambda x: qtorch_quant.fixed_point_quantize(x, WL, FL, rounding=rounding)
-    return impls
+        compiled = torch.compile(lambda x: torch_formula(x, rounding), fullgraph=True)
+        result["torch.compile"] = lambda a: lambda: compiled(a[0])
+    if qtorch_quant is not None and dtype_name == "float32":  # QPyTorch quantizes float32 only
+        result["qtorch"] = lambda a: lambda: qtorch_quant.fixed_point_quantize(a[0], WL, FL, rounding=rounding)
+    return result
 
 
-@pytest.mark.parametrize("device,dtype", CASES, ids=IDS)
-def bench_copy(benchmark, device, dtype):
-    copy_case(benchmark, device=device, dtype=dtype, shape=(NUMEL[device],), op="fixed_point_quantize")
-
-
-@pytest.mark.parametrize("impl", ["fastnets", "torch", "torch.compile", "qtorch"])
-@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
-@pytest.mark.parametrize("device,dtype", CASES, ids=IDS)
-def bench_fixed_point_quantize(benchmark, device, dtype, rounding, impl):
-    impls = _impls(device, rounding)
-    if impl not in impls:
-        pytest.skip(f"{impl} is not available here")
-    if impl == "qtorch" and dtype != torch.float32:
-        pytest.skip("QPyTorch quantizes float32 only")
-    x = torch.randn(NUMEL[device], device=device, dtype=dtype)
-    fn = impls[impl]
-    run_case(benchmark, lambda: fn(x), device=device, op=f"fixed_point_quantize {rounding}", impl=impl,
-             dtype=dtype, numel=x.numel(), bytes_moved=2 * x.numel() * x.element_size(), direction="forward")
+def cases(device: str) -> list:
+    result = []
+    for dtype_name in DTYPES[device]:
+        dtype, numel = getattr(torch, dtype_name), NUMEL[device]
+        for rounding in ("stochastic", "nearest"):
+            result.append(Case(
+                op=f"fixed_point_quantize {rounding}", shape=f"{numel // 2**20}Mi", direction="forward", device=device,
+                dtype=dtype_name, make_inputs=lambda dtype=dtype, numel=numel: (
+                    torch.randn(numel, device=device, dtype=dtype),),
+                impls=impls(device, dtype_name, rounding), bytes_moved=2 * numel * dtype.itemsize))
+    return result

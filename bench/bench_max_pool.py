@@ -1,56 +1,51 @@
-"""Max-pooling against torch.nn.functional.max_pool2d, forward and forward+backward, same run.
-Bytes: input read once, output and the saved argmax written once (PyTorch's int64 indices count
-as what it writes); backward: grad_output and argmax read, grad_input written."""
-import pytest
+"""Max-pooling against torch.nn.functional.max_pool2d, forward and forward+backward. Bytes: input
+read once, output and the saved argmax written once (PyTorch's int64 indices count as what it
+writes); backward: grad_output and argmax read, grad_input written."""
+import math
+
 import torch
 import torch.nn.functional as torch_F
 
 import fastnets.functional as F
-from conftest import DEVICES, copy_case, run_case
+from fastnets.benchmark import Case, training_step
+from fastnets.benchmark import pytest_benchmark_case as bench_case  # noqa: F401  (the entry of `pytest bench/`)
 
 SHAPES = {"cpu": (64, 64, 28, 28), "cuda": (256, 64, 56, 56)}  # shared/ANCHORS.md's sizes
-DTYPES = {"cpu": [torch.float32], "cuda": [torch.float32, torch.bfloat16]}
-CASES = [(device, dtype) for device in DEVICES for dtype in DTYPES[device]]
-IDS = [f"{device}-{str(dtype).replace('torch.', '')}" for device, dtype in CASES]
+DTYPES = {"cpu": ["float32"], "cuda": ["float32", "bfloat16"]}
 WINDOWS = {"2x2": (2, 2, 0), "3x3s2": (3, 2, 1)}  # LeNet-style, and overlapping (Krizhevsky et al.)
+INDEX_BYTES = {"fastnets": 1, "torch": 8}
+POOLS = {"fastnets": F.max_pool2d, "torch": torch_F.max_pool2d}
 
 
-def _forward_bytes(x, out_numel, index_bytes):
-    return x.numel() * x.element_size() + out_numel * (x.element_size() + index_bytes)
+def pooled_shape(shape, kernel, stride, padding):
+    n, c, h, w = shape
+    return (n, c, *((size + 2 * padding - kernel) // stride + 1 for size in (h, w)))
 
 
-@pytest.mark.parametrize("device,dtype", CASES, ids=IDS)
-def bench_copy(benchmark, device, dtype):
-    copy_case(benchmark, device=device, dtype=dtype, shape=SHAPES[device], op="max_pool2d 2x2")
+def forward(pool, window):
+    return lambda a: lambda: pool(a[0], *window)
 
 
-@pytest.mark.parametrize("window", list(WINDOWS))
-@pytest.mark.parametrize("impl", ["fastnets", "torch"])
-@pytest.mark.parametrize("device,dtype", CASES, ids=IDS)
-def bench_max_pool2d_forward(benchmark, device, dtype, impl, window):
-    kernel, stride, padding = WINDOWS[window]
-    x = torch.randn(SHAPES[device], device=device, dtype=dtype)
-    pool = F.max_pool2d if impl == "fastnets" else torch_F.max_pool2d
-    out_numel = pool(x, kernel, stride, padding).numel()
-    run_case(benchmark, lambda: pool(x, kernel, stride, padding), device=device, op=f"max_pool2d {window}",
-             impl=impl, dtype=dtype, numel=x.numel(),
-             bytes_moved=_forward_bytes(x, out_numel, 1 if impl == "fastnets" else 8), direction="forward")
-
-
-@pytest.mark.parametrize("window", list(WINDOWS))
-@pytest.mark.parametrize("impl", ["fastnets", "torch"])
-@pytest.mark.parametrize("device,dtype", CASES, ids=IDS)
-def bench_max_pool2d_train_step(benchmark, device, dtype, impl, window):
-    kernel, stride, padding = WINDOWS[window]
-    x = torch.randn(SHAPES[device], device=device, dtype=dtype, requires_grad=True)
-    pool = F.max_pool2d if impl == "fastnets" else torch_F.max_pool2d
-    grad = torch.randn_like(pool(x, kernel, stride, padding))
-
-    def step():
-        x.grad = None
-        pool(x, kernel, stride, padding).backward(grad)
-
-    index_bytes = 1 if impl == "fastnets" else 8
-    backward_bytes = grad.numel() * (grad.element_size() + index_bytes) + x.numel() * x.element_size()
-    run_case(benchmark, step, device=device, op=f"max_pool2d {window}", impl=impl, dtype=dtype, numel=x.numel(),
-             bytes_moved=_forward_bytes(x, grad.numel(), index_bytes) + backward_bytes, direction="forward+backward")
+def cases(device: str) -> list:
+    result = []
+    shape = SHAPES[device]
+    for dtype_name in DTYPES[device]:
+        dtype = getattr(torch, dtype_name)
+        size = dtype.itemsize
+        for label, window in WINDOWS.items():
+            inputs, outputs = math.prod(shape), math.prod(pooled_shape(shape, *window))
+            forward_bytes = {impl: inputs * size + outputs * (size + index) for impl, index in INDEX_BYTES.items()}
+            backward_bytes = {impl: outputs * (size + index) + inputs * size for impl, index in INDEX_BYTES.items()}
+            common = dict(op=f"max_pool2d {label}", shape="x".join(map(str, shape)), device=device, dtype=dtype_name)
+            result += [
+                Case(**common, direction="forward", make_inputs=lambda dtype=dtype: (
+                    torch.randn(shape, device=device, dtype=dtype),),
+                    impls={impl: forward(pool, window) for impl, pool in POOLS.items()}, bytes_moved=forward_bytes),
+                Case(**common, direction="forward+backward", make_inputs=lambda dtype=dtype, window=window: (
+                    torch.randn(shape, device=device, dtype=dtype, requires_grad=True),
+                    torch.randn(pooled_shape(shape, *window), device=device, dtype=dtype)),
+                    impls={impl: training_step(lambda x, pool=pool, window=window: pool(x, *window))
+                           for impl, pool in POOLS.items()},
+                    bytes_moved={impl: forward_bytes[impl] + backward_bytes[impl] for impl in POOLS}),
+            ]
+    return result

@@ -1,55 +1,52 @@
-"""Maxout against PyTorch's unflatten + max (values and indices), forward and forward+backward,
-same run. Bytes: input read once, output and the saved argmax written once (PyTorch's int64
-indices count as what it writes)."""
-import pytest
+"""Maxout (4 pieces) against PyTorch's unflatten + max (values and indices), forward and
+forward+backward. Bytes: input read once, output and the saved argmax written once (PyTorch's
+int64 indices count as what it writes); backward: grad_output and argmax read, grad_input
+written."""
+import math
+
 import torch
 
 import fastnets.functional as F
-from conftest import DEVICES, copy_case, run_case
+from fastnets.benchmark import Case, training_step
+from fastnets.benchmark import pytest_benchmark_case as bench_case  # noqa: F401  (the entry of `pytest bench/`)
 
 PIECES = 4
 SHAPES = {"cpu": (256, 4096), "cuda": (4096, 16384)}  # shared/ANCHORS.md's sizes
-DTYPES = {"cpu": [torch.float32], "cuda": [torch.float32, torch.bfloat16]}
-CASES = [(device, dtype) for device in DEVICES for dtype in DTYPES[device]]
-IDS = [f"{device}-{str(dtype).replace('torch.', '')}" for device, dtype in CASES]
+DTYPES = {"cpu": ["float32"], "cuda": ["float32", "bfloat16"]}
+INDEX_BYTES = {"fastnets": 1, "torch": 8}
 
 
 def torch_maxout(x):
     return x.unflatten(1, (x.size(1) // PIECES, PIECES)).max(2).values
 
 
-def _bytes(x, index_bytes):
-    outputs = x.numel() // PIECES
-    return x.numel() * x.element_size() + outputs * (x.element_size() + index_bytes)
+MAXOUTS = {"fastnets": lambda x: F.maxout(x, PIECES), "torch": torch_maxout}
 
 
-@pytest.mark.parametrize("device,dtype", CASES, ids=IDS)
-def bench_copy(benchmark, device, dtype):
-    copy_case(benchmark, device=device, dtype=dtype, shape=SHAPES[device], op="maxout")
+def forward(maxout):
+    return lambda inputs: lambda: maxout(inputs[0])
 
 
-@pytest.mark.parametrize("impl", ["fastnets", "torch"])
-@pytest.mark.parametrize("device,dtype", CASES, ids=IDS)
-def bench_maxout_forward(benchmark, device, dtype, impl):
-    x = torch.randn(SHAPES[device], device=device, dtype=dtype)
-    fn = (lambda: F.maxout(x, PIECES)) if impl == "fastnets" else (lambda: torch_maxout(x))
-    run_case(benchmark, fn, device=device, op="maxout", impl=impl, dtype=dtype, numel=x.numel(),
-             bytes_moved=_bytes(x, 1 if impl == "fastnets" else 8), direction="forward")
-
-
-@pytest.mark.parametrize("impl", ["fastnets", "torch"])
-@pytest.mark.parametrize("device,dtype", CASES, ids=IDS)
-def bench_maxout_train_step(benchmark, device, dtype, impl):
-    x = torch.randn(SHAPES[device], device=device, dtype=dtype, requires_grad=True)
-    grad = torch.randn(x.size(0), x.size(1) // PIECES, device=device, dtype=dtype)
-    maxout = (lambda t: F.maxout(t, PIECES)) if impl == "fastnets" else torch_maxout
-
-    def step():
-        x.grad = None
-        maxout(x).backward(grad)
-
-    # Forward bytes, then backward: grad_output and argmax read, grad_input written.
-    index_bytes = 1 if impl == "fastnets" else 8
-    backward_bytes = grad.numel() * (grad.element_size() + index_bytes) + x.numel() * x.element_size()
-    run_case(benchmark, step, device=device, op="maxout", impl=impl, dtype=dtype, numel=x.numel(),
-             bytes_moved=_bytes(x, index_bytes) + backward_bytes, direction="forward+backward")
+def cases(device: str) -> list:
+    result = []
+    shape = SHAPES[device]
+    for dtype_name in DTYPES[device]:
+        dtype = getattr(torch, dtype_name)
+        size, inputs = dtype.itemsize, math.prod(shape)
+        outputs = inputs // PIECES
+        forward_bytes = {impl: inputs * size + outputs * (size + index) for impl, index in INDEX_BYTES.items()}
+        backward_bytes = {impl: outputs * (size + index) + inputs * size for impl, index in INDEX_BYTES.items()}
+        common = dict(op="maxout", shape="x".join(map(str, shape)), device=device, dtype=dtype_name)
+        result += [
+            Case(**common, direction="forward",
+                 make_inputs=lambda dtype=dtype: (torch.randn(shape, device=device, dtype=dtype),),
+                 impls={impl: forward(fn) for impl, fn in MAXOUTS.items()},
+                 bytes_moved=forward_bytes),
+            Case(**common, direction="forward+backward",
+                 make_inputs=lambda dtype=dtype: (
+                     torch.randn(shape, device=device, dtype=dtype, requires_grad=True),
+                     torch.randn(shape[0], shape[1] // PIECES, device=device, dtype=dtype)),
+                 impls={impl: training_step(fn) for impl, fn in MAXOUTS.items()},
+                 bytes_moved={impl: forward_bytes[impl] + backward_bytes[impl] for impl in MAXOUTS}),
+        ]
+    return result

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make gpu-check`: on a machine with an NVIDIA GPU and a python3 that holds torch (no network,
-# no .venv). Builds fastnets in place with the CUDA kernels, runs the CUDA tests, then the CUDA
-# benchmarks, and prints a short summary table last. Full logs go to $OUT (default gpu-check-logs/).
+# no .venv). Builds fastnets in place with the CUDA kernels, runs the CUDA tests, then
+# `python -m fastnets bench --device cuda --quick`, and prints its table last. Full logs go to $OUT (default gpu-check-logs/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -27,14 +27,14 @@ step build env FASTNETS_CUDA=1 MAX_JOBS="$(nproc)" "$PY" setup.py --quiet build_
 step info "$PY" -m fastnets info
 # Spread the tests over processes and stop a hung kernel when the plugins are there (device time is short).
 has() { "$PY" -c "import $1" 2>/dev/null; }
-test_args=(); bench_args=()
+test_args=()
 has xdist && test_args+=(-n 8)
-has pytest_timeout && { test_args+=(--timeout 300); bench_args+=(--timeout 300); }
+has pytest_timeout && test_args+=(--timeout 300)
 step tests "$PY" -m pytest tests -q -ra -m cuda -p no:cacheprovider "${test_args[@]}"
-step bench "$PY" -m fastnets bench -k cuda "${bench_args[@]}"
+step bench "$PY" -m fastnets bench --device cuda --quick
 
 echo
 echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
 grep -E "passed|failed|error" "$OUT/tests.log" | tail -1
-[ -f "$OUT/bench.json" ] && "$PY" bench/summary.py "$OUT/bench.json" | tee "$OUT/summary.md"
+[ -f "$OUT/bench.json" ] && "$PY" -m fastnets bench --load "$OUT/bench.json" | tee "$OUT/summary.md"
 exit $status

@@ -1,9 +1,9 @@
 """Command line: ``python -m fastnets {info,demo,bench}``."""
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
+from typing import List, Optional
 
 import torch
 
@@ -30,43 +30,114 @@ def info() -> None:
     print(f"CPU SIMD: {build['cpu_isa']}")
 
 
-def bench(extra_args) -> int:
-    """Runs the benchmark suite in bench/ (a source checkout) and prints its summary table."""
-    bench_dir = REPO / "bench"
-    if not bench_dir.is_dir():
-        print("bench/ not found: the benchmarks run from a source checkout of fastnets", file=sys.stderr)
-        return 2
-    out_dir = Path(os.environ.get("OUT") or REPO / "bench-results")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / "bench.json"
-    json_path.unlink(missing_ok=True)  # never summarise an earlier run
-    command = [sys.executable, "-m", "pytest", str(bench_dir), "-q", "-p", "no:cacheprovider",
-               "-o", "python_files=bench_*.py", "-o", "python_functions=bench_*", "--benchmark-only", f"--benchmark-json={json_path}",
-               "--benchmark-columns=median,iqr,rounds", *extra_args]
-    status = subprocess.call(command, cwd=REPO)
-    if json_path.exists():
-        subprocess.call([sys.executable, str(bench_dir / "summary.py"), str(json_path)], cwd=REPO)
+def percentage(text: str) -> float:
+    """'10%' or '10' -> 0.10."""
+    try:
+        value = float(text.strip().rstrip("%")) / 100
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage such as 10%, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a percentage in [0%, 100%), got {text!r}")
+    return value
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=["cpu", "cuda"], action="append",
+                        help="where to run (repeatable; default: cpu, and cuda when present)")
+    parser.add_argument("--ops", type=lambda text: [op for op in text.split(",") if op],
+                        help="comma-separated suites or ops, e.g. dropout,conv2d (default: all)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds: the same cases in well under 2 minutes")
+    parser.add_argument("--rounds", type=int, help="timed rounds per implementation (default 20 on CPU and "
+                                                   "30 on CUDA; 3 and 5 with --quick)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's current setting)")
+    parser.add_argument("--json", type=Path, help="where to write the results (default: $OUT/bench.json, "
+                                                  "else bench-results/bench.json)")
+    parser.add_argument("--save", metavar="NAME", help="also store the results as baseline NAME")
+    parser.add_argument("--compare", metavar="NAME", help="compare with baseline NAME (or a results file) and "
+                                                          "exit 1 when a speed-up fell by more than --fail-above")
+    parser.add_argument("--fail-above", type=percentage, default=0.10, metavar="PCT",
+                        help="the regression threshold of --compare (default 10%%)")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="draw the speed-ups (needs matplotlib)")
+    parser.add_argument("--load", type=Path, metavar="FILE", help="take the results from FILE instead of running")
+    parser.add_argument("--list", action="store_true", help="list the selected cases and exit")
+
+
+def baseline_path(name: str) -> Path:
+    """A baseline NAME lives in bench-results/baselines/NAME.json; a path to a file is taken as is."""
+    path = Path(name)
+    if path.suffix == ".json" or path.is_file():
+        return path
+    return Path("bench-results") / "baselines" / f"{name}.json"
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Runs the suites of bench/ (a source checkout), prints the table, writes the results."""
+    from fastnets import benchmark
+
+    if args.load:
+        rows = benchmark.load_results(args.load)
+    else:
+        bench_dir = REPO / "bench"
+        if not bench_dir.is_dir():
+            print("bench/ not found: the suites run from a source checkout of fastnets", file=sys.stderr)
+            return 2
+        devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+        if "cuda" in devices and not torch.cuda.is_available():
+            print("--device cuda: no CUDA device here", file=sys.stderr)
+            return 2
+        cases = benchmark.select_cases(benchmark.load_suites(bench_dir), devices, args.ops)
+        if args.list:
+            print("\n".join(f"{case.name}: {', '.join(case.impls)}" for case in cases))
+            return 0
+        on_cuda = "cuda" in devices
+        rounds = args.rounds or ((5 if on_cuda else 3) if args.quick else (30 if on_cuda else 20))
+        rows = benchmark.run_cases(cases, rounds=rounds, threads=args.threads)
+        json_path = args.json or Path(os.environ.get("OUT") or "bench-results") / "bench.json"
+        settings = {"devices": devices, "ops": args.ops, "quick": args.quick, "rounds": rounds,
+                    "threads": args.threads or torch.get_num_threads()}
+        print(f"results: {benchmark.save_results(rows, json_path, settings)}", file=sys.stderr)
+        if args.save:
+            print(f"baseline {args.save}: {benchmark.save_results(rows, baseline_path(args.save), settings)}",
+                  file=sys.stderr)
+    if args.plot:
+        print(f"plot: {benchmark.plot(rows, args.plot)}", file=sys.stderr)
+    status = 0
+    if args.compare:
+        changes, regressions = benchmark.compare_runs(benchmark.load_results(baseline_path(args.compare)), rows,
+                                                      args.fail_above)
+        print(f"\n## Speed-ups against baseline {args.compare} (a regression: fell by more than "
+              f"{100 * args.fail_above:.0f}%)\n")
+        print(benchmark.comparison_table(changes, args.fail_above))
+        if not changes:
+            print("no case of this run is in the baseline", file=sys.stderr)
+            status = 1
+        elif regressions:
+            print(f"{len(regressions)} of {len(changes)} speed-ups regressed", file=sys.stderr)
+            status = 1
+    print()
+    print(benchmark.table(rows))
     return status
 
 
-def main() -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastnets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, how the kernels were built, devices, threads")
     sub.add_parser("demo", help="build info, then the dropout benchmark against PyTorch")
-    sub.add_parser("bench", help="every benchmark in bench/ against its PyTorch reference; "
-                                 "further arguments go to pytest (e.g. -k cuda)")
-    args, pytest_args = parser.parse_known_args()
-    if pytest_args and args.command != "bench":
-        parser.error(f"unrecognized arguments: {' '.join(pytest_args)}")
+    add_bench_arguments(sub.add_parser("bench", help="the suites of bench/: fastnets against its references, same run"))
+    args = parser.parse_args(argv)
     if args.command == "info":
         info()
         return 0
     if args.command == "demo":
         info()
         print()
-        return bench(["-k", "dropout"])
-    return bench(pytest_args)
+        return bench(parser.parse_args(["bench", "--ops", "dropout"]))
+    try:
+        return bench(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"python -m fastnets bench: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,513 @@
+"""Benchmark harness: a candidate and its references timed on the same inputs, in the same run.
+
+The suites in ``bench/`` (``python -m fastnets bench``) are built on it, and it works for any
+layer::
+
+    from fastnets.benchmark import compare
+    compare(my_layer, {"torch": reference_layer}, inputs=(x,), name="my layer")
+
+prints one table row per reference: both median times, the speed-up (reference time /
+candidate time, above 1 when the candidate is faster) and, given ``bytes_moved`` or ``flops``,
+GB/s or TFLOP/s.
+
+Timing. On CUDA every round is bracketed by CUDA events on the current stream (a host timer
+without a synchronize would measure only the launches); on CPU by ``time.perf_counter`` with a
+fixed thread count. Each implementation is warmed up (compilation, allocator, caches of code)
+before its rounds, a round repeats calls until it lasts ``min_round_s``, and the median over
+rounds is reported. Inputs smaller than the cache are replicated and the calls rotate over the
+copies, so that repeated calls do not just measure the cache.
+
+Regressions are judged on the same-run speed-up, not on absolute time: a noisy or different
+machine slows the candidate and its reference alike (see :func:`compare_runs`).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+# An implementation is a *binder*: given one input set (a tuple), it returns the zero-argument
+# callable to time. Work that must stay outside the timed region (a saved mask, a gradient to
+# feed backward) happens in the binder.
+Binder = Callable[[tuple], Callable[[], Any]]
+
+FORMAT_VERSION = 1
+MAX_INPUT_SETS = 8
+
+
+@dataclass
+class Case:
+    """One benchmark: the candidate (``impls[candidate]``) and its references on the same inputs.
+
+    ``make_inputs()`` builds one input set on ``device``. ``bytes_moved`` (bytes read + written
+    per call, an int or one per implementation) marks a memory-bound case, ``flops`` (per call)
+    a compute-bound one; either may be None. ``context`` is entered around the whole case (e.g.
+    a TF32 switch). ``dtype`` is a label: a torch dtype name, or a precision such as "tf32".
+    """
+
+    op: str
+    shape: str
+    direction: str
+    device: str
+    dtype: str
+    make_inputs: Callable[[], tuple]
+    impls: Mapping[str, Binder]
+    bytes_moved: Union[int, Mapping[str, int], None] = None
+    flops: Optional[int] = None
+    context: Callable[[], ContextManager] = contextlib.nullcontext
+    candidate: str = "fastnets"
+
+    @property
+    def name(self) -> str:
+        return f"{self.op} {self.shape} {self.direction} {self.device} {self.dtype}"
+
+    def bytes_for(self, impl: str) -> Optional[int]:
+        if isinstance(self.bytes_moved, Mapping):
+            return self.bytes_moved.get(impl)
+        return self.bytes_moved
+
+
+def training_step(forward: Callable[[torch.Tensor], torch.Tensor]) -> Binder:
+    """A binder for forward+backward through autograd: inputs (x, grad_output), x requiring grad."""
+    def bind(inputs: tuple) -> Callable[[], None]:
+        x, grad_output = inputs
+
+        def step() -> None:
+            x.grad = None
+            forward(x).backward(grad_output)
+        return step
+    return bind
+
+
+@dataclass
+class Timing:
+    """Seconds per call: the median and interquartile range over rounds."""
+
+    median_s: float
+    iqr_s: float
+    rounds: int
+    calls_per_round: int
+
+
+def synchronize(device: Union[str, torch.device]) -> None:
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(calls: Sequence[Callable[[], Any]], device: Union[str, torch.device] = "cpu", *, rounds: int = 10,
+            warmup: int = 1, min_round_s: float = 2e-3, timer: Callable[[], float] = time.perf_counter) -> Timing:
+    """Times ``calls`` (one callable per input set, used in rotation) and returns seconds per call.
+
+    ``warmup`` passes over all the callables come first; their duration sets how many calls a
+    round makes (enough to last ``min_round_s``). CUDA rounds are timed with events on the
+    current stream, CPU rounds with ``timer`` (seconds, like ``timeit``'s)."""
+    if not calls:
+        raise ValueError("calls must hold at least one callable")
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"rounds must be >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
+    device = torch.device(device)
+    on_cuda = device.type == "cuda"
+    position = 0
+
+    def run(count: int) -> None:
+        nonlocal position
+        for _ in range(count):
+            calls[position % len(calls)]()
+            position += 1
+
+    passes = max(warmup, 1)  # at least one pass: it also sizes the rounds
+    synchronize(device)
+    start = timer()
+    run(passes * len(calls))
+    synchronize(device)
+    per_call = (timer() - start) / (passes * len(calls))
+    inner = min(10_000, max(1, math.ceil(min_round_s / max(per_call, 1e-9))))
+
+    samples = []
+    with torch.cuda.device(device) if on_cuda else contextlib.nullcontext():
+        for _ in range(rounds):
+            if on_cuda:
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                run(inner)
+                end.record()
+                end.synchronize()
+                samples.append(begin.elapsed_time(end) / 1e3 / inner)
+            else:
+                begin_s = timer()
+                run(inner)
+                samples.append((timer() - begin_s) / inner)
+    if len(samples) > 1:
+        quartiles = statistics.quantiles(samples, n=4)
+        iqr = quartiles[2] - quartiles[0]
+    else:
+        iqr = 0.0
+    return Timing(statistics.median(samples), iqr, rounds, inner)
+
+
+def cache_bytes(device: Union[str, torch.device]) -> int:
+    """The cache that repeated calls could live in: the GPU's L2, or the CPU's last level."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).L2_cache_size
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = entry.read_text().strip()
+            sizes.append(int(text[:-1]) * {"K": 2**10, "M": 2**20, "G": 2**30}[text[-1]])
+        except (OSError, ValueError, KeyError, IndexError):
+            continue
+    return max(sizes, default=32 * 2**20)
+
+
+def tensor_bytes(values: Any) -> int:
+    if isinstance(values, torch.Tensor):
+        return values.numel() * values.element_size()
+    if isinstance(values, (tuple, list)):
+        return sum(tensor_bytes(v) for v in values)
+    return 0
+
+
+def input_sets(make_inputs: Callable[[], tuple], device: Union[str, torch.device]) -> List[tuple]:
+    """Enough copies of the inputs to fill twice the cache (at most MAX_INPUT_SETS)."""
+    first = make_inputs()
+    size = tensor_bytes(first)
+    count = 1 if size == 0 else min(MAX_INPUT_SETS, max(1, math.ceil(2 * cache_bytes(device) / size)))
+    return [first] + [make_inputs() for _ in range(count - 1)]
+
+
+def device_name(device: Union[str, torch.device]) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def copy_bandwidth(device: str, dtype: torch.dtype, *, rounds: int, warmup: int) -> float:
+    """GB/s (read + write) of ``out.copy_(x)`` on a buffer far larger than the cache."""
+    numel = max(2**20, 4 * cache_bytes(device) // torch.empty((), dtype=dtype).element_size())
+    x = torch.randn(numel, device=device).to(dtype)
+    out = torch.empty_like(x)
+    timing = measure([lambda: out.copy_(x)], device, rounds=rounds, warmup=warmup)
+    return 2 * x.numel() * x.element_size() / timing.median_s / 1e9
+
+
+class Progress:
+    """A one-line progress bar on a terminal; one line per step in a log."""
+
+    def __init__(self, total: int, stream=sys.stderr, enabled: bool = True):
+        self.total, self.done, self.stream, self.enabled = total, 0, stream, enabled
+        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        width = 30
+        filled = width * self.done // max(self.total, 1)
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {label}"
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+            if self.done == self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def run_cases(cases: Sequence[Case], *, rounds: int = 10, warmup: int = 1, threads: Optional[int] = None,
+              progress: bool = True, timer: Callable[[], float] = time.perf_counter) -> List[Dict[str, Any]]:
+    """Times every implementation of every case and returns one result row (a dict) per
+    implementation, with the reference rows' ``speedup`` over the candidate (``timer``: the CPU
+    clock, see :func:`measure`)."""
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    bar = Progress(sum(len(case.impls) for case in cases), enabled=progress)
+    copy_gbps: Dict[Tuple[str, str], float] = {}
+    rows: List[Dict[str, Any]] = []
+    try:
+        for case in cases:
+            if case.candidate not in case.impls:
+                raise ValueError(f"case {case.name!r}: its candidate {case.candidate!r} is not among its impls")
+            if case.bytes_moved is not None and (case.device, case.dtype) not in copy_gbps:
+                dtype = getattr(torch, case.dtype, None)
+                if isinstance(dtype, torch.dtype):
+                    copy_gbps[(case.device, case.dtype)] = copy_bandwidth(case.device, dtype, rounds=rounds,
+                                                                          warmup=warmup)
+            case_rows = []
+            with case.context():
+                sets = input_sets(case.make_inputs, case.device)
+                for impl, bind in case.impls.items():
+                    timing = measure([bind(inputs) for inputs in sets], case.device, rounds=rounds, warmup=warmup,
+                                     timer=timer)
+                    case_rows.append(result_row(case, impl, timing, copy_gbps.get((case.device, case.dtype))))
+                    bar.step(f"{case.name} {impl}")
+                del sets
+            candidate = next(row for row in case_rows if row["impl"] == case.candidate)
+            for row in case_rows:
+                if row is not candidate:
+                    row["speedup"] = row["median_ms"] / candidate["median_ms"]
+            rows.extend(case_rows)
+            if case.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+    finally:
+        torch.set_num_threads(previous_threads)
+    return rows
+
+
+def result_row(case: Case, impl: str, timing: Timing, copy_gbps: Optional[float]) -> Dict[str, Any]:
+    nbytes, flops = case.bytes_for(impl), case.flops
+    return {
+        "op": case.op, "shape": case.shape, "direction": case.direction, "device": case.device,
+        "device_name": device_name(case.device), "dtype": case.dtype, "impl": impl,
+        "candidate": impl == case.candidate,
+        "median_ms": 1e3 * timing.median_s, "iqr_ms": 1e3 * timing.iqr_s, "rounds": timing.rounds,
+        "calls_per_round": timing.calls_per_round,
+        "bytes": nbytes, "gbps": nbytes / timing.median_s / 1e9 if nbytes else None,
+        "flops": flops, "tflops": flops / timing.median_s / 1e12 if flops else None,
+        "copy_gbps": copy_gbps if nbytes else None,
+    }
+
+
+def _case_key(row: Mapping[str, Any]) -> tuple:
+    return (row["op"], row["shape"], row["direction"], row["device"], row["dtype"])
+
+
+def _rate(row: Mapping[str, Any]) -> str:
+    if row.get("tflops"):
+        return f"{row['tflops']:.3g} TFLOP/s"
+    if row.get("gbps"):
+        return f"{row['gbps']:.3g} GB/s"
+    return "-"
+
+
+def table(rows: Sequence[Mapping[str, Any]], candidate_label: str = "fastnets") -> str:
+    """A markdown table: one line per (case, reference), then the copy bandwidths measured."""
+    ours = candidate_label
+    lines = [f"| op | shape | direction | device | dtype | reference | {ours} ms | reference ms | speed-up "
+             f"| {ours} rate | reference rate | {ours} % of copy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    by_case: Dict[tuple, List[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_case.setdefault(_case_key(row), []).append(row)
+    copies = {}
+    for key, case_rows in by_case.items():
+        candidate = next((row for row in case_rows if row["candidate"]), None)
+        if candidate is None:
+            continue
+        device = candidate["device_name"] if candidate["device"].startswith("cuda") else candidate["device"]
+        share = "-"
+        if candidate.get("copy_gbps") and candidate.get("gbps"):
+            share = f"{100 * candidate['gbps'] / candidate['copy_gbps']:.0f}%"
+            copies[(device, candidate["dtype"])] = candidate["copy_gbps"]
+        for row in case_rows:
+            if row is candidate:
+                continue
+            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {device} | {key[4]} | {row['impl']} "
+                         f"| {candidate['median_ms']:.3f} | {row['median_ms']:.3f} | {row['speedup']:.2f}x "
+                         f"| {_rate(candidate)} | {_rate(row)} | {share} |")
+    for (device, dtype), gbps in sorted(copies.items()):
+        lines.append(f"copy bandwidth, {device} {dtype}: {gbps:.1f} GB/s (read + write, same run)")
+    return "\n".join(lines)
+
+
+def machine() -> Dict[str, Any]:
+    import fastnets
+
+    return {
+        "fastnets": fastnets.__version__, "torch": torch.__version__, "python": platform.python_version(),
+        "cpu": device_name("cpu"), "threads": torch.get_num_threads(),
+        "cuda": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available() else [],
+    }
+
+
+def save_results(rows: Sequence[Mapping[str, Any]], path: Union[str, Path], settings: Mapping[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"fastnets_benchmark": FORMAT_VERSION, "created": datetime.datetime.now().isoformat(timespec="seconds"),
+                "machine": machine(), "settings": dict(settings), "results": list(rows)}
+    path.write_text(json.dumps(document, indent=1) + "\n")
+    return path
+
+
+def load_results(path: Union[str, Path]) -> List[Dict[str, Any]]:
+    """The result rows of a file written by :func:`save_results` (``--json`` / ``--save``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no benchmark results at {path}")
+    try:
+        document = json.loads(path.read_text())
+        if document.get("fastnets_benchmark") != FORMAT_VERSION:
+            raise ValueError
+        return list(document["results"])
+    except (ValueError, KeyError, AttributeError, TypeError):
+        raise ValueError(f"{path} is not a fastnets benchmark results file (format {FORMAT_VERSION})") from None
+
+
+@dataclass
+class Change:
+    """A reference's speed-up over the candidate in a baseline and in the current run."""
+
+    case: tuple
+    reference: str
+    baseline: float
+    current: float
+
+    @property
+    def change(self) -> float:
+        """Relative change of the speed-up: -0.2 means 20% slower relative to the reference."""
+        return self.current / self.baseline - 1.0
+
+
+def compare_runs(baseline: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]],
+                 fail_above: float = 0.10) -> Tuple[List[Change], List[Change]]:
+    """Pairs the reference rows of two runs and returns (all changes, regressions): a regression
+    is a speed-up that fell by more than ``fail_above`` (0.10 = 10%) of its baseline value.
+    Cases present in only one run are left out."""
+    if not 0 <= fail_above < 1:
+        raise ValueError(f"fail_above must lie in [0, 1), got {fail_above}")
+    old = {(_case_key(r), r["impl"]): r["speedup"] for r in baseline if not r["candidate"] and r.get("speedup")}
+    changes = [Change(_case_key(r), r["impl"], old[(_case_key(r), r["impl"])], r["speedup"])
+               for r in current if not r["candidate"] and r.get("speedup") and (_case_key(r), r["impl"]) in old]
+    regressions = [c for c in changes if c.current < c.baseline * (1.0 - fail_above)]
+    return changes, regressions
+
+
+def comparison_table(changes: Sequence[Change], fail_above: float) -> str:
+    lines = ["| case | reference | baseline speed-up | now | change | |", "|---|---|---|---|---|---|"]
+    for c in changes:
+        flag = "REGRESSION" if c.current < c.baseline * (1.0 - fail_above) else ""
+        lines.append(f"| {' '.join(c.case)} | {c.reference} | {c.baseline:.2f}x | {c.current:.2f}x "
+                     f"| {100 * c.change:+.0f}% | {flag} |")
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[Mapping[str, Any]], path: Union[str, Path]) -> Path:
+    """A bar chart of the speed-ups over each reference (log scale; 1 = as fast), saved as PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib: pip install matplotlib") from None
+    bars = [(f"{' '.join(_case_key(r))} vs {r['impl']}", r["speedup"])
+            for r in rows if not r["candidate"] and r.get("speedup")]
+    if not bars:
+        raise ValueError("no speed-ups to plot: the results hold no reference timings")
+    labels, speedups = zip(*bars)
+    figure, axes = plt.subplots(figsize=(10, 0.3 * len(bars) + 1.5))
+    axes.barh(range(len(bars)), speedups, color=["tab:green" if s >= 1 else "tab:red" for s in speedups])
+    axes.set_yticks(range(len(bars)), labels, fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xscale("log")
+    axes.axvline(1.0, color="black", linewidth=0.8)
+    axes.set_xlabel("speed-up of fastnets (reference time / fastnets time)")
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def load_suites(directory: Union[str, Path]) -> Dict[str, Any]:
+    """The suites bench_<name>.py of ``directory`` as modules, by name (each has ``cases(device)``)."""
+    import importlib.util
+
+    directory = Path(directory)
+    suites = {}
+    for path in sorted(directory.glob("bench_*.py")):
+        spec = importlib.util.spec_from_file_location(f"fastnets_bench_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if callable(getattr(module, "cases", None)):
+            suites[path.stem[len("bench_"):]] = module
+    return suites
+
+
+def select_cases(suites: Mapping[str, Any], devices: Sequence[str], ops: Optional[Sequence[str]] = None) -> List[Case]:
+    """The cases of ``suites`` on ``devices``; ``ops`` keeps those whose suite name or op name
+    starts with one of its entries (``conv`` keeps conv2d and conv2d+relu+max_pool2d)."""
+    named = [(suite, case) for suite, module in suites.items() for device in devices for case in module.cases(device)]
+    if not ops:
+        return [case for _, case in named]
+    names = sorted(set(suites) | {case.op.split(" ")[0] for _, case in named})
+    unknown = [op for op in ops if not any(name.startswith(op) for name in names)]
+    if unknown:
+        raise ValueError(f"unknown op(s) {', '.join(unknown)}: choose from {', '.join(names)}")
+    return [case for suite, case in named if any(suite.startswith(op) or case.op.startswith(op) for op in ops)]
+
+
+def pytest_benchmark_case(benchmark, case_impl) -> None:
+    """The pytest-benchmark entry of the bench/ suites (``pytest bench/``; bench/conftest.py
+    parametrizes ``case_impl`` with (case, implementation name)). A round is one call per input
+    set (ten on CUDA), then a synchronize, inside pytest-benchmark's own timer."""
+    case, impl = case_impl
+    with case.context():
+        calls = [case.impls[impl](inputs) for inputs in input_sets(case.make_inputs, case.device)]
+        repeat = 10 if case.device.startswith("cuda") else 1
+
+        def round_() -> None:
+            for _ in range(repeat):
+                for call in calls:
+                    call()
+            synchronize(case.device)
+
+        calls_per_round = repeat * len(calls)
+        benchmark.extra_info.update(op=case.op, shape=case.shape, direction=case.direction, device=case.device,
+                                    device_name=device_name(case.device), dtype=case.dtype, impl=impl,
+                                    candidate=impl == case.candidate, bytes=case.bytes_for(impl), flops=case.flops,
+                                    calls_per_round=calls_per_round)
+        benchmark.pedantic(round_, rounds=10, warmup_rounds=1)
+
+
+def compare(candidate: Callable[..., Any], references: Union[Callable[..., Any], Mapping[str, Callable[..., Any]]],
+            inputs: Union[tuple, Callable[[], tuple]], *, name: str = "candidate", shape: str = "",
+            direction: str = "forward", bytes_moved: Optional[int] = None, flops: Optional[int] = None,
+            rounds: int = 10, warmup: int = 1, print_table: bool = True) -> List[Dict[str, Any]]:
+    """Times ``candidate(*inputs)`` against each reference on the same inputs, in the same run.
+
+    ``references``: one callable (named "reference") or a mapping name -> callable. ``inputs``: a
+    tuple of arguments, or a function that builds one (then, when they are smaller than the
+    cache, the calls rotate over several copies). The device and dtype are those of the first
+    tensor argument. Returns the result rows (see :func:`run_cases`) and, unless
+    ``print_table=False``, prints the table."""
+    if callable(references):
+        references = {"reference": references}
+    if not references:
+        raise ValueError("references must name at least one reference implementation")
+    make_inputs = inputs if callable(inputs) else (lambda: inputs)
+    sample = make_inputs()
+    tensors = [t for t in sample if isinstance(t, torch.Tensor)] if isinstance(sample, (tuple, list)) else []
+    if not tensors:
+        raise ValueError("inputs must hold at least one tensor (it tells the device)")
+    impls = {"candidate": lambda args: lambda: candidate(*args)}
+    for ref_name, reference in references.items():
+        impls[ref_name] = (lambda fn: lambda args: lambda: fn(*args))(reference)
+    case = Case(op=name, shape=shape or "x".join(map(str, tensors[0].shape)), direction=direction,
+                device=str(tensors[0].device), dtype=str(tensors[0].dtype).replace("torch.", ""),
+                make_inputs=make_inputs, impls=impls, bytes_moved=bytes_moved, flops=flops, candidate="candidate")
+    rows = run_cases([case], rounds=rounds, warmup=warmup, progress=False)
+    if print_table:
+        print(table(rows, candidate_label="candidate"))
+    return rows
