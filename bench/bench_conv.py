@@ -1,8 +1,9 @@
 """Convolution and the fused Conv-ReLU-Pool against torch.nn.functional (oneDNN on CPU, cuDNN on
-CUDA), forward and forward+backward. Shape: the seed's MNIST CNN conv2 (32 -> 64 channels, 5x5,
-padding 2, 14x14), N=64 on CPU and N=512 on CUDA (shared/ANCHORS.md). CUDA precisions: float32
-with TF32 off, TF32 (torch.backends.cudnn.allow_tf32, which both follow) and bfloat16. Rates in
-TFLOP/s of the convolution (forward+backward counts three convolutions)."""
+CUDA; the three ops also torch.compile'd on CUDA), forward and forward+backward. Shape: the
+seed's MNIST CNN conv2 (32 -> 64 channels, 5x5, padding 2, 14x14), N=64 on CPU and N=512 on CUDA
+(shared/ANCHORS.md). CUDA precisions: float32 with TF32 off, TF32 (torch.backends.cudnn.allow_tf32,
+which both follow) and bfloat16. Rates in TFLOP/s of the convolution (forward+backward counts
+three convolutions)."""
 import contextlib
 
 import torch
@@ -41,12 +42,13 @@ def three_ops(x, weight, bias):
     return torch_F.max_pool2d(torch_F.relu(torch_F.conv2d(x, weight, bias, padding=2)), 2)
 
 
-OPS = {
-    "conv2d": {"fastnets": lambda x, w, b: F.conv2d(x, w, b, padding=2),
-               "torch": lambda x, w, b: torch_F.conv2d(x, w, b, padding=2)},
-    "conv2d+relu+max_pool2d": {"fastnets": lambda x, w, b: F.conv_relu_pool2d(x, w, b, padding=2),
-                               "torch": three_ops},
-}
+def ops(device):
+    fused = {"fastnets": lambda x, w, b: F.conv_relu_pool2d(x, w, b, padding=2), "torch": three_ops}
+    if device == "cuda":  # where a user would compile the three ops into one graph
+        fused["torch.compile"] = torch.compile(three_ops, fullgraph=True)
+    return {"conv2d": {"fastnets": lambda x, w, b: F.conv2d(x, w, b, padding=2),
+                       "torch": lambda x, w, b: torch_F.conv2d(x, w, b, padding=2)},
+            "conv2d+relu+max_pool2d": fused}
 
 
 def forward(fn):
@@ -70,7 +72,7 @@ def cases(device: str) -> list:
     flops = 2 * BATCH[device] * 64 * 14 * 14 * 32 * 5 * 5
     result = []
     for precision in PRECISIONS[device]:
-        for op, impls in OPS.items():
+        for op, impls in ops(device).items():
             common = dict(op=op, shape=f"conv2 N={BATCH[device]}", device=device, dtype=precision,
                           context=lambda precision=precision: tf32(precision == "tf32"))
             result += [

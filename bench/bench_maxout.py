@@ -1,7 +1,7 @@
-"""Maxout (4 pieces) against PyTorch's unflatten + max (values and indices), forward and
-forward+backward. Bytes: input read once, output and the saved argmax written once (PyTorch's
-int64 indices count as what it writes); backward: grad_output and argmax read, grad_input
-written."""
+"""Maxout (4 pieces) against PyTorch's unflatten + max (values and indices; also
+torch.compile'd on CUDA), forward and forward+backward. Bytes: input read once, output and the
+saved argmax written once (PyTorch's int64 indices count as what it writes); backward:
+grad_output and argmax read, grad_input written."""
 import math
 
 import torch
@@ -13,14 +13,18 @@ from fastnets.benchmark import pytest_benchmark_case as bench_case  # noqa: F401
 PIECES = 4
 SHAPES = {"cpu": (256, 4096), "cuda": (4096, 16384)}  # shared/ANCHORS.md's sizes
 DTYPES = {"cpu": ["float32"], "cuda": ["float32", "bfloat16"]}
-INDEX_BYTES = {"fastnets": 1, "torch": 8}
+INDEX_BYTES = {"fastnets": 1, "torch": 8, "torch.compile": 8}
 
 
 def torch_maxout(x):
     return x.unflatten(1, (x.size(1) // PIECES, PIECES)).max(2).values
 
 
-MAXOUTS = {"fastnets": lambda x: F.maxout(x, PIECES), "torch": torch_maxout}
+def maxouts(device):
+    result = {"fastnets": lambda x: F.maxout(x, PIECES), "torch": torch_maxout}
+    if device == "cuda":
+        result["torch.compile"] = torch.compile(torch_maxout, fullgraph=True)
+    return result
 
 
 def forward(maxout):
@@ -40,13 +44,13 @@ def cases(device: str) -> list:
         result += [
             Case(**common, direction="forward",
                  make_inputs=lambda dtype=dtype: (torch.randn(shape, device=device, dtype=dtype),),
-                 impls={impl: forward(fn) for impl, fn in MAXOUTS.items()},
+                 impls={impl: forward(fn) for impl, fn in maxouts(device).items()},
                  bytes_moved=forward_bytes),
             Case(**common, direction="forward+backward",
                  make_inputs=lambda dtype=dtype: (
                      torch.randn(shape, device=device, dtype=dtype, requires_grad=True),
                      torch.randn(shape[0], shape[1] // PIECES, device=device, dtype=dtype)),
-                 impls={impl: training_step(fn) for impl, fn in MAXOUTS.items()},
-                 bytes_moved={impl: forward_bytes[impl] + backward_bytes[impl] for impl in MAXOUTS}),
+                 impls={impl: training_step(fn) for impl, fn in maxouts(device).items()},
+                 bytes_moved={impl: forward_bytes[impl] + backward_bytes[impl] for impl in INDEX_BYTES}),
         ]
     return result

@@ -31,7 +31,8 @@ test_args=()
 has xdist && test_args+=(-n 8)
 has pytest_timeout && test_args+=(--timeout 300)
 step tests "$PY" -m pytest tests -q -ra -m cuda -p no:cacheprovider "${test_args[@]}"
-step bench "$PY" -m fastnets bench --device cuda --quick
+rm -f "$OUT/bench.json"  # never summarise an earlier run
+step bench timeout 900 "$PY" -m fastnets bench --device cuda --quick
 
 echo
 echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"

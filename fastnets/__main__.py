@@ -31,13 +31,13 @@ def info() -> None:
 
 
 def percentage(text: str) -> float:
-    """'10%' or '10' -> 0.10."""
+    """'10%' (or '10') -> 0.10."""
     try:
         value = float(text.strip().rstrip("%")) / 100
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a percentage such as 10%, got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a percentage in [0%, 100%), got {text!r}")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a percentage >= 0%, got {text!r}")
     return value
 
 
@@ -49,14 +49,15 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds: the same cases in well under 2 minutes")
     parser.add_argument("--rounds", type=int, help="timed rounds per implementation (default 20 on CPU and "
                                                    "30 on CUDA; 3 and 5 with --quick)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's current setting)")
+    parser.add_argument("--threads", type=int, help="CPU threads for the run (default: torch's current setting)")
     parser.add_argument("--json", type=Path, help="where to write the results (default: $OUT/bench.json, "
                                                   "else bench-results/bench.json)")
     parser.add_argument("--save", metavar="NAME", help="also store the results as baseline NAME")
     parser.add_argument("--compare", metavar="NAME", help="compare with baseline NAME (or a results file) and "
-                                                          "exit 1 when a speed-up fell by more than --fail-above")
+                                                          "exit 1 when a ratio regressed by more than --fail-above")
     parser.add_argument("--fail-above", type=percentage, default=0.10, metavar="PCT",
-                        help="the regression threshold of --compare (default 10%%)")
+                        help="the regression threshold of --compare: how much more the fastnets/reference "
+                             "time ratio may grow (default 10%%)")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="draw the speed-ups (needs matplotlib)")
     parser.add_argument("--load", type=Path, metavar="FILE", help="take the results from FILE instead of running")
     parser.add_argument("--list", action="store_true", help="list the selected cases and exit")
@@ -71,9 +72,12 @@ def baseline_path(name: str) -> Path:
 
 
 def bench(args: argparse.Namespace) -> int:
-    """Runs the suites of bench/ (a source checkout), prints the table, writes the results."""
+    """Runs the suites of bench/ (a source checkout), prints the table, writes the results;
+    compares them with a baseline, which is read first (it may be the one --save replaces)."""
     from fastnets import benchmark
 
+    baseline = benchmark.load_results(baseline_path(args.compare)) if args.compare else None
+    settings = {"loaded_from": str(args.load)} if args.load else {}
     if args.load:
         rows = benchmark.load_results(args.load)
     else:
@@ -81,7 +85,7 @@ def bench(args: argparse.Namespace) -> int:
         if not bench_dir.is_dir():
             print("bench/ not found: the suites run from a source checkout of fastnets", file=sys.stderr)
             return 2
-        devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+        devices = list(dict.fromkeys(args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))))
         if "cuda" in devices and not torch.cuda.is_available():
             print("--device cuda: no CUDA device here", file=sys.stderr)
             return 2
@@ -89,33 +93,35 @@ def bench(args: argparse.Namespace) -> int:
         if args.list:
             print("\n".join(f"{case.name}: {', '.join(case.impls)}" for case in cases))
             return 0
-        on_cuda = "cuda" in devices
-        rounds = args.rounds or ((5 if on_cuda else 3) if args.quick else (30 if on_cuda else 20))
-        rows = benchmark.run_cases(cases, rounds=rounds, threads=args.threads)
+        rounds = {"cpu": 3, "cuda": 5} if args.quick else {"cpu": 20, "cuda": 30}
+        if args.rounds:
+            rounds = {device: args.rounds for device in rounds}
+        threads = args.threads or torch.get_num_threads()
+        rows = benchmark.run_cases(cases, rounds=rounds, threads=threads)
         json_path = args.json or Path(os.environ.get("OUT") or "bench-results") / "bench.json"
-        settings = {"devices": devices, "ops": args.ops, "quick": args.quick, "rounds": rounds,
-                    "threads": args.threads or torch.get_num_threads()}
+        settings = {"devices": devices, "ops": args.ops, "quick": args.quick, "rounds": rounds, "threads": threads}
         print(f"results: {benchmark.save_results(rows, json_path, settings)}", file=sys.stderr)
-        if args.save:
-            print(f"baseline {args.save}: {benchmark.save_results(rows, baseline_path(args.save), settings)}",
-                  file=sys.stderr)
+    if args.save:
+        print(f"baseline {args.save}: {benchmark.save_results(rows, baseline_path(args.save), settings)}",
+              file=sys.stderr)
     if args.plot:
         print(f"plot: {benchmark.plot(rows, args.plot)}", file=sys.stderr)
-    status = 0
-    if args.compare:
-        changes, regressions = benchmark.compare_runs(benchmark.load_results(baseline_path(args.compare)), rows,
-                                                      args.fail_above)
-        print(f"\n## Speed-ups against baseline {args.compare} (a regression: fell by more than "
-              f"{100 * args.fail_above:.0f}%)\n")
+    print(benchmark.table(rows))
+    failed = [row for row in rows if row.get("error")]
+    status = 1 if failed else 0
+    if failed:
+        print(f"{len(failed)} implementation(s) failed: see the errors above", file=sys.stderr)
+    if baseline is not None:
+        changes, regressions = benchmark.compare_runs(baseline, rows, args.fail_above)
+        print(f"\n## Against baseline {args.compare}: a regression is a fastnets/reference time ratio "
+              f"more than {100 * args.fail_above:g}% above the baseline's\n")
         print(benchmark.comparison_table(changes, args.fail_above))
         if not changes:
             print("no case of this run is in the baseline", file=sys.stderr)
             status = 1
         elif regressions:
-            print(f"{len(regressions)} of {len(changes)} speed-ups regressed", file=sys.stderr)
+            print(f"{len(regressions)} of {len(changes)} ratios regressed", file=sys.stderr)
             status = 1
-    print()
-    print(benchmark.table(rows))
     return status
 
 

@@ -30,6 +30,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -42,7 +43,7 @@ import torch
 Binder = Callable[[tuple], Callable[[], Any]]
 
 FORMAT_VERSION = 1
-MAX_INPUT_SETS = 8
+MAX_INPUT_SETS = 64
 
 
 @dataclass
@@ -109,9 +110,10 @@ def measure(calls: Sequence[Callable[[], Any]], device: Union[str, torch.device]
             warmup: int = 1, min_round_s: float = 2e-3, timer: Callable[[], float] = time.perf_counter) -> Timing:
     """Times ``calls`` (one callable per input set, used in rotation) and returns seconds per call.
 
-    ``warmup`` passes over all the callables come first; their duration sets how many calls a
-    round makes (enough to last ``min_round_s``). CUDA rounds are timed with events on the
-    current stream, CPU rounds with ``timer`` (seconds, like ``timeit``'s)."""
+    ``warmup`` untimed passes over all the callables come first (compilation, allocator), then
+    one timed pass sizes the rounds: each makes enough calls to last ``min_round_s``. CUDA rounds
+    are timed with events on the current stream, CPU rounds with ``timer`` (seconds, like
+    ``timeit``'s)."""
     if not calls:
         raise ValueError("calls must hold at least one callable")
     if rounds < 1 or warmup < 0:
@@ -126,12 +128,12 @@ def measure(calls: Sequence[Callable[[], Any]], device: Union[str, torch.device]
             calls[position % len(calls)]()
             position += 1
 
-    passes = max(warmup, 1)  # at least one pass: it also sizes the rounds
+    run(warmup * len(calls))
     synchronize(device)
     start = timer()
-    run(passes * len(calls))
+    run(len(calls))
     synchronize(device)
-    per_call = (timer() - start) / (passes * len(calls))
+    per_call = (timer() - start) / len(calls)
     inner = min(10_000, max(1, math.ceil(min_round_s / max(per_call, 1e-9))))
 
     samples = []
@@ -180,7 +182,7 @@ def tensor_bytes(values: Any) -> int:
 
 
 def input_sets(make_inputs: Callable[[], tuple], device: Union[str, torch.device]) -> List[tuple]:
-    """Enough copies of the inputs to fill twice the cache (at most MAX_INPUT_SETS)."""
+    """Enough copies of the inputs to fill twice the cache (at most MAX_INPUT_SETS of them)."""
     first = make_inputs()
     size = tensor_bytes(first)
     count = 1 if size == 0 else min(MAX_INPUT_SETS, max(1, math.ceil(2 * cache_bytes(device) / size)))
@@ -233,14 +235,18 @@ class Progress:
         self.stream.flush()
 
 
-def run_cases(cases: Sequence[Case], *, rounds: int = 10, warmup: int = 1, threads: Optional[int] = None,
-              progress: bool = True, timer: Callable[[], float] = time.perf_counter) -> List[Dict[str, Any]]:
+def run_cases(cases: Sequence[Case], *, rounds: Union[int, Mapping[str, int]] = 10, warmup: int = 1,
+              threads: Optional[int] = None, progress: bool = True,
+              timer: Callable[[], float] = time.perf_counter) -> List[Dict[str, Any]]:
     """Times every implementation of every case and returns one result row (a dict) per
-    implementation, with the reference rows' ``speedup`` over the candidate (``timer``: the CPU
-    clock, see :func:`measure`)."""
+    implementation, with the reference rows' ``speedup`` over the candidate.
+
+    ``rounds``: one count, or one per device type ({"cpu": 20, "cuda": 30}). ``threads``: the CPU
+    thread count for the whole run (default: torch's current one). An implementation that
+    raises gets a row with its ``error`` (and its traceback on stderr) and the run goes on.
+    ``timer``: the CPU clock, see :func:`measure`."""
     previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads or previous_threads)
     bar = Progress(sum(len(case.impls) for case in cases), enabled=progress)
     copy_gbps: Dict[Tuple[str, str], float] = {}
     rows: List[Dict[str, Any]] = []
@@ -248,48 +254,66 @@ def run_cases(cases: Sequence[Case], *, rounds: int = 10, warmup: int = 1, threa
         for case in cases:
             if case.candidate not in case.impls:
                 raise ValueError(f"case {case.name!r}: its candidate {case.candidate!r} is not among its impls")
+            device_type = torch.device(case.device).type
+            case_rounds = rounds[device_type] if isinstance(rounds, Mapping) else rounds
             if case.bytes_moved is not None and (case.device, case.dtype) not in copy_gbps:
                 dtype = getattr(torch, case.dtype, None)
                 if isinstance(dtype, torch.dtype):
-                    copy_gbps[(case.device, case.dtype)] = copy_bandwidth(case.device, dtype, rounds=rounds,
+                    copy_gbps[(case.device, case.dtype)] = copy_bandwidth(case.device, dtype, rounds=case_rounds,
                                                                           warmup=warmup)
             case_rows = []
             with case.context():
                 sets = input_sets(case.make_inputs, case.device)
                 for impl, bind in case.impls.items():
-                    timing = measure([bind(inputs) for inputs in sets], case.device, rounds=rounds, warmup=warmup,
-                                     timer=timer)
-                    case_rows.append(result_row(case, impl, timing, copy_gbps.get((case.device, case.dtype))))
+                    try:
+                        timing = measure([bind(inputs) for inputs in sets], case.device, rounds=case_rounds,
+                                         warmup=warmup, timer=timer)
+                        row = result_row(case, impl, timing, copy_gbps.get((case.device, case.dtype)))
+                    except Exception as error:  # noqa: BLE001  (one broken implementation must not end the run)
+                        traceback.print_exc()
+                        row = error_row(case, impl, error)
+                    case_rows.append(row)
                     bar.step(f"{case.name} {impl}")
                 del sets
             candidate = next(row for row in case_rows if row["impl"] == case.candidate)
             for row in case_rows:
-                if row is not candidate:
+                if row is not candidate and candidate["median_ms"] and row["median_ms"]:
                     row["speedup"] = row["median_ms"] / candidate["median_ms"]
             rows.extend(case_rows)
-            if case.device.startswith("cuda"):
+            if device_type == "cuda":
                 torch.cuda.empty_cache()
     finally:
         torch.set_num_threads(previous_threads)
     return rows
 
 
+def _case_fields(case: Case, impl: str) -> Dict[str, Any]:
+    return {"op": case.op, "shape": case.shape, "direction": case.direction, "device": case.device,
+            "device_name": device_name(case.device), "dtype": case.dtype, "impl": impl,
+            "candidate": impl == case.candidate}
+
+
 def result_row(case: Case, impl: str, timing: Timing, copy_gbps: Optional[float]) -> Dict[str, Any]:
     nbytes, flops = case.bytes_for(impl), case.flops
-    return {
-        "op": case.op, "shape": case.shape, "direction": case.direction, "device": case.device,
-        "device_name": device_name(case.device), "dtype": case.dtype, "impl": impl,
-        "candidate": impl == case.candidate,
+    return dict(_case_fields(case, impl), **{
         "median_ms": 1e3 * timing.median_s, "iqr_ms": 1e3 * timing.iqr_s, "rounds": timing.rounds,
         "calls_per_round": timing.calls_per_round,
         "bytes": nbytes, "gbps": nbytes / timing.median_s / 1e9 if nbytes else None,
         "flops": flops, "tflops": flops / timing.median_s / 1e12 if flops else None,
         "copy_gbps": copy_gbps if nbytes else None,
-    }
+    })
+
+
+def error_row(case: Case, impl: str, error: BaseException) -> Dict[str, Any]:
+    return dict(_case_fields(case, impl), median_ms=None, error=f"{type(error).__name__}: {error}".splitlines()[0])
 
 
 def _case_key(row: Mapping[str, Any]) -> tuple:
     return (row["op"], row["shape"], row["direction"], row["device"], row["dtype"])
+
+
+def _ms(row: Mapping[str, Any]) -> str:
+    return f"{row['median_ms']:.3f}" if row.get("median_ms") else "error"
 
 
 def _rate(row: Mapping[str, Any]) -> str:
@@ -320,13 +344,16 @@ def table(rows: Sequence[Mapping[str, Any]], candidate_label: str = "fastnets") 
             share = f"{100 * candidate['gbps'] / candidate['copy_gbps']:.0f}%"
             copies[(device, candidate["dtype"])] = candidate["copy_gbps"]
         for row in case_rows:
-            if row is candidate:
+            if row["candidate"]:
                 continue
+            speedup = f"{row['speedup']:.2f}x" if row.get("speedup") else "-"
             lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {device} | {key[4]} | {row['impl']} "
-                         f"| {candidate['median_ms']:.3f} | {row['median_ms']:.3f} | {row['speedup']:.2f}x "
-                         f"| {_rate(candidate)} | {_rate(row)} | {share} |")
+                         f"| {_ms(candidate)} | {_ms(row)} | {speedup} | {_rate(candidate)} | {_rate(row)} | {share} |")
     for (device, dtype), gbps in sorted(copies.items()):
         lines.append(f"copy bandwidth, {device} {dtype}: {gbps:.1f} GB/s (read + write, same run)")
+    for row in rows:
+        if row.get("error"):
+            lines.append(f"error: {' '.join(_case_key(row))} {row['impl']}: {row['error']}")
     return "\n".join(lines)
 
 
@@ -374,31 +401,33 @@ class Change:
     current: float
 
     @property
-    def change(self) -> float:
-        """Relative change of the speed-up: -0.2 means 20% slower relative to the reference."""
-        return self.current / self.baseline - 1.0
+    def slowdown(self) -> float:
+        """How much the candidate/reference time ratio grew: 0.12 means 12% slower relative to
+        the reference than in the baseline (negative: faster)."""
+        return self.baseline / self.current - 1.0
 
 
 def compare_runs(baseline: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]],
                  fail_above: float = 0.10) -> Tuple[List[Change], List[Change]]:
     """Pairs the reference rows of two runs and returns (all changes, regressions): a regression
-    is a speed-up that fell by more than ``fail_above`` (0.10 = 10%) of its baseline value.
-    Cases present in only one run are left out."""
-    if not 0 <= fail_above < 1:
-        raise ValueError(f"fail_above must lie in [0, 1), got {fail_above}")
+    is a candidate/reference time ratio that grew by more than ``fail_above`` (0.10 = 10%).
+    Cases present in only one run, or that failed in either, are left out."""
+    if not fail_above >= 0:
+        raise ValueError(f"fail_above must be >= 0, got {fail_above}")
     old = {(_case_key(r), r["impl"]): r["speedup"] for r in baseline if not r["candidate"] and r.get("speedup")}
     changes = [Change(_case_key(r), r["impl"], old[(_case_key(r), r["impl"])], r["speedup"])
                for r in current if not r["candidate"] and r.get("speedup") and (_case_key(r), r["impl"]) in old]
-    regressions = [c for c in changes if c.current < c.baseline * (1.0 - fail_above)]
+    regressions = [c for c in changes if c.slowdown > fail_above]
     return changes, regressions
 
 
 def comparison_table(changes: Sequence[Change], fail_above: float) -> str:
-    lines = ["| case | reference | baseline speed-up | now | change | |", "|---|---|---|---|---|---|"]
+    lines = ["| case | reference | baseline speed-up | now | fastnets/reference time | |",
+             "|---|---|---|---|---|---|"]
     for c in changes:
-        flag = "REGRESSION" if c.current < c.baseline * (1.0 - fail_above) else ""
+        flag = "REGRESSION" if c.slowdown > fail_above else ""
         lines.append(f"| {' '.join(c.case)} | {c.reference} | {c.baseline:.2f}x | {c.current:.2f}x "
-                     f"| {100 * c.change:+.0f}% | {flag} |")
+                     f"| {100 * c.slowdown:+.1f}% | {flag} |")
     return "\n".join(lines)
 
 
@@ -460,25 +489,21 @@ def select_cases(suites: Mapping[str, Any], devices: Sequence[str], ops: Optiona
 
 def pytest_benchmark_case(benchmark, case_impl) -> None:
     """The pytest-benchmark entry of the bench/ suites (``pytest bench/``; bench/conftest.py
-    parametrizes ``case_impl`` with (case, implementation name)). A round is one call per input
-    set (ten on CUDA), then a synchronize, inside pytest-benchmark's own timer."""
+    parametrizes ``case_impl`` with (case, implementation name)). pytest-benchmark times one
+    call at a time (the next input set each time), with a synchronize on CUDA."""
     case, impl = case_impl
     with case.context():
         calls = [case.impls[impl](inputs) for inputs in input_sets(case.make_inputs, case.device)]
-        repeat = 10 if case.device.startswith("cuda") else 1
+        position = 0
 
-        def round_() -> None:
-            for _ in range(repeat):
-                for call in calls:
-                    call()
+        def one_call() -> None:
+            nonlocal position
+            calls[position % len(calls)]()
+            position += 1
             synchronize(case.device)
 
-        calls_per_round = repeat * len(calls)
-        benchmark.extra_info.update(op=case.op, shape=case.shape, direction=case.direction, device=case.device,
-                                    device_name=device_name(case.device), dtype=case.dtype, impl=impl,
-                                    candidate=impl == case.candidate, bytes=case.bytes_for(impl), flops=case.flops,
-                                    calls_per_round=calls_per_round)
-        benchmark.pedantic(round_, rounds=10, warmup_rounds=1)
+        benchmark.extra_info.update(_case_fields(case, impl), bytes=case.bytes_for(impl), flops=case.flops)
+        benchmark.pedantic(one_call, rounds=max(20, 2 * len(calls)), warmup_rounds=len(calls))
 
 
 def compare(candidate: Callable[..., Any], references: Union[Callable[..., Any], Mapping[str, Callable[..., Any]]],
@@ -496,6 +521,8 @@ def compare(candidate: Callable[..., Any], references: Union[Callable[..., Any],
         references = {"reference": references}
     if not references:
         raise ValueError("references must name at least one reference implementation")
+    if "candidate" in references:
+        raise ValueError("'candidate' names the function under test: give the reference another name")
     make_inputs = inputs if callable(inputs) else (lambda: inputs)
     sample = make_inputs()
     tensors = [t for t in sample if isinstance(t, torch.Tensor)] if isinstance(sample, (tuple, list)) else []
