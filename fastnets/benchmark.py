@@ -28,7 +28,6 @@ import json
 import math
 import platform
 import statistics
-import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+
+from fastnets._progress import Progress
 
 # An implementation is a *binder*: given one input set (a tuple), it returns the zero-argument
 # callable to time. Work that must stay outside the timed region (a saved mask, a gradient to
@@ -210,29 +211,6 @@ def copy_bandwidth(device: str, dtype: torch.dtype, *, rounds: int, warmup: int)
     out = torch.empty_like(x)
     timing = measure([lambda: out.copy_(x)], device, rounds=rounds, warmup=warmup)
     return 2 * x.numel() * x.element_size() / timing.median_s / 1e9
-
-
-class Progress:
-    """A one-line progress bar on a terminal; one line per step in a log."""
-
-    def __init__(self, total: int, stream=sys.stderr, enabled: bool = True):
-        self.total, self.done, self.stream, self.enabled = total, 0, stream, enabled
-        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
-
-    def step(self, label: str) -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        width = 30
-        filled = width * self.done // max(self.total, 1)
-        line = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {label}"
-        if self.tty:
-            self.stream.write("\r\033[K" + line)
-            if self.done == self.total:
-                self.stream.write("\n")
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
 
 
 def run_cases(cases: Sequence[Case], *, rounds: Union[int, Mapping[str, int]] = 10, warmup: int = 1,

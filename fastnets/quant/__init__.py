@@ -8,7 +8,9 @@ optimizer state in fixed point.
     codes = to_fixed(x, 16, 14); x_again = from_fixed(codes, 14)
     optimizer = FixedPointOptimizer(torch.optim.SGD(...), weight=fmt, grad=..., state=...)
 """
-from fastnets.quant.format import FixedPoint, from_fixed, quantize, quantize_parameters_, to_fixed
+from fastnets.quant.format import (FixedPoint, from_fixed, quantize, quantize_activations_, quantize_parameters_,
+                                   to_fixed)
 from fastnets.quant.optim import FixedPointOptimizer
 
-__all__ = ["FixedPoint", "quantize", "to_fixed", "from_fixed", "quantize_parameters_", "FixedPointOptimizer"]
+__all__ = ["FixedPoint", "quantize", "to_fixed", "from_fixed", "quantize_parameters_", "quantize_activations_",
+           "FixedPointOptimizer"]

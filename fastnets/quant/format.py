@@ -1,6 +1,6 @@
 """Fixed-point formats, the quantizer autograd function, and integer storage."""
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -150,4 +150,24 @@ def quantize_parameters_(module: torch.nn.Module, format: FixedPoint,
     return module
 
 
-__all__ = ["FixedPoint", "quantize", "to_fixed", "from_fixed", "quantize_parameters_"]
+def quantize_activations_(module: torch.nn.Module, forward: Optional[FixedPoint],
+                          backward: Optional[FixedPoint] = None, zero_outside_range: bool = False,
+                          layer_types: Tuple[type, ...] = (torch.nn.Linear, torch.nn.Conv2d)) -> list:
+    """Rounds the output of every ``layer_types`` submodule of ``module`` (its dot products,
+    accumulated in floating point, are rounded once) to ``forward``, and the gradient flowing
+    back into that output to ``backward`` (zeroed where the output saturated, with
+    ``zero_outside_range``; see :func:`quantize`), through forward hooks: the model's structure
+    and state_dict keys stay as they are. Returns the hooks' handles (``handle.remove()`` undoes
+    it).
+    """
+    for name, value in (("forward", forward), ("backward", backward)):
+        if value is not None and not isinstance(value, FixedPoint):
+            raise TypeError(f"{name} must be a FixedPoint or None, got {type(value).__name__}")
+
+    def hook(_module, _inputs, output):
+        return quantize(output, forward, backward, zero_outside_range)
+
+    return [layer.register_forward_hook(hook) for layer in module.modules() if isinstance(layer, layer_types)]
+
+
+__all__ = ["FixedPoint", "quantize", "to_fixed", "from_fixed", "quantize_parameters_", "quantize_activations_"]
