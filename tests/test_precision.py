@@ -139,11 +139,12 @@ def test_cli_writes_table_json_and_plot(tmp_path, capsys):
     data_dir = write_mnist_dir(tmp_path / "idx", train=40, test=20)
     json_path = tmp_path / "out" / "precision.json"
     assert main(["precision", "--data", str(data_dir), "--fl", "8", "--rounding", "stochastic", "--epochs", "2",
-                 "--batch-size", "10", "--json", str(json_path)]) == 0
+                 "--batch-size", "10", "--seeds", "2", "--json", str(json_path)]) == 0
     out = capsys.readouterr().out
     assert "| float32 |" in out and "| <8,8> stochastic |" in out
     document = json.loads(json_path.read_text())
-    assert [run["setting"] for run in document["runs"]] == ["float32", "<8,8> stochastic"]
+    assert [(run["setting"], run["seed"]) for run in document["runs"]] == [
+        ("float32", 0), ("float32", 1), ("<8,8> stochastic", 0), ("<8,8> stochastic", 1)]
     assert len(document["runs"][0]["test_error"]) == 2 and "overhead" in document["summary"]["<8,8> stochastic"]
     pytest.importorskip("matplotlib")
     assert (tmp_path / "out" / "precision.png").read_bytes()[:4] == b"\x89PNG"
