@@ -76,10 +76,12 @@ def load_idx_dir(data_dir: Union[str, Path]) -> Digits:
 
 
 def find_idx(directory: Path, name: str) -> Path:
-    for candidate in (directory / name, directory / f"{name}.gz", directory / name.replace("-idx", ".idx")):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"{directory}: {name} (or {name}.gz) not found")
+    """name, name.gz, or the same with '.idx' for '-idx' (as some mirrors spell them)."""
+    names = [name, f"{name}.gz", name.replace("-idx", ".idx"), f"{name.replace('-idx', '.idx')}.gz"]
+    for candidate in names:
+        if (directory / candidate).is_file():
+            return directory / candidate
+    raise FileNotFoundError(f"{directory}: none of {', '.join(names)} found")
 
 
 def read_idx(path: Path, kind: str) -> torch.Tensor:
@@ -95,6 +97,8 @@ def read_idx(path: Path, kind: str) -> torch.Tensor:
     if len(data) < header or int.from_bytes(data[:4], "big") != IDX_MAGIC[kind]:
         raise ValueError(f"{path}: not an IDX {kind} file (magic number {IDX_MAGIC[kind]} expected)")
     shape = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
+    if shape[0] == 0:
+        raise ValueError(f"{path}: holds no {kind}")
     if kind == "images" and shape[1:] != [28, 28]:
         raise ValueError(f"{path}: images of {shape[1]}x{shape[2]} pixels, expected 28x28")
     if len(data) != header + int(np.prod(shape)):

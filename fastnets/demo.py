@@ -3,7 +3,8 @@ layers and from the equivalent torch.nn layers, from the same initial weights an
 side (``python -m fastnets demo``; data-parallel under ``torchrun ... --distributed``).
 
 Each build reports its test accuracy, seconds per epoch, the bytes autograd saved for backward
-in one training step and, on CUDA, the peak memory allocated. The fastnets build is saved
+in one training step and, on CUDA, the peak memory that training allocated beyond what was
+resident before it (data and weights). The fastnets build is saved
 (state_dict), loaded into a fresh build and evaluated again, and the torch.nn build's checkpoint
 is loaded into a fastnets build to show that the two share checkpoints.
 """
@@ -40,8 +41,10 @@ class Run:
 
 
 def saved_for_backward_bytes(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> int:
-    """Bytes of the distinct tensors autograd keeps for backward in one training step (the
-    model's parameters, which exist anyway, not counted)."""
+    """Bytes of the distinct tensors autograd keeps for backward in one training step on this
+    batch (the model's parameters, which exist anyway, not counted). Runs the step's forward and
+    backward, which also warms the build up, and leaves no gradients behind."""
+    images, labels = images.clone(), labels.clone()  # their own storage: views would count the whole data set
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
     storages = {}
 
@@ -53,7 +56,8 @@ def saved_for_backward_bytes(model: nn.Module, images: torch.Tensor, labels: tor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         loss = torch_F.cross_entropy(model(images), labels)
-    del loss
+    loss.backward()
+    model.zero_grad(set_to_none=True)
     return sum(storages.values())
 
 
@@ -69,20 +73,24 @@ def digest(model: nn.Module) -> str:
 def train(model: nn.Module, build: str, data: Digits, *, epochs: int, lr: float, batch_size: int, seed: int,
           progress: Optional[Progress] = None) -> Run:
     """Adam on the training digits. Under torch.distributed the model is wrapped in
-    DistributedDataParallel and each rank takes its share of every batch; dropout's randomness
-    differs per rank (seed + rank) and is reproducible."""
+    DistributedDataParallel and each rank takes an equal share of every batch; dropout's
+    randomness differs per rank (seed + rank) and is reproducible. The losses and times
+    recorded are this rank's."""
     device = data.train_images.device
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    if batch_size < world:
-        raise ValueError(f"batch_size ({batch_size}) must be at least the number of processes ({world})")
+    if batch_size % world:
+        # Equal shares make the average of the ranks' mean losses the mean over the batch.
+        raise ValueError(f"batch_size ({batch_size}) must be a multiple of the number of processes ({world})")
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if distributed else model
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     run = Run(build)
     run.saved_bytes = saved_for_backward_bytes(model, data.train_images[:batch_size], data.train_labels[:batch_size])
     if device.type == "cuda":
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+        resident = torch.cuda.memory_allocated(device)  # the data, this and the other build's weights
     order_generator = torch.Generator().manual_seed(seed)  # the same batches on every rank
     torch.manual_seed(seed + rank)
     for epoch in range(epochs):
@@ -97,7 +105,7 @@ def train(model: nn.Module, build: str, data: Digits, *, epochs: int, lr: float,
             progress.step(f"{build} epoch {epoch + 1}/{epochs}: loss {run.train_loss[-1]:.3f}, "
                           f"test accuracy {run.test_accuracy[-1]:.2f}%")
     if device.type == "cuda":
-        run.peak_cuda_bytes = torch.cuda.max_memory_allocated(device)
+        run.peak_cuda_bytes = torch.cuda.max_memory_allocated(device) - resident
     run.parameter_digest = digest(model)
     return run
 
@@ -141,13 +149,14 @@ def check_checkpoints(model_name: str, ours: nn.Module, reference: nn.Module, da
     converted.load_state_dict(torch.load(paths["torch.nn"], map_location=device))
     return {"fastnets_path": str(paths["fastnets"]), "torch_path": str(paths["torch.nn"]),
             "fastnets_trained": test_accuracy(ours, data), "fastnets_reloaded": test_accuracy(reloaded, data),
-            "torch_trained": test_accuracy(reference, data), "torch_checkpoint_in_fastnets_build": test_accuracy(converted, data)}
+            "torch_trained": test_accuracy(reference, data),
+            "torch_checkpoint_in_fastnets_build": test_accuracy(converted, data)}
 
 
 def table(report: dict) -> str:
     runs = report["runs"]
     baseline = statistics.median(runs[1]["epoch_seconds"][1:] or runs[1]["epoch_seconds"])
-    lines = ["| build | test accuracy % | s/epoch | speed-up | saved for backward MB | peak CUDA MB |",
+    lines = ["| build | test accuracy % | s/epoch | speed-up | saved for backward MB | CUDA peak in training MB |",
              "|---|---|---|---|---|---|"]
     for run in runs:
         # The first epoch also pays for warm-up: the median of the others when there are any.
@@ -168,8 +177,8 @@ def table(report: dict) -> str:
 
 
 def init_distributed(device: str) -> torch.device:
-    """torch.distributed from torchrun's environment: gloo on CPU, NCCL on CUDA (one GPU per
-    local rank). Returns this rank's device."""
+    """torch.distributed from torchrun's environment: gloo on CPU, NCCL on CUDA (the GPU of the
+    local rank, whatever index ``device`` names). Returns this rank's device."""
     if "RANK" not in os.environ:
         raise RuntimeError("--distributed runs under torchrun: torchrun --nproc_per_node 2 -m fastnets demo "
                            "--distributed")

@@ -2,7 +2,8 @@
 
 A network is trained with its weights, activations, gradients (of weights and of activations)
 and optimizer state held in a fixed-point format <IL, FL>, each dot product accumulated in
-floating point and rounded once at the layer's output, for each setting of a sweep: a float32
+floating point and rounded once at the layer's output (a fused Conv-ReLU-Pool layer's output is
+its pooled one), for each setting of a sweep: a float32
 baseline, then word length 16 with several FL, rounding to nearest and stochastically. Their
 finding: with stochastic rounding 16 bits train as well as float32, while round-to-nearest
 degrades or stalls as small updates round away.
@@ -63,8 +64,11 @@ def sweep(fls: Iterable[int] = (8, 10, 12, 14), wl: int = 16, roundings: Iterabl
           quantized: Iterable[str] = QUANTITIES, baseline: bool = True) -> List[Setting]:
     """The float32 baseline (unless ``baseline=False``), then <wl - fl, fl> for each fl and rounding."""
     quantized = frozenset(quantized)
+    if not quantized:
+        raise ValueError(f"quantized must name at least one of {', '.join(QUANTITIES)}")
     settings = [Setting()] if baseline else []
-    settings += [Setting(FixedPoint(wl, fl, rounding), quantized) for fl in fls for rounding in roundings]
+    settings += [Setting(FixedPoint(wl, fl, rounding), quantized)
+                 for fl in dict.fromkeys(fls) for rounding in dict.fromkeys(roundings)]
     return settings
 
 
@@ -93,16 +97,17 @@ def train(model: nn.Module, setting: Setting, data: Digits, *, epochs: int = 10,
     device = data.train_images.device
     torch.manual_seed(seed)
     weights, activations, gradients, state = (setting.holds(q) for q in QUANTITIES)
-    if weights is not None:
-        quantize_parameters_(model, weights)
-    # A saturated output's gradient is zero (the derivative of the clamp): passed straight
-    # through, it would keep pushing the weights behind an output that can no longer move.
-    handles = quantize_activations_(model, activations, gradients, zero_outside_range=True) \
-        if activations or gradients else []
     optimizer = FixedPointOptimizer(torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum),
                                     weight=weights, grad=gradients, state=state)
+    if weights is not None:
+        quantize_parameters_(model, weights)
     history = History(setting.name, seed)
+    handles = []
     try:
+        # A saturated output's gradient is zero (the derivative of the clamp): passed straight
+        # through, it would keep pushing the weights behind an output that can no longer move.
+        if activations or gradients:
+            handles = quantize_activations_(model, activations, gradients, zero_outside_range=True)
         for epoch in range(epochs):
             order = torch.randperm(len(data.train_labels), device=device)
             loss, seconds = train_epoch(model, optimizer, data, order, batch_size, inputs=activations)

@@ -62,22 +62,50 @@ def test_short_training_beats_chance_and_checkpoints_load_across_builds(digits, 
     assert "| fastnets |" in text and "| torch.nn |" in text and "torch.nn checkpoint loaded" in text
 
 
+def test_saved_for_backward_counts_the_batch_not_the_data_set(digits):
+    torch.manual_seed(0)
+    saved = demo.saved_for_backward_bytes(models.softmax_regression(), digits.train_images[:50],
+                                          digits.train_labels[:50])
+    assert 50 * 784 * 4 <= saved <= 50 * 784 * 4 + 10_000  # the linear layer's input, and the loss's few
+
+
 def test_cli_refuses_distributed_outside_torchrun(capsys, monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     assert main(["demo", "--distributed", "--device", "cpu"]) == 2
     assert "runs under torchrun" in capsys.readouterr().err
 
 
+def torchrun_demo(out_dir: Path, *args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               "-m", "fastnets", "demo", "--distributed", "--device", "cpu", "--threads", "1", "--out", str(out_dir),
+               *args]
+    return subprocess.run(command, cwd=out_dir.parent, env=env, capture_output=True, text=True, timeout=600)
+
+
 def test_data_parallel_replicas_stay_identical(tmp_path):
     """Two CPU processes with gloo: `torchrun --nproc_per_node 2 -m fastnets demo --distributed`."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-               "-m", "fastnets", "demo", "--distributed", "--device", "cpu", "--model", "lenet5", "--epochs", "2",
-               "--lr", "1e-3", "--threads", "1", "--out", str(tmp_path)]
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    (tmp_path / "ddp").mkdir()
+    done = torchrun_demo(tmp_path / "ddp", "--model", "lenet5", "--epochs", "2", "--lr", "1e-3")
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((tmp_path / "demo.json").read_text())
+    report = json.loads((tmp_path / "ddp" / "demo.json").read_text())
     assert report["world_size"] == 2 and report["replicas_identical"]
     for run in report["runs"]:
         assert run["train_loss"][1] < run["train_loss"][0] and run["test_accuracy"][-1] > 80
     assert "replicas identical: True" in done.stdout
+
+
+def test_data_parallel_equals_one_process(tmp_path):
+    """Each of two ranks takes half of every batch and DDP averages their gradients: the model
+    (no dropout) ends where one process training on the whole batches ends."""
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+    done = torchrun_demo(tmp_path / "two", "--model", "softmax", "--epochs", "1", "--lr", "1e-3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["demo", "--device", "cpu", "--model", "softmax", "--epochs", "1", "--lr", "1e-3",
+                 "--out", str(tmp_path / "one")]) == 0
+    for build in ("fastnets", "torch.nn"):
+        one = torch.load(tmp_path / "one" / f"softmax-{build}.pt")
+        two = torch.load(tmp_path / "two" / f"softmax-{build}.pt")
+        for key in one:
+            torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)

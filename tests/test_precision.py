@@ -76,6 +76,9 @@ def test_bad_data_is_named(tmp_path):
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", 2049, (2,), bytes(2), False)
     with pytest.raises(ValueError, match="3 images but 2 labels"):
         load_mnist(tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", 2049, (0,), b"", False)
+    with pytest.raises(ValueError, match="holds no labels"):
+        load_mnist(tmp_path)
 
 
 def test_activation_quantizers_round_outputs_and_their_gradients():
@@ -148,8 +151,13 @@ def test_cli_writes_table_json_and_plot(tmp_path, capsys):
     assert len(document["runs"][0]["test_error"]) == 2 and "overhead" in document["summary"]["<8,8> stochastic"]
     pytest.importorskip("matplotlib")
     assert (tmp_path / "out" / "precision.png").read_bytes()[:4] == b"\x89PNG"
-    assert main(["precision", "--data", str(data_dir), "--quantize", "weights,biases", "--epochs", "1"]) == 2
-    assert "unknown quantities" in capsys.readouterr().err
+    for bad, message in ((["--quantize", "weights,biases"], "unknown quantities"), (["--quantize", ""], "at least one"),
+                         (["--seeds", "0"], "--seeds"), (["--fl", "", "--no-baseline"], "the sweep is empty")):
+        assert main(["precision", "--data", str(data_dir), "--epochs", "1", *bad]) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["precision", "--fl", "8,x"])
+    assert "expected comma-separated integers" in capsys.readouterr().err
 
 
 def test_the_finding_on_a_reduced_seed_averaged_sweep(digits):
