@@ -80,6 +80,12 @@ def _fixed_point_quantize_fake(input, wl, fl, rounding="stochastic", clamp=True,
     return output, input.new_empty(2, dtype=torch.int64)
 
 
+@torch.library.register_fake("fastnets::fixed_point_quantize_")
+def _fixed_point_quantize_inplace_fake(self, wl, fl, rounding="stochastic", clamp=True, symmetric=False,
+                                       generator=None):
+    return self.new_empty(2, dtype=torch.int64)
+
+
 @torch.library.register_fake("fastnets::fixed_point_to_codes")
 def _fixed_point_to_codes_fake(input, wl, fl, rounding="nearest", symmetric=False, generator=None):
     codes = input.new_empty(input.shape, dtype=fixed_point_code_dtype(wl))

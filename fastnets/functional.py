@@ -55,6 +55,26 @@ def fixed_point_quantize(
     return output
 
 
+def fixed_point_quantize_(
+    input: Tensor,
+    wl: int,
+    fl: int,
+    rounding: str = "stochastic",
+    clamp: bool = True,
+    symmetric: bool = False,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """:func:`fixed_point_quantize` in place: ``input`` is rounded where it lies (contiguous
+    tensors in one pass, without allocating) and returned; the same random numbers are drawn.
+    Not differentiable: for weights, gradients and optimizer state, under ``torch.no_grad()``.
+    """
+    if input.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError("fixed_point_quantize_ is not differentiable: call it under torch.no_grad() "
+                           "(or use fixed_point_quantize)")
+    ops.fixed_point_quantize_(input, wl, fl, rounding, clamp, symmetric, generator)
+    return input
+
+
 def maxout(input: Tensor, pieces: int, dim: int = 1) -> Tensor:
     """Maxout (Goodfellow et al. 2013): the max over groups of ``pieces`` consecutive entries of ``dim``.
 

@@ -380,3 +380,39 @@ def test_cpu_cuda_identical(dtype):
         expected = reference(x, 12, 6, "stochastic", True, False, seed_offset.cpu())
         # expected is rounded to dtype once (bfloat16 holds 8 of the codes' 12 bits): so are the codes.
         assert torch.equal(from_fixed(codes.cpu(), 6, torch.float64).to(dtype), expected)
+
+
+@pytest.mark.parametrize("dtype", TRAINING_DTYPES)
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_in_place_equals_out_of_place(device, dtype, rounding):
+    x = wide_input((37, 29), device, dtype, 12, 6)
+    for select in (lambda t: t, lambda t: t.t(), lambda t: t[:, 1:]):  # contiguous, then through a copy
+        expected = F.fixed_point_quantize(select(x), 12, 6, rounding, generator=torch.Generator(device).manual_seed(4))
+        base = x.clone()
+        view = select(base)
+        assert F.fixed_point_quantize_(view, 12, 6, rounding, generator=torch.Generator(device).manual_seed(4)) is view
+        assert torch.equal(view, expected)
+        if view.numel() < x.numel():
+            assert torch.equal(base[:, 0], x[:, 0])  # outside the view: untouched
+    seed_offset = ops.fixed_point_quantize_(x.clone(), 8, 4, "stochastic", True, False, None)
+    assert seed_offset.dtype == torch.int64 and seed_offset.shape == (2,)
+
+
+def test_in_place_refuses_autograd_and_passes_opcheck(device):
+    w = torch.randn(8, 5, device=device, requires_grad=True)
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        F.fixed_point_quantize_(w, 8, 4)
+    with torch.no_grad():
+        assert F.fixed_point_quantize_(w, 8, 4, "nearest") is w
+    assert torch.equal(w.detach() * 16, (w.detach() * 16).round())
+    for rounding in ("nearest", "stochastic"):
+        check_opcheck(ops.fixed_point_quantize_.default, (torch.randn(6, 7, device=device), 8, 4, rounding, True, False,
+                                                          None))
+    with pytest.raises(RuntimeError, match="self must be float32"):
+        ops.fixed_point_quantize_(torch.zeros(3, dtype=torch.int32, device=device), 8, 4)
+
+    def step(t):
+        fastnets.functional.fixed_point_quantize_(t, 8, 4, "nearest")
+        return t * 2
+
+    check_compiles(step, torch.randn(5, 6, device=device))

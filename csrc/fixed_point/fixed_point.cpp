@@ -20,6 +20,20 @@ std::pair<uint64_t, uint64_t> draw_for(bool stochastic, const std::optional<at::
   return stochastic ? cpu_seed_offset(generator) : std::pair<uint64_t, uint64_t>{0, 0};
 }
 
+// out (contiguous, in's dtype and size; it may be in itself) = in rounded to the format.
+void quantize_into(const at::Tensor& in, at::Tensor& out, const FixedPointFormat& format, bool stochastic,
+                   uint64_t seed, uint64_t offset) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "fastnets::fixed_point_quantize", [&] {
+    const scalar_t* x = in.const_data_ptr<scalar_t>();
+    scalar_t* y = out.mutable_data_ptr<scalar_t>();
+    if (stochastic) {
+      cpu_map_with_philox<true>(x, y, in.numel(), seed, offset, FixedPointQuantizeOp<scalar_t, true>{format});
+    } else {
+      cpu_map_with_philox<false>(x, y, in.numel(), seed, offset, FixedPointQuantizeOp<scalar_t, false>{format});
+    }
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor> fixed_point_quantize_cpu(const at::Tensor& input, int64_t wl, int64_t fl,
                                                             c10::string_view rounding, bool clamp, bool symmetric,
                                                             const std::optional<at::Generator>& generator) {
@@ -30,16 +44,26 @@ std::tuple<at::Tensor, at::Tensor> fixed_point_quantize_cpu(const at::Tensor& in
   const at::Tensor in = input.contiguous();
   at::Tensor out = at::empty_like(in);
   prefault_huge_pages(out.data_ptr(), out.nbytes());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "fastnets::fixed_point_quantize", [&] {
-    const scalar_t* x = in.const_data_ptr<scalar_t>();
-    scalar_t* y = out.mutable_data_ptr<scalar_t>();
-    if (stochastic) {
-      cpu_map_with_philox<true>(x, y, in.numel(), seed, offset, FixedPointQuantizeOp<scalar_t, true>{format});
-    } else {
-      cpu_map_with_philox<false>(x, y, in.numel(), seed, offset, FixedPointQuantizeOp<scalar_t, false>{format});
-    }
-  });
+  quantize_into(in, out, format, stochastic, seed, offset);
   return {out, cpu_seed_offset_tensor(seed, offset)};
+}
+
+// In place: a contiguous self is rounded where it lies (one pass, no allocation); any other
+// layout through a contiguous copy. The numbers drawn are those of fixed_point_quantize.
+at::Tensor fixed_point_quantize_inplace_cpu(at::Tensor& self, int64_t wl, int64_t fl, c10::string_view rounding,
+                                            bool clamp, bool symmetric, const std::optional<at::Generator>& generator) {
+  check_training_dtype(self, "self");
+  const FixedPointFormat format = make_fixed_point_format(wl, fl, clamp, symmetric);
+  const bool stochastic = is_stochastic_rounding(rounding);
+  const auto [seed, offset] = draw_for(stochastic, generator);
+  if (self.is_contiguous()) {
+    quantize_into(self, self, format, stochastic, seed, offset);
+  } else {
+    at::Tensor out = self.contiguous();
+    quantize_into(out, out, format, stochastic, seed, offset);
+    self.copy_(out);
+  }
+  return cpu_seed_offset_tensor(seed, offset);
 }
 
 std::tuple<at::Tensor, at::Tensor> fixed_point_to_codes_cpu(const at::Tensor& input, int64_t wl, int64_t fl,
@@ -77,6 +101,11 @@ TORCH_LIBRARY_FRAGMENT(fastnets, m) {
   m.def("fixed_point_quantize(Tensor input, int wl, int fl, str rounding=\"stochastic\", bool clamp=True, "
         "bool symmetric=False, Generator? generator=None) -> (Tensor, Tensor)",
         {at::Tag::nondeterministic_seeded});
+  // fixed_point_quantize in place: self rounded to the format, the same numbers drawn. Returns
+  // seed_offset. Not differentiable (for weights and optimizer state, under no_grad).
+  m.def("fixed_point_quantize_(Tensor(a!) self, int wl, int fl, str rounding=\"stochastic\", bool clamp=True, "
+        "bool symmetric=False, Generator? generator=None) -> Tensor",
+        {at::Tag::nondeterministic_seeded});
   // The integer codes of x in the format (always saturated): int8, int16 or int32, the smallest
   // that holds wl bits; x = code * 2^-fl on the grid. Returns (codes, seed_offset).
   m.def("fixed_point_to_codes(Tensor input, int wl, int fl, str rounding=\"nearest\", bool symmetric=False, "
@@ -86,6 +115,7 @@ TORCH_LIBRARY_FRAGMENT(fastnets, m) {
 
 TORCH_LIBRARY_IMPL(fastnets, CPU, m) {
   m.impl("fixed_point_quantize", &fixed_point_quantize_cpu);
+  m.impl("fixed_point_quantize_", &fixed_point_quantize_inplace_cpu);
   m.impl("fixed_point_to_codes", &fixed_point_to_codes_cpu);
 }
 

@@ -69,6 +69,20 @@ class FixedPoint:
     def __call__(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         return F.fixed_point_quantize(x, self.wl, self.fl, self.rounding, self.clamp, self.symmetric, generator)
 
+    def quantize_(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Rounds ``x`` in place (not differentiable) and returns it."""
+        return F.fixed_point_quantize_(x, self.wl, self.fl, self.rounding, self.clamp, self.symmetric, generator)
+
+
+_SIGNIFICAND_BITS = {torch.float64: 53, torch.float32: 24, torch.float16: 11, torch.bfloat16: 8}
+
+
+def _holds_range(dtype: torch.dtype, format: FixedPoint) -> bool:
+    """Whether ``dtype`` represents the format's range ends exactly (codes of wl - 1 bits times
+    a power of two that is a normal number)."""
+    info = torch.finfo(dtype)
+    return format.wl - 1 <= _SIGNIFICAND_BITS[dtype] and format.eps >= info.tiny and -format.min <= info.max
+
 
 class _Quantize(torch.autograd.Function):
     @staticmethod
@@ -81,8 +95,9 @@ class _Quantize(torch.autograd.Function):
         ctx.backward_format = backward_format
         ctx.zero_outside_range = zero_outside_range and forward_format is not None and forward_format.clamp
         if ctx.zero_outside_range:
-            # Compared in float64, where the range's ends are exact; kept as a 1-byte mask.
-            exact = x.detach().to(torch.float64)
+            # Compared where the range's ends are exact: in x's dtype when it holds them (no copy),
+            # else in float64; kept as a 1-byte mask.
+            exact = x.detach() if _holds_range(x.dtype, forward_format) else x.detach().to(torch.float64)
             ctx.save_for_backward((exact >= forward_format.min) & (exact <= forward_format.max))
 
     @staticmethod
@@ -146,7 +161,7 @@ def quantize_parameters_(module: torch.nn.Module, format: FixedPoint,
     """Rounds every parameter of ``module`` to ``format`` in place, so that its weights are
     held in fixed point (FixedPointOptimizer keeps them there). Returns ``module``."""
     for parameter in module.parameters():
-        parameter.copy_(format(parameter, generator))
+        format.quantize_(parameter, generator)
     return module
 
 

@@ -58,17 +58,17 @@ class FixedPointOptimizer:
             return
         for parameter in self._parameters():
             if parameter.grad is not None:
-                parameter.grad.copy_(self.grad(parameter.grad, self.generator))
+                self.grad.quantize_(parameter.grad, self.generator)
 
     @torch.no_grad()
     def _quantize_weights_and_state(self) -> None:
         for parameter in self._parameters():
             if self.weight is not None:
-                parameter.copy_(self.weight(parameter, self.generator))
+                self.weight.quantize_(parameter, self.generator)
             for name, value in self.optimizer.state.get(parameter, {}).items():
                 format = self._state_format(name, value, parameter)
                 if format is not None:
-                    value.copy_(format(value, self.generator))
+                    format.quantize_(value, self.generator)
 
     def step(self, closure: Optional[Callable[[], float]] = None):
         """One step of the wrapped optimizer between the roundings; a closure's gradients are
