@@ -382,3 +382,20 @@ def test_cuda_pool_gradient_gather_matches_scatter(pool_kernel, pool_stride):
         ph, pw = divmod(o, out_w)
         expected[ph * pool_stride[0] + a // pool_kernel[1], pw * pool_stride[1] + a % pool_kernel[1]] += grad[o]
     assert torch.equal(torch.tensor(gathered, dtype=torch.float64).view(conv_h, conv_w), expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_padding_wider_than_the_kernel_reach(device):
+    """Kept from fuzzing: with padding wider than the kernel's reach (1x1 kernel, padding (1, 2)),
+    the output rows are wider than the padded input rows; the last row's right columns were read
+    past the end of its channel (stale memory, or the next channel: its bias shows)."""
+    for channels, kernel, padding, dilation in ((2, (1, 1), (1, 2), (1, 1)), (3, (2, 2), (3, 3), (1, 1)),
+                                                (1, (1, 3), (0, 4), (1, 1)), (2, (2, 2), (1, 3), (1, 2))):
+        x = torch.randn(2, channels, 2, 6, dtype=torch.float64, device=device)
+        weight = torch.randn(3, channels, *kernel, dtype=torch.float64, device=device)
+        bias = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64, device=device)
+        expected = torch_F.conv2d(x, weight, bias, padding=padding, dilation=dilation)
+        torch.testing.assert_close(F.conv2d(x, weight, bias, padding=padding, dilation=dilation), expected)
+        if expected.shape[-2] >= 2 and expected.shape[-1] >= 2:
+            fused = F.conv_relu_pool2d(x, weight, bias, 1, padding, dilation, 1)
+            torch.testing.assert_close(fused, torch_F.max_pool2d(torch_F.relu(expected), 2))

@@ -105,16 +105,17 @@ FASTNETS_ALWAYS_INLINE void col2im(const acc_t* col, int64_t ldc, const Conv2dGe
 // im2col: in planes of padded_w columns, output (oh, ow) is column oh * padded_w + ow, and tap
 // q = (c, r, s) reads the source at column + tap_offset(q), tap_offset = c * plane + r *
 // dilation_h * padded_w + s * dilation_w: row q of B is the padded source from tap_offset(q).
-// A padded row is the pad_left zeros then the source row, so that the reads past its end (at
-// most pad_left, the padding being symmetric) land in the next row's zeros; one more zero row at
-// the bottom serves the last row. The columns with ow >= out_w are computed and dropped (the
-// work grows by padded_w / out_w).
+// A padded row is the pad_left zeros then the source row (then zeros up to out_w, where the
+// padding is wider than the kernel's reach: every output column of a row must be computed in that
+// row), so that the reads past its end (at most pad_left, the padding being symmetric) land in
+// the next row's zeros; one more zero row at the bottom serves the last row. The columns with
+// ow >= out_w are computed and dropped (the work grows by padded_w / out_w).
 struct PaddedConv {
   int64_t channels, pad_top, pad_left, padded_h, padded_w, kernel_h, kernel_w, dilation_h, dilation_w, out_h, out_w;
   PaddedConv(int64_t channels_, int64_t height, int64_t width, int64_t pad_h, int64_t pad_w, int64_t kernel_h_,
              int64_t kernel_w_, int64_t dilation_h_, int64_t dilation_w_, int64_t out_h_, int64_t out_w_)
       : channels(channels_), pad_top(pad_h), pad_left(pad_w), padded_h(height + 2 * pad_h + 1),
-        padded_w(width + pad_w), kernel_h(kernel_h_), kernel_w(kernel_w_), dilation_h(dilation_h_),
+        padded_w(std::max(width + pad_w, out_w_)), kernel_h(kernel_h_), kernel_w(kernel_w_), dilation_h(dilation_h_),
         dilation_w(dilation_w_), out_h(out_h_), out_w(out_w_) {}
   int64_t columns() const { return out_h * padded_w; }
   int64_t plane() const { return padded_h * padded_w; }
