@@ -43,7 +43,7 @@ OPS = {
                            [(2, 3, 8, 6), (4, 3, 3, 3), (4,)], ["input", "weight", "bias"], bad_ranks=(1, 2, 5)),
     "max_pool2d": Op(lambda x: F.max_pool2d(x, 2), lambda x: torch_F.max_pool2d(x, 2), [(2, 3, 7, 6)], ["input"],
                      bad_ranks=(1, 2, 5)),
-    "maxout": Op(lambda x: F.maxout(x, 2), lambda x: x.unflatten(1, (x.size(1) // 2, 2)).amax(2), [(3, 6, 5, 4)],
+    "maxout": Op(lambda x: F.maxout(x, 2), lambda x: x.unflatten(1, (x.size(1) // 2, 2)).max(2).values, [(3, 6, 5, 4)],
                  ["input"], bad_ranks=(0,)),
     # The same stream on a contiguous copy: dropout reads any layout in row-major order.
     "dropout": Op(lambda x: F.dropout(x, 0.5, generator=torch.Generator(x.device.type).manual_seed(11)),
