@@ -13,6 +13,7 @@ from hypothesis import assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import fastnets.functional as F  # noqa: E402
+from fastnets import random as frandom  # noqa: E402
 
 EXAMPLES = int(os.environ.get("FASTNETS_FUZZ", "0")) or 200
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="FASTNETS_FUZZ" not in os.environ,
@@ -58,8 +59,9 @@ def same_results(ours, reference, tensors, kind=0, compare_grads=lambda expected
 @given(n=st.integers(1, 3), groups=st.integers(1, 3), per_group_in=st.integers(1, 3),
        per_group_out=st.integers(1, 3), h=st.integers(1, 11), w=st.integers(1, 11), kh=st.integers(1, 4),
        kw=st.integers(1, 4), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-       padding=st.tuples(st.integers(0, 2), st.integers(0, 2)), dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
-       bias=st.booleans(), kind=st.integers(0, 2), seed=st.integers(0, 2**16))
+       padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+       dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), bias=st.booleans(), kind=st.integers(0, 2),
+       seed=st.integers(0, 2**16))
 def test_conv2d(n, groups, per_group_in, per_group_out, h, w, kh, kw, stride, padding, dilation, bias, kind, seed):
     x = values((n, groups * per_group_in, h, w), seed)
     weight = values((groups * per_group_out, per_group_in, kh, kw), seed + 1)
@@ -136,3 +138,19 @@ def test_fixed_point_quantize_nearest(shape, wl, fl, clamp, symmetric, scale, ki
     in_place = x.clone()
     F.fixed_point_quantize_(in_place, wl, fl, "nearest", clamp, symmetric)
     assert torch.equal(in_place, expected)
+
+
+@FUZZ
+@given(shape=st.lists(st.integers(0, 9), min_size=0, max_size=4), p=st.floats(0, 1), kind=st.integers(0, 2),
+       seed=st.integers(0, 2**16))
+def test_dropout_is_its_stream(shape, p, kind, seed):
+    """Forward and backward equal x * mask / (1 - p) for the mask of the call's Philox stream,
+    read in row-major order whatever the layout."""
+    x = values(shape, seed)
+    out, seed_offset = torch.ops.fastnets.dropout(layout(x, kind), p, None)
+    mask = frandom.dropout_mask(x.shape, p, *frandom.unpack_seed_offset(seed_offset))
+    multiplier = torch.where(mask, torch.tensor(1.0 / (1.0 - p) if p < 1 else 0.0, dtype=torch.float64), 0.0)
+    assert torch.equal(out, x * multiplier)
+    grad = values(shape, seed + 1)
+    back = torch.ops.fastnets.dropout_backward(layout(grad, kind), seed_offset, p)
+    assert torch.equal(back, grad * multiplier)
