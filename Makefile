@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JOBS ?= $(shell nproc)
 
-.PHONY: help venv build test demo bench info gpu-check clean
+.PHONY: help venv build test demo bench info gpu-check asan-test clean
 
 help:
 	@echo "make demo       set up .venv, build, run 'python -m fastnets demo'"
@@ -13,6 +13,7 @@ help:
 	@echo "make bench      benchmarks against the PyTorch references (bench/)"
 	@echo "make info       build information"
 	@echo "make gpu-check  on a GPU machine with its own torch: build, CUDA tests, benchmarks (no .venv)"
+	@echo "make asan-test  the CPU tests against a build with AddressSanitizer and UBSan (in build/asan)"
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,21 @@ info: build
 # writes the full logs under $$OUT (default: gpu-check-logs/).
 gpu-check:
 	bash bench/gpu_check.sh
+
+# A copy of the tracked tree built CPU-only with the sanitizers, its CPU tests run with the
+# sanitizer runtimes preloaded into python; a report stops the run and is printed. Leak checking
+# is off (the interpreter's own "leaks").
+ASAN_TREE := build/asan
+asan-test: $(STAMP)
+	rm -rf $(ASAN_TREE) && mkdir -p $(ASAN_TREE)
+	git ls-files -z | xargs -0 cp --parents -t $(ASAN_TREE)
+	cd $(ASAN_TREE) && FASTNETS_CUDA=0 FASTNETS_SANITIZE=1 MAX_JOBS=$(JOBS) $(CURDIR)/$(PY) setup.py --quiet build_ext --inplace
+	rm -f build/asan-report.*
+	cd $(ASAN_TREE) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0:abort_on_error=1:log_path=$(CURDIR)/build/asan-report \
+	  UBSAN_OPTIONS=print_stacktrace=1:log_path=$(CURDIR)/build/asan-report \
+	  $(CURDIR)/$(PY) -m pytest tests -q -x -p no:cacheprovider -m "not cuda" \
+	  || { cat $(CURDIR)/build/asan-report.* 2>/dev/null; exit 1; }
 
 clean:
 	rm -rf build fastnets/_C*.so .pytest_cache .benchmarks

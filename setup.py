@@ -3,6 +3,7 @@
 Environment:
   FASTNETS_CUDA=0|1       force a CPU-only build, or fail unless CUDA can be built (default: auto)
   TORCH_CUDA_ARCH_LIST    CUDA architectures (default "8.0;9.0": A100, H100/H200)
+  FASTNETS_SANITIZE=1     AddressSanitizer + UBSan in the CPU kernels (make asan-test)
   MAX_JOBS                parallel compile jobs for ninja
 """
 import os
@@ -55,6 +56,12 @@ define_macros = [("FASTNETS_VERSION", f'"{VERSION}"')]
 # -fno-trapping-math: no FP exception traps are relied on, and it lets GCC vectorize selects
 # between rounded values; results are unchanged (rounding and NaN semantics stay IEEE).
 cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math", "-Wno-psabi"]
+link_flags = ["-fopenmp"]
+# `make asan-test`: AddressSanitizer and UBSan in the CPU kernels (the later -O1 wins over -O3).
+if os.environ.get("FASTNETS_SANITIZE") == "1":
+    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+    cxx_flags += sanitize + ["-O1", "-g"]
+    link_flags += sanitize
 extra_compile_args = {"cxx": cxx_flags}
 if with_cuda:
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
@@ -89,7 +96,7 @@ setup(
             include_dirs=[str(ROOT / "csrc")],
             define_macros=define_macros,
             extra_compile_args=extra_compile_args,
-            extra_link_args=["-fopenmp", *libstdcxx_link_args()],
+            extra_link_args=[*link_flags, *libstdcxx_link_args()],
         )
     ],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
