@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JOBS ?= $(shell nproc)
 
-.PHONY: help venv build test demo bench info gpu-check asan-test clean
+.PHONY: help venv build test demo bench info gpu-check gpu-sanitize asan-test clean
 
 help:
 	@echo "make demo       set up .venv, build, run 'python -m fastnets demo'"
@@ -13,6 +13,7 @@ help:
 	@echo "make bench      benchmarks against the PyTorch references (bench/)"
 	@echo "make info       build information"
 	@echo "make gpu-check  on a GPU machine with its own torch: build, CUDA tests, benchmarks (no .venv)"
+	@echo "make gpu-sanitize  after gpu-check: the CUDA tests under compute-sanitizer memcheck and racecheck"
 	@echo "make asan-test  the CPU tests against a build with AddressSanitizer and UBSan (in build/asan)"
 
 $(STAMP): requirements.txt
@@ -42,6 +43,13 @@ info: build
 # writes the full logs under $$OUT (default: gpu-check-logs/).
 gpu-check:
 	bash bench/gpu_check.sh
+
+# After gpu-check (it builds in place): the CUDA tests under compute-sanitizer, leaving out
+# torch.compile and opcheck (slow under the sanitizer, and they test PyTorch's machinery).
+SANITIZED_TESTS = tests -q -x -p no:cacheprovider -m cuda -k "not compile and not opcheck"
+gpu-sanitize:
+	compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest $(SANITIZED_TESTS)
+	compute-sanitizer --tool racecheck --error-exitcode 1 python3 -m pytest $(SANITIZED_TESTS) -k "conv or max_pool"
 
 # A copy of the tracked tree built CPU-only with the sanitizers, its CPU tests run with the
 # sanitizer runtimes preloaded into python; a report stops the run and is printed. Leak checking
