@@ -154,3 +154,27 @@ def test_dropout_is_its_stream(shape, p, kind, seed):
     grad = values(shape, seed + 1)
     back = torch.ops.fastnets.dropout_backward(layout(grad, kind), seed_offset, p)
     assert torch.equal(back, grad * multiplier)
+
+
+@FUZZ
+@given(shape=st.lists(st.integers(0, 7), min_size=0, max_size=3), wl=st.integers(2, 24), fl=st.integers(-4, 20),
+       symmetric=st.booleans(), scale=st.sampled_from([1e-3, 1.0, 1e3]), kind=st.integers(0, 2),
+       seed=st.integers(0, 2**16))
+def test_stochastic_rounding_is_its_stream(shape, wl, fl, symmetric, scale, kind, seed):
+    """Round up iff the element's Philox word * 2^-32 < the fraction left, then saturate: exact
+    in float64, in row-major order whatever the layout (the in-place op draws the same)."""
+    x = values(shape, seed) * scale
+    scaled = x * 2.0**fl
+    down = torch.floor(scaled)
+
+    def expected(seed_offset):
+        words = frandom.philox_bits(x.shape, *frandom.unpack_seed_offset(seed_offset)).double()
+        code = down + (words < torch.ceil(scaled * 2.0**32) - down * 2.0**32).double()
+        return code.clamp(-(2 ** (wl - 1)) + (1 if symmetric else 0), 2 ** (wl - 1) - 1) * 2.0**-fl
+
+    out, seed_offset = torch.ops.fastnets.fixed_point_quantize(layout(x, kind), wl, fl, "stochastic", True,
+                                                               symmetric, None)
+    assert torch.equal(out, expected(seed_offset))
+    in_place = layout(x.clone(), kind)
+    seed_offset = torch.ops.fastnets.fixed_point_quantize_(in_place, wl, fl, "stochastic", True, symmetric, None)
+    assert torch.equal(in_place, expected(seed_offset))
