@@ -178,3 +178,29 @@ def test_stochastic_rounding_is_its_stream(shape, wl, fl, symmetric, scale, kind
     in_place = layout(x.clone(), kind)
     seed_offset = torch.ops.fastnets.fixed_point_quantize_(in_place, wl, fl, "stochastic", True, symmetric, None)
     assert torch.equal(in_place, expected(seed_offset))
+
+
+@FUZZ
+@given(n=st.integers(1, 3), c=st.integers(1, 20), k=st.integers(1, 20), h=st.integers(1, 13), w=st.integers(1, 19),
+       kernel=st.tuples(st.integers(1, 5), st.integers(1, 5)), stride=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       padding=st.tuples(st.integers(0, 3), st.integers(0, 3)), fused=st.booleans(), kind=st.integers(0, 2),
+       seed=st.integers(0, 2**16))
+def test_float32_convolutions_on_odd_tiles(n, c, k, h, w, kernel, stride, padding, fused, kind, seed):
+    """The float32 kernels (their own SIMD tiles and edges, not float64's) against a float64
+    reference: indexing at a tile's edge would be off by O(1), rounding is within 1e-4."""
+    x, weight, bias = values((n, c, h, w), seed), values((k, c, *kernel), seed + 1), values((k,), seed + 2)
+    out_h, out_w = [(size + 2 * pad - kern) // step + 1 for size, pad, kern, step in
+                    zip((h, w), padding, kernel, stride)]
+    assume(out_h >= 1 and out_w >= 1 and (not fused or (out_h >= 2 and out_w >= 2)))
+
+    def run(conv, pool, t, wt, b):
+        out = conv(t, wt, b, stride, padding)
+        return pool(torch_F.relu(out), 2) if pool else out
+
+    if fused:
+        ours = F.conv_relu_pool2d(layout(x.float(), kind), weight.float(), bias.float(), stride, padding)
+        expected = run(torch_F.conv2d, torch_F.max_pool2d, x, weight, bias)
+    else:
+        ours = F.conv2d(layout(x.float(), kind), weight.float(), bias.float(), stride, padding)
+        expected = run(torch_F.conv2d, None, x, weight, bias)
+    torch.testing.assert_close(ours, expected.float(), rtol=1e-4, atol=1e-4)
