@@ -4,8 +4,6 @@ seed's MNIST CNN conv2 (32 -> 64 channels, 5x5, padding 2, 14x14), N=64 on CPU a
 (shared/ANCHORS.md). CUDA precisions: float32 with TF32 off, TF32 (torch.backends.cudnn.allow_tf32,
 which both follow) and bfloat16. Rates in TFLOP/s of the convolution (forward+backward counts
 three convolutions)."""
-import contextlib
-
 import torch
 import torch.nn.functional as torch_F
 
@@ -17,14 +15,10 @@ BATCH = {"cpu": 64, "cuda": 512}
 PRECISIONS = {"cpu": ["float32"], "cuda": ["float32", "tf32", "bfloat16"]}
 
 
-@contextlib.contextmanager
-def tf32(enabled):
-    before = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = before
+def tf32(enabled: bool):
+    """torch.backends.cudnn.allow_tf32 (on by default), which the CUDA float32 convolutions follow,
+    set for a block and restored after it."""
+    return torch.backends.cudnn.flags(enabled=True, allow_tf32=enabled)
 
 
 def conv2_inputs(device, precision, requires_grad):

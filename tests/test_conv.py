@@ -1,8 +1,6 @@
 """Convolution and the fused Conv-ReLU-Pool layer: values and gradients against
 torch.nn.functional (float64 tight, lower precisions against PyTorch's own error), gradcheck,
 opcheck, torch.compile, threads, errors, the modules and the fusing helper."""
-import contextlib
-
 import pytest
 import torch
 import torch.nn.functional as torch_F
@@ -89,15 +87,10 @@ def test_conv2d_lower_precision_within_pytorch_error(device, dtype, geometry):
         assert_close_to_reference(ours, exact, baseline=theirs)
 
 
-@contextlib.contextmanager
 def tf32(enabled: bool):
-    """torch.backends.cudnn.allow_tf32 (on by default), which the CUDA float32 convolutions follow."""
-    before = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = before
+    """torch.backends.cudnn.allow_tf32 (on by default), which the CUDA float32 convolutions follow,
+    set for a block and restored after it."""
+    return torch.backends.cudnn.flags(enabled=True, allow_tf32=enabled)
 
 
 @cuda_only
