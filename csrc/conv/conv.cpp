@@ -423,7 +423,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
   // Per chunk: the transposed weight gradient [group][q][k] and the bias gradient [channel].
   const int64_t chunks = std::min(g.batch, kWeightGradChunks);
   const int64_t weight_chunk = need_weight ? g.groups * patch * ldk : 0, bias_chunk = need_bias ? g.out_channels : 0;
-  std::vector<acc_t> weight_sums(chunks * weight_chunk, acc_t(0)), bias_sums(chunks * bias_chunk, acc_t(0));
+  std::vector<acc_t> weight_sums(chunks * weight_chunk, acc_t(0));
+  // The bias gradient sums whole planes one term at a time: in double, so that it stays within an
+  // ulp or so of the exact sum (as PyTorch's pairwise sum does) at a cost that the GEMMs dwarf.
+  std::vector<double> bias_sums(chunks * bias_chunk, 0.0);
 
   at::parallel_for(0, chunks, 1, [&](int64_t first_chunk, int64_t last_chunk) {
     std::vector<acc_t> dy(out_channels * ldc, acc_t(0)), dy_t(need_weight ? positions * ldk : 0, acc_t(0));
@@ -434,7 +437,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
     std::vector<acc_t> padded_x(padded_weight_grad ? pf.buffer_size<acc_t>() : 0, acc_t(0));
     for (int64_t chunk = first_chunk; chunk < last_chunk; ++chunk) {
       acc_t* weight_sum = weight_sums.data() + chunk * weight_chunk;
-      acc_t* bias_sum = bias_sums.data() + chunk * bias_chunk;
+      double* bias_sum = bias_sums.data() + chunk * bias_chunk;
       for (int64_t n = g.batch * chunk / chunks; n < g.batch * (chunk + 1) / chunks; ++n) {
         for (int64_t group = 0; group < g.groups; ++group) {
           conv_grad(n, group, dy.data());
@@ -493,8 +496,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
           });
           if (need_bias) {
             for (int64_t k = 0; k < out_channels; ++k) {
-              acc_t sum = acc_t(0);
-              for (int64_t p = 0; p < positions; ++p) sum += dy[k * ldc + p];
+              double sum = 0.0;
+              for (int64_t p = 0; p < positions; ++p) sum += static_cast<double>(dy[k * ldc + p]);
               bias_sum[group * out_channels + k] += sum;
             }
           }
@@ -524,7 +527,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
     grad_bias = at::empty({g.out_channels}, x.options());
     scalar_t* gb = grad_bias.mutable_data_ptr<scalar_t>();
     for (int64_t channel = 0; channel < g.out_channels; ++channel) {
-      acc_t sum = acc_t(0);
+      double sum = 0.0;
       for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += bias_sums[chunk * bias_chunk + channel];
       gb[channel] = static_cast<scalar_t>(sum);
     }
