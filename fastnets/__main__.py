@@ -1,5 +1,6 @@
 """Command line: ``python -m fastnets {info,demo,bench,precision}``."""
 import argparse
+import gc
 import os
 import sys
 from pathlib import Path
@@ -264,6 +265,9 @@ def demo(args: argparse.Namespace) -> int:
         return 0 if report.get("replicas_identical", True) else 1
     finally:
         if args.distributed:
+            # DistributedDataParallel wrappers sit in reference cycles: collected at exit, after the
+            # process group is gone, their reducers can abort the process. Free them first.
+            gc.collect()
             dist.destroy_process_group()
 
 
