@@ -321,3 +321,59 @@ def _conv_relu_pool2d_backward(ctx, grad_output, _grad_argmax):
 
 torch.library.register_autograd("fastnets::conv_relu_pool2d", _conv_relu_pool2d_backward,
                                 setup_context=_conv_relu_pool2d_setup_context)
+
+
+# ---- RBM unit sampling --------------------------------------------------------------------
+
+@torch.library.register_fake("fastnets::rbm_sample")
+def _rbm_sample_fake(input, weight, bias=None, unit="bernoulli", sample=True, generator=None, seed_offset=None):
+    torch._check(input.dim() == 2, lambda: f"input must be 2-D (batch, in_features), got {input.dim()}-D")
+    torch._check(weight.dim() == 2, lambda: f"weight must be 2-D (out_features, in_features), got {weight.dim()}-D")
+    torch._check(weight.shape[1] == input.shape[1],
+                 lambda: f"weight must have in_features = input.size(1) = {input.shape[1]} columns")
+    mean = input.new_empty(input.shape[0], weight.shape[0])
+    samples = input.new_empty(mean.shape if sample else (0,))
+    return mean, samples, input.new_empty(2, dtype=torch.int64)
+
+
+def _rbm_sample_setup_context(ctx, inputs, output):
+    input, weight, bias, unit = inputs[:4]
+    mean, _, _ = output
+    ctx.unit = unit
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(input, weight, mean if unit == "bernoulli" else None)
+
+
+def _rbm_sample_backward(ctx, grad_mean, _grad_sample, _grad_seed_offset):
+    # Only the mean is differentiable (sigmoid(a) or a, a = input @ weight^T + bias); samples are not.
+    input, weight, mean = ctx.saved_tensors
+    grad_total = grad_mean if ctx.unit == "gaussian" else grad_mean * mean * (1 - mean)
+    grad_input = grad_total @ weight if ctx.needs_input_grad[0] else None
+    grad_weight = grad_total.t() @ input if ctx.needs_input_grad[1] else None
+    grad_bias = grad_total.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+torch.library.register_autograd("fastnets::rbm_sample", _rbm_sample_backward, setup_context=_rbm_sample_setup_context)
+
+
+@torch.library.register_fake("fastnets::rbm_sample_units")
+def _rbm_sample_units_fake(total_input, unit="bernoulli", sample=True, generator=None, seed_offset=None):
+    mean = torch.empty_like(total_input, memory_format=torch.contiguous_format)
+    samples = torch.empty_like(mean) if sample else total_input.new_empty(0)
+    return mean, samples, total_input.new_empty(2, dtype=torch.int64)
+
+
+def _rbm_sample_units_setup_context(ctx, inputs, output):
+    ctx.unit = inputs[1]
+    ctx.save_for_backward(output[0] if ctx.unit == "bernoulli" else None)
+
+
+def _rbm_sample_units_backward(ctx, grad_mean, _grad_sample, _grad_seed_offset):
+    (mean,) = ctx.saved_tensors
+    grad_total = grad_mean if ctx.unit == "gaussian" else grad_mean * mean * (1 - mean)
+    return grad_total, None, None, None, None
+
+
+torch.library.register_autograd("fastnets::rbm_sample_units", _rbm_sample_units_backward,
+                                setup_context=_rbm_sample_units_setup_context)

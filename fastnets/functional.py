@@ -1,5 +1,5 @@
 """Functional API: the ops with ``torch.nn.functional``'s argument names, checks and defaults."""
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -267,3 +267,62 @@ def conv_relu_pool2d(
     pool_strides = kernel if pool_stride is None else _pair(pool_stride, "pool_stride")
     output, _ = ops.conv_relu_pool2d(x, weight, bias, strides, pads, dilations, groups, kernel, pool_strides)
     return output if batched else output.squeeze(0)
+
+
+def rbm_sample(
+    input: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    unit: str = "bernoulli",
+    sample: bool = True,
+    generator: Optional[torch.Generator] = None,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """One layer of RBM units given the states of the other layer: their means and a sample.
+
+    The total input ``a = input @ weight.T + bias`` (as :func:`torch.nn.functional.linear`, one
+    GEMM) is followed by one fused pass that writes the means, ``sigmoid(a)`` for ``"bernoulli"``
+    units or ``a`` for ``"gaussian"`` units (unit variance), and draws every unit from the Philox
+    stream: ``1.0`` iff ``u < mean`` for Bernoulli units, ``a + z`` with ``z ~ N(0, 1)`` (Box-Muller)
+    for Gaussian ones. For an RBM with weights ``W`` of shape (hidden, visible): hidden given
+    visible is ``rbm_sample(v, W, b_hidden)``, visible given hidden ``rbm_sample(h, W.t(), b_visible)``
+    (a transposed view; nothing is copied).
+
+    Args:
+        input: (batch, in_features) or (in_features,), float32, float64, float16 or bfloat16.
+        weight: (out_features, in_features), same dtype and device.
+        bias: (out_features,) or None.
+        unit: ``"bernoulli"`` or ``"gaussian"``.
+        sample: draw samples; if false only the means are computed (no random numbers drawn).
+        generator: a ``torch.Generator`` on the input's device; default: torch's default one.
+
+    Returns:
+        ``(mean, sample)``, both (batch, out_features) (or (out_features,)) in input's dtype;
+        ``sample`` is None when ``sample`` is false. Gradients flow through ``mean`` only.
+
+    Element ``i`` (row-major) of a Bernoulli sample is ``fastnets.random.uniform`` word ``i`` of
+    the call's stream ``< mean[i]`` (float32 uniforms for float32/float16/bfloat16, float64 for
+    float64): see :func:`fastnets.random.rbm_bernoulli` and :func:`fastnets.random.rbm_normal`.
+    """
+    if unit not in ("bernoulli", "gaussian"):
+        raise ValueError(f'unit must be "bernoulli" or "gaussian", got {unit!r}')
+    batched = input.dim() != 1
+    mean, samples, _ = ops.rbm_sample(input if batched else input.unsqueeze(0), weight, bias, unit, sample, generator)
+    if not batched:
+        mean, samples = mean.squeeze(0), samples.squeeze(0) if sample else samples
+    return mean, samples if sample else None
+
+
+def rbm_sample_units(
+    total_input: Tensor, unit: str = "bernoulli", sample: bool = True, generator: Optional[torch.Generator] = None
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """:func:`rbm_sample` for units whose total input is already known (any shape): the fused pass
+    alone (means and samples, the same stream contract), without the GEMM.
+
+    Returns:
+        ``(mean, sample)`` of ``total_input``'s shape and dtype (contiguous); ``sample`` is None
+        when ``sample`` is false. Gradients flow through ``mean`` only.
+    """
+    if unit not in ("bernoulli", "gaussian"):
+        raise ValueError(f'unit must be "bernoulli" or "gaussian", got {unit!r}')
+    mean, samples, _ = ops.rbm_sample_units(total_input, unit, sample, generator)
+    return mean, samples if sample else None

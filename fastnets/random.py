@@ -77,4 +77,40 @@ def dropout_mask(
     return uniform(shape, seed, offset, torch.float64, device) >= p
 
 
-__all__ = ["seed_offset_tensor", "unpack_seed_offset", "philox_bits", "uniform", "dropout_mask"]
+def rbm_bernoulli(mean: Tensor, seed: int, offset: int) -> Tensor:
+    """The Bernoulli sample an ``rbm_sample`` call with stream (seed, offset) draws from the means it
+    returned: ``1.0`` where ``uniform < mean``, in ``mean``'s dtype (float32 uniforms for float32,
+    float16 and bfloat16 means, float64 for float64). Exactly equal to the op's sample."""
+    dtype = torch.float64 if mean.dtype == torch.float64 else torch.float32
+    u = uniform(mean.shape, seed, offset, dtype, mean.device)
+    return (u < mean.to(dtype)).to(mean.dtype)
+
+
+def rbm_normal(
+    shape: Sequence[int],
+    seed: int,
+    offset: int,
+    dtype: torch.dtype = torch.float64,
+    device: Union[str, torch.device, None] = None,
+) -> Tensor:
+    """The N(0, 1) noise of a Gaussian ``rbm_sample`` call with stream (seed, offset), computed in
+    float64: ``sqrt(-2 ln u1) cos(2 pi u2)``, u1 = 1 - uniform from word ``i`` (never 0), u2 = uniform from
+    word ``4 ceil(n / 4) + i``; ``dtype`` float64 takes 32-bit uniforms (a float64 call), float32 the
+    24-bit ones of float32, float16 and bfloat16 calls. The kernel evaluates ln and cos by its own
+    polynomials (the same on CPU and CUDA) in its dtype, so this agrees to rounding, not bit for bit."""
+    if dtype not in (torch.float64, torch.float32):
+        raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
+    shape = tuple(int(s) for s in shape)
+    n = _numel(shape)
+    second = 4 * ((n + 3) // 4)
+    words = ops.philox_bits(seed_offset_tensor(seed, offset, device), second + n)
+    step = 2.0**-32
+    if dtype == torch.float32:
+        words, step = words >> 8, 2.0**-24
+    words = words.to(torch.float64)
+    u1 = 1 - words[:n] * step
+    u2 = words[second:] * step
+    return (torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * torch.pi * u2)).reshape(shape)
+
+__all__ = ["seed_offset_tensor", "unpack_seed_offset", "philox_bits", "uniform", "dropout_mask", "rbm_bernoulli",
+           "rbm_normal"]

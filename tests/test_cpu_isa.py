@@ -37,6 +37,9 @@ results["conv"] += [t for kernel, stride in ((3, 2), ((2, 3), (3, 1)), (1, 1))
                                                   list(fastnets.functional._pair(kernel, "k")),
                                                   list(fastnets.functional._pair(stride, "s")))]
 results["conv"] += [leaf.grad for leaf in leaves]
+states, weight = torch.randn(61, 37) * 2, torch.randn(53, 37)
+results["rbm"] = [t for dtype in (torch.float32, torch.float64, torch.bfloat16) for unit in ("bernoulli", "gaussian")
+                  for t in ops.rbm_sample(states.to(dtype), weight.to(dtype), None, unit, generator=g())[:2]]
 torch.save(results, sys.argv[1])
 """
 
