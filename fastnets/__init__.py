@@ -14,9 +14,9 @@ import torch  # noqa: F401  (the extension links against torch's libraries)
 
 from fastnets import _C  # noqa: F401  (registers torch.ops.fastnets.*)
 from fastnets import _ops  # noqa: F401  (fake impls and autograd)
-from fastnets import functional, nn, quant, random
+from fastnets import functional, nn, quant, random, rbm
 
-__all__ = ["functional", "nn", "quant", "random", "build_info", "__version__"]
+__all__ = ["functional", "nn", "quant", "random", "rbm", "build_info", "__version__"]
 
 
 def build_info() -> dict:

@@ -4,6 +4,7 @@ from fastnets.nn.dropout import Dropout
 from fastnets.nn.fixed_point import FixedPointQuantizer
 from fastnets.nn.maxout import Maxout, MaxoutLinear
 from fastnets.nn.pooling import MaxPool2d
+from fastnets.nn.rbm import DBN, RBM
 
 __all__ = ["Conv2d", "ConvReLUPool2d", "fuse_conv_relu_pool", "Dropout", "FixedPointQuantizer", "Maxout",
-           "MaxoutLinear", "MaxPool2d"]
+           "MaxoutLinear", "MaxPool2d", "RBM", "DBN"]
