@@ -134,8 +134,10 @@ class RBM(nn.Module):
         if v.dim() == 1:
             v = v.unsqueeze(0)
         with torch.no_grad():
-            if self.visible == "bernoulli" and v.numel() > 0 and not bool(((v >= 0) & (v <= 1)).all()):
-                raise ValueError("v must lie in [0, 1] for Bernoulli visible units (binary data or probabilities)")
+            if self.visible == "bernoulli" and v.numel() > 0 and not _capturing(v):
+                low, high = torch.aminmax(v)
+                if not (low >= 0 and high <= 1):
+                    raise ValueError("v must lie in [0, 1] for Bernoulli visible units (binary data or probabilities)")
             positive_h, data_h = self.sample_h(v, generator=generator)
             h = data_h
             if persistent:
@@ -143,7 +145,8 @@ class RBM(nn.Module):
                     self.chain = v.clone()
                 h = self.sample_h(self.chain, generator=generator)[1]
             for step in range(k):
-                mean_v, sampled_v = self.sample_v(h, generator=generator)
+                # CD's last visible states are used as means only: no samples drawn for them
+                mean_v, sampled_v = self.sample_v(h, persistent or step < k - 1, generator)
                 if step < k - 1:
                     h = self.sample_h(sampled_v, generator=generator)[1]
             if persistent:
@@ -169,6 +172,11 @@ class RBM(nn.Module):
         """``log p(v) = -F(v) - log Z`` in nats (batch,), float64, given ``log Z`` (exact or from AIS)."""
         with torch.no_grad():
             return -self.free_energy(v).to(torch.float64) - torch.as_tensor(log_z, dtype=torch.float64)
+
+
+def _capturing(t: Tensor) -> bool:
+    """Whether a CUDA graph is being captured on t's device (a data check would synchronize)."""
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def _check_steps(k: int) -> None:
