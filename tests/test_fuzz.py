@@ -204,3 +204,29 @@ def test_float32_convolutions_on_odd_tiles(n, c, k, h, w, kernel, stride, paddin
         ours = F.conv2d(layout(x.float(), kind), weight.float(), bias.float(), stride, padding)
         expected = run(torch_F.conv2d, None, x, weight, bias)
     torch.testing.assert_close(ours, expected.float(), rtol=1e-4, atol=1e-4)
+
+
+@FUZZ
+@given(batch=st.integers(0, 9), n_in=st.integers(0, 40), n_out=st.integers(0, 40), bias=st.booleans(),
+       unit=st.sampled_from(["bernoulli", "gaussian"]), scale=st.sampled_from([0.1, 1.0, 10.0, 100.0]),
+       kind=st.integers(0, 2), seed=st.integers(0, 2**31 - 1))
+def test_rbm_sample_means_and_stream(batch, n_in, n_out, bias, unit, scale, kind, seed):
+    x, w = values((batch, n_in), seed) * scale, values((n_out, n_in), seed + 1)
+    b = values((n_out,), seed + 2) if bias else None
+    tensors = [x, w] + ([b] if bias else [])
+
+    def ours(x, w, b=None):
+        return F.rbm_sample(x, w, b, unit, sample=False)[0]
+
+    def reference(x, w, b=None):
+        total = torch_F.linear(x, w, b)
+        return torch.sigmoid(total) if unit == "bernoulli" else total
+
+    same_results(ours, reference, tensors, kind)
+    # the samples: Bernoulli exactly from the stream, Gaussian to rounding
+    mean, sample, seed_offset = torch.ops.fastnets.rbm_sample(layout(x, kind), w, b, unit)
+    stream = frandom.unpack_seed_offset(seed_offset)
+    if unit == "bernoulli":
+        assert torch.equal(sample, frandom.rbm_bernoulli(mean, *stream))
+    else:
+        torch.testing.assert_close(sample, mean + frandom.rbm_normal(mean.shape, *stream), rtol=1e-13, atol=1e-13)

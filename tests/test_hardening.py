@@ -51,6 +51,17 @@ OPS = {
                   [(3, 6, 5, 4)], ["input"], bad_ranks=()),
     "fixed_point_quantize": Op(lambda x: F.fixed_point_quantize(x, 8, 4, "nearest"), fixed_point_reference,
                                [(3, 6, 5, 4)], ["input"], bad_ranks=(), differentiable=False),
+    "rbm_sample": Op(lambda x, w, b: F.rbm_sample(x, w, b, sample=False)[0],
+                     lambda x, w, b: torch.sigmoid(torch_F.linear(x, w, b)), [(5, 7), (4, 7), (4,)],
+                     ["input", "weight", "bias"], bad_ranks=(0, 3)),
+    # Samples from one stream (an explicit generator): the reference is the same call on contiguous copies.
+    "rbm_sample (samples)": Op(
+        lambda x, w, b: F.rbm_sample(x, w, b, "gaussian", generator=torch.Generator(x.device.type).manual_seed(5))[1],
+        lambda x, w, b: F.rbm_sample(x.contiguous(), w.contiguous(), b, "gaussian",
+                                     generator=torch.Generator(x.device.type).manual_seed(5))[1],
+        [(5, 7), (4, 7), (4,)], ["input", "weight", "bias"], bad_ranks=(0, 3), differentiable=False),
+    "rbm_sample_units": Op(lambda a: F.rbm_sample_units(a, sample=False)[0], torch.sigmoid, [(3, 6, 5, 4)],
+                           ["total_input"], bad_ranks=()),
 }
 
 
@@ -108,7 +119,7 @@ def test_an_empty_batch_gives_an_empty_result(name, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("grad_of", [0, 1, 2])
-@pytest.mark.parametrize("name", ["conv2d", "conv_relu_pool2d"])
+@pytest.mark.parametrize("name", ["conv2d", "conv_relu_pool2d", "rbm_sample"])
 def test_any_one_argument_requiring_grad(name, grad_of, device):
     op = OPS[name]
     tensors = make(op, device)
