@@ -208,7 +208,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     from fastnets.models import MODELS
 
     parser.add_argument("--model", choices=list(MODELS), default="cnn",
-                        help="the TensorFlow tutorial's MNIST CNN (default), softmax regression, LeNet-5, maxout")
+                        help="the TensorFlow tutorial's MNIST CNN (default), softmax regression, LeNet-5, maxout, "
+                             "a DBN classifier (784-500-500 RBMs pre-trained with CD-1, then fine-tuned)")
+    parser.add_argument("--pretrain-epochs", type=int, default=5, help="DBN: CD-1 epochs per layer (default 5)")
     parser.add_argument("--epochs", type=int, default=2, help="default 2")
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam's learning rate (default 1e-4, as the tutorial)")
     parser.add_argument("--batch-size", type=int, default=50, help="default 50 (split across processes)")
@@ -235,7 +237,7 @@ def demo(args: argparse.Namespace) -> int:
     if device.startswith("cuda") and not torch.cuda.is_available():
         print("--device cuda: no CUDA device here", file=sys.stderr)
         return 2
-    for name in ("epochs", "batch_size"):
+    for name in ("epochs", "batch_size", "pretrain_epochs"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     world = int(os.environ.get("WORLD_SIZE", 1)) if args.distributed else 1
@@ -256,7 +258,8 @@ def demo(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         out_dir = args.out or Path(os.environ.get("OUT") or "demo-results")
         report = job.compare_builds(args.model, data, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                                    seed=args.seed, out_dir=out_dir, progress=first)
+                                    seed=args.seed, out_dir=out_dir, progress=first,
+                                    pretrain_epochs=args.pretrain_epochs)
         if first:
             print(f"report: {job.save_report(report, out_dir / 'demo.json')}", file=sys.stderr)
             print(job.table(report))

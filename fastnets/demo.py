@@ -38,6 +38,8 @@ class Run:
     saved_bytes: int = 0
     peak_cuda_bytes: Optional[int] = None
     parameter_digest: str = ""
+    pretrain_seconds: Optional[float] = None  # the DBN's greedy RBM pre-training
+    pretrain_errors: Optional[List[float]] = None
 
 
 def saved_for_backward_bytes(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> int:
@@ -111,19 +113,34 @@ def train(model: nn.Module, build: str, data: Digits, *, epochs: int, lr: float,
 
 
 def compare_builds(model_name: str, data: Digits, *, epochs: int = 2, lr: float = 1e-4, batch_size: int = 50,
-                   seed: int = 0, out_dir: Optional[Path] = None, progress: bool = True) -> dict:
+                   seed: int = 0, out_dir: Optional[Path] = None, progress: bool = True,
+                   pretrain_epochs: int = 5) -> dict:
     """Trains the fastnets and the torch.nn build of ``model_name`` from the same initial weights
-    and returns a report (runs, checkpoint checks); rank 0 saves the checkpoints in ``out_dir``."""
+    and returns a report (runs, checkpoint checks); rank 0 saves the checkpoints in ``out_dir``.
+    The DBN classifier is first pre-trained greedily (``pretrain_epochs`` of CD-1 per layer) with
+    each build's RBMs, from the same initial RBM weights; every rank pre-trains alike."""
     device = data.train_images.device
     torch.manual_seed(seed)
     reference = models.build(model_name, "torch").to(device)
     ours = models.build(model_name, "fastnets").to(device)
     ours.load_state_dict(reference.state_dict())  # the same initial weights
+    pretrained = {}
+    if model_name == "dbn":
+        for model, layers, build in ((ours, "fastnets", "fastnets"), (reference, "torch", "torch.nn")):
+            generator = torch.Generator(device).manual_seed(seed)
+            pretrained[build] = models.pretrain_dbn(model, layers, data.train_images, epochs=pretrain_epochs,
+                                                    seed=seed, generator=generator)
     bar = Progress(2 * epochs, enabled=progress)
     runs = [train(model, build, data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=bar)
             for model, build in ((ours, "fastnets"), (reference, "torch.nn"))]
+    for run in runs:
+        if run.build in pretrained:
+            run.pretrain_seconds = pretrained[run.build]["seconds"]
+            run.pretrain_errors = pretrained[run.build]["reconstruction_errors"]
     report = {"model": model_name, "device": str(device), "data": data.source, "epochs": epochs, "lr": lr,
               "batch_size": batch_size, "seed": seed, "runs": [asdict(run) for run in runs]}
+    if pretrained:
+        report["pretrain_epochs"] = pretrain_epochs
     distributed = dist.is_available() and dist.is_initialized()
     if distributed:
         digests = [None] * dist.get_world_size()
@@ -164,6 +181,12 @@ def table(report: dict) -> str:
         peak = f"{run['peak_cuda_bytes'] / 2**20:.0f}" if run["peak_cuda_bytes"] is not None else "-"
         lines.append(f"| {run['build']} | {run['test_accuracy'][-1]:.2f} | {seconds:.2f} | {baseline / seconds:.2f}x "
                      f"| {run['saved_bytes'] / 2**20:.1f} | {peak} |")
+    if runs[0].get("pretrain_seconds") is not None:
+        errors = lambda run: ", ".join(f"{e:.2f}" for e in run["pretrain_errors"])  # noqa: E731
+        lines.append(f"\nDBN pre-training, {report['pretrain_epochs']} epochs of CD-1 per layer: fastnets "
+                     f"{runs[0]['pretrain_seconds']:.2f} s, torch.nn {runs[1]['pretrain_seconds']:.2f} s "
+                     f"({runs[1]['pretrain_seconds'] / runs[0]['pretrain_seconds']:.2f}x); reconstruction errors "
+                     f"per layer: fastnets {errors(runs[0])}, torch.nn {errors(runs[1])}")
     checks = report.get("checkpoints")
     if checks:
         lines.append(f"\ncheckpoint: fastnets build {checks['fastnets_trained']:.2f}% -> saved and reloaded "

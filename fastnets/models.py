@@ -2,9 +2,16 @@
 10 classes), each buildable from fastnets layers or from the equivalent torch.nn layers with the
 same parameters and state_dict keys, so that the two builds can be compared and share
 checkpoints."""
+import copy
+import time
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as torch_F
 from torch import nn
 
 import fastnets.nn as fnn
+from fastnets.nn.rbm import pretrain_greedily
 
 LAYER_SETS = ("fastnets", "torch")
 
@@ -83,7 +90,88 @@ def mnist_cnn(layers: str = "fastnets", dropout: float = 0.5) -> nn.Sequential:
     return fnn.fuse_conv_relu_pool(model) if layers == "fastnets" else model
 
 
-MODELS = {"softmax": softmax_regression, "cnn": mnist_cnn, "lenet5": lenet5, "maxout": maxout_mlp}
+class TorchRBM(nn.Module):
+    """torch.nn's RBM for the comparison: fastnets.nn.RBM's parameters and contrastive divergence
+    (Bernoulli units, CD-k) in plain PyTorch, ``torch.bernoulli(torch.sigmoid(F.linear(...)))``."""
+
+    def __init__(self, n_visible: int, n_hidden: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_hidden, n_visible))
+        self.visible_bias = nn.Parameter(torch.zeros(n_visible))
+        self.hidden_bias = nn.Parameter(torch.zeros(n_hidden))
+
+    def forward(self, v):
+        return torch.sigmoid(torch_F.linear(v, self.weight, self.hidden_bias))
+
+    def contrastive_divergence(self, v, k: int = 1, persistent: bool = False, generator=None):
+        if persistent:
+            raise ValueError("TorchRBM has no persistent chains")
+        with torch.no_grad():
+            w, b = self.weight, self.visible_bias
+            positive_h = self(v)
+            h = torch.bernoulli(positive_h, generator=generator)
+            for step in range(k):
+                mean_v = torch.sigmoid(torch_F.linear(h, w.t(), b))
+                if step < k - 1:
+                    h = torch.bernoulli(self(torch.bernoulli(mean_v, generator=generator)), generator=generator)
+            negative_h = self(mean_v)
+            n = v.shape[0]
+            for parameter, grad in ((self.weight, (negative_h.t() @ mean_v - positive_h.t() @ v) / n),
+                                    (self.visible_bias, (mean_v.sum(0) - v.sum(0)) / n),
+                                    (self.hidden_bias, (negative_h.sum(0) - positive_h.sum(0)) / n)):
+                parameter.grad = grad if parameter.grad is None else parameter.grad + grad
+            return ((v - mean_v) ** 2).sum(1).mean()
+
+
+DBN_SIZES = (784, 500, 500)
+
+
+def dbn_classifier(layers: str = "fastnets", sizes: Sequence[int] = DBN_SIZES) -> nn.Sequential:
+    """A DBN classifier (Hinton et al. 2006): the network its stacked RBMs unroll into, Linear +
+    Sigmoid per RBM (784-500-500 by default), then fc -> 10, fine-tuned with backprop. The two
+    builds have the same layers: they differ in pre-training (:func:`pretrain_dbn`)."""
+    _check_layers(layers)
+    body: List[nn.Module] = [nn.Flatten()]
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        body += [nn.Linear(n_in, n_out), nn.Sigmoid()]
+    return nn.Sequential(*body, nn.Linear(sizes[-1], 10))
+
+
+def pretrain_dbn(model: nn.Sequential, layers: str, images: torch.Tensor, *, epochs: int = 5, batch_size: int = 64,
+                 lr: float = 0.1, seed: int = 0, generator: Optional[torch.Generator] = None) -> dict:
+    """Greedy CD-1 pre-training of a :func:`dbn_classifier`'s hidden layers on ``images`` with
+    fastnets.nn.RBM (``layers="fastnets"``) or :class:`TorchRBM` (``"torch"``), from the same
+    initial RBM weights for a given ``seed`` (N(0, 0.01^2)); the trained weights and hidden biases
+    are copied into the model's Linear layers. Returns the seconds taken and each layer's
+    reconstruction error over its last epoch."""
+    _check_layers(layers)
+    linears = [m for m in model if isinstance(m, nn.Linear)][:-1]
+    init = torch.Generator().manual_seed(seed)
+    rbms = []
+    for linear in linears:
+        rbm = (fnn.RBM if layers == "fastnets" else TorchRBM)(linear.in_features, linear.out_features)
+        with torch.no_grad():
+            rbm.weight.copy_(torch.randn(rbm.weight.shape, generator=init) * 0.01)
+        rbms.append(rbm.to(images.device))
+    # Warm-up on copies and one batch: a process's first optimizer step alone takes about a second.
+    pretrain_greedily(copy.deepcopy(rbms), images[:batch_size].flatten(1), epochs=1, batch_size=batch_size, lr=lr)
+    if images.is_cuda:
+        torch.cuda.synchronize(images.device)
+    start = time.perf_counter()
+    errors = pretrain_greedily(rbms, images.flatten(1), epochs=epochs, batch_size=batch_size, lr=lr,
+                               generator=generator)
+    if images.is_cuda:
+        torch.cuda.synchronize(images.device)
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        for rbm, linear in zip(rbms, linears):
+            linear.weight.copy_(rbm.weight)
+            linear.bias.copy_(rbm.hidden_bias)
+    return {"seconds": seconds, "reconstruction_errors": errors}
+
+
+MODELS = {"softmax": softmax_regression, "cnn": mnist_cnn, "lenet5": lenet5, "maxout": maxout_mlp,
+          "dbn": dbn_classifier}
 
 
 def build(name: str, layers: str = "fastnets") -> nn.Sequential:
@@ -93,4 +181,5 @@ def build(name: str, layers: str = "fastnets") -> nn.Sequential:
     return MODELS[name](layers)
 
 
-__all__ = ["MODELS", "build", "softmax_regression", "mnist_cnn", "lenet5", "maxout_mlp", "gupta_mlp", "TorchMaxout"]
+__all__ = ["MODELS", "build", "softmax_regression", "mnist_cnn", "lenet5", "maxout_mlp", "gupta_mlp", "TorchMaxout",
+           "dbn_classifier", "pretrain_dbn", "TorchRBM", "DBN_SIZES"]

@@ -62,6 +62,43 @@ def test_short_training_beats_chance_and_checkpoints_load_across_builds(digits, 
     assert "| fastnets |" in text and "| torch.nn |" in text and "torch.nn checkpoint loaded" in text
 
 
+def test_dbn_pretrains_with_each_builds_rbms_then_fine_tunes(digits):
+    report = demo.compare_builds("dbn", digits, epochs=1, lr=1e-3, progress=False, pretrain_epochs=1)
+    fastnets_run, torch_run = report["runs"]
+    for run in report["runs"]:
+        assert run["pretrain_seconds"] > 0 and len(run["pretrain_errors"]) == 2
+        assert run["test_accuracy"][-1] > 75  # chance: 10%
+    # the same initial RBM weights, statistically equivalent sampling: close reconstruction errors
+    for ours, theirs in zip(fastnets_run["pretrain_errors"], torch_run["pretrain_errors"]):
+        assert abs(ours - theirs) < 0.05 * theirs
+    assert "DBN pre-training, 1 epochs of CD-1 per layer" in demo.table(report)
+
+
+def test_torch_rbm_matches_fastnets_rbm_given_the_same_samples(monkeypatch):
+    # TorchRBM's CD-1 from the hidden sample fastnets drew equals fastnets.nn.RBM's gradients.
+    torch.manual_seed(0)
+    ours, theirs = fastnets_rbm(), models.TorchRBM(20, 8).double()
+    theirs.load_state_dict(ours.state_dict())
+    v = torch.bernoulli(torch.full((16, 20), 0.3, dtype=torch.float64))
+    ours.contrastive_divergence(v, generator=torch.Generator().manual_seed(1))
+    h = ours.sample_h(v, generator=torch.Generator().manual_seed(1))[1]
+    monkeypatch.setattr(torch, "bernoulli", lambda p, generator=None: h)
+    theirs.contrastive_divergence(v)
+    for mine, reference in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(mine.grad, reference.grad)
+
+
+def fastnets_rbm():
+    import fastnets
+
+    rbm = fastnets.nn.RBM(20, 8, dtype=torch.float64)
+    with torch.no_grad():
+        rbm.weight.normal_(0, 0.5)
+        rbm.hidden_bias.normal_(0, 0.5)
+        rbm.visible_bias.normal_(0, 0.5)
+    return rbm
+
+
 def test_saved_for_backward_counts_the_batch_not_the_data_set(digits):
     torch.manual_seed(0)
     saved = demo.saved_for_backward_bytes(models.softmax_regression(), digits.train_images[:50],

@@ -191,6 +191,42 @@ def _accumulate(parameter: nn.Parameter, grad: Tensor) -> None:
         parameter.grad.add_(grad)
 
 
+def pretrain_greedily(rbms: Sequence[nn.Module], data: Tensor, epochs: int = 5, batch_size: int = 64,
+                      lr: float = 0.1, momentum: float = 0.5, weight_decay: float = 2e-4, k: int = 1,
+                      persistent: bool = False, generator: Optional[torch.Generator] = None,
+                      progress=None) -> List[float]:
+    """Trains ``rbms`` (modules with ``weight``, ``visible_bias``, ``hidden_bias``,
+    ``contrastive_divergence`` and a forward that gives the hidden probabilities) one after the
+    other, each on the hidden probabilities of the one below, by SGD; see :meth:`DBN.pretrain`."""
+    _check_steps(k)
+    errors = []
+    inputs = data
+    for layer, rbm in enumerate(rbms):
+        optimizer = torch.optim.SGD(
+            [{"params": [rbm.weight], "weight_decay": weight_decay},
+             {"params": [rbm.visible_bias, rbm.hidden_bias], "weight_decay": 0.0}],
+            lr=lr, momentum=momentum)
+        error = math.nan
+        for epoch in range(epochs):
+            permutation_device = generator.device if generator is not None else "cpu"
+            order = torch.randperm(inputs.shape[0], generator=generator, device=permutation_device)
+            order = order.to(inputs.device)
+            total, batches = 0.0, 0
+            for start in range(0, inputs.shape[0], batch_size):
+                optimizer.zero_grad(set_to_none=True)
+                batch = inputs[order[start:start + batch_size]]
+                total += float(rbm.contrastive_divergence(batch, k, persistent, generator))
+                optimizer.step()
+                batches += 1
+            error = total / max(batches, 1)
+            if progress is not None:
+                progress(layer, epoch, error)
+        errors.append(error)
+        with torch.no_grad():
+            inputs = torch.cat([rbm(inputs[i:i + 4096]) for i in range(0, inputs.shape[0], 4096)])
+    return errors
+
+
 class DBN(nn.Module):
     """A deep belief network (Hinton et al. 2006): RBMs stacked and pre-trained greedily, layer by
     layer, each on the hidden probabilities of the one below; then unrolled into an
@@ -226,32 +262,10 @@ class DBN(nn.Module):
         """Greedy layer-wise pre-training with CD-k (or PCD-k) and SGD with momentum; weight decay
         on the weights only. ``data`` (N, sizes[0]); returns each layer's reconstruction error over
         its last epoch. ``progress(layer, epoch, error)`` is called after every epoch if given."""
-        _check_steps(k)
         if data.dim() != 2 or data.shape[1] != self.sizes[0]:
             raise ValueError(f"data must have shape (N, {self.sizes[0]}), got {tuple(data.shape)}")
-        errors = []
-        inputs = data
-        for layer, rbm in enumerate(self.rbms):
-            optimizer = torch.optim.SGD(
-                [{"params": [rbm.weight], "weight_decay": weight_decay},
-                 {"params": [rbm.visible_bias, rbm.hidden_bias], "weight_decay": 0.0}],
-                lr=lr, momentum=momentum)
-            for epoch in range(epochs):
-                order = torch.randperm(inputs.shape[0], generator=generator).to(inputs.device)
-                total, batches = 0.0, 0
-                for start in range(0, inputs.shape[0], batch_size):
-                    optimizer.zero_grad(set_to_none=True)
-                    batch = inputs[order[start:start + batch_size]]
-                    total += float(rbm.contrastive_divergence(batch, k, persistent, generator))
-                    optimizer.step()
-                    batches += 1
-                error = total / max(batches, 1)
-                if progress is not None:
-                    progress(layer, epoch, error)
-            errors.append(error if epochs > 0 else math.nan)
-            with torch.no_grad():
-                inputs = torch.cat([rbm(inputs[i:i + 4096]) for i in range(0, inputs.shape[0], 4096)])
-        return errors
+        return pretrain_greedily(self.rbms, data, epochs, batch_size, lr, momentum, weight_decay, k, persistent,
+                                 generator, progress)
 
     def to_sequential(self, num_classes: Optional[int] = None) -> nn.Sequential:
         """``Linear(sizes[i], sizes[i+1]) + Sigmoid`` per RBM, holding copies of its weight and hidden
