@@ -236,8 +236,11 @@ def test_quick_suite_end_to_end(tmp_path):
     elapsed = time.perf_counter() - start
     assert done.returncode == 0, done.stderr[-2000:]
     rows = benchmark.load_results(tmp_path / "run.json")
-    assert {row["op"].split(" ")[0] for row in rows} == {"conv2d", "conv2d+relu+max_pool2d", "dropout",
-                                                         "fixed_point_quantize", "max_pool2d", "maxout"}
+    every_suite = {case.op.split(" ")[0] for case in benchmark.select_cases(benchmark.load_suites(REPO / "bench"),
+                                                                              ["cpu"])}
+    assert {"conv2d", "conv2d+relu+max_pool2d", "dropout", "fixed_point_quantize", "max_pool2d", "maxout",
+            "rbm"} <= every_suite
+    assert {row["op"].split(" ")[0] for row in rows} == every_suite
     assert all(row["median_ms"] > 0 for row in rows)
     assert (tmp_path / "bench-results" / "baselines" / "base.json").is_file()
     assert "| dropout | 16Mi | forward | cpu | float32 | torch |" in done.stdout
