@@ -14,95 +14,20 @@
 // The Bernoulli test compares u with the mean as returned (rounded to the output dtype), so a
 // reference built from fastnets.random reproduces the samples from the returned means exactly.
 //
-// exp, log and cos are written here with explicit fma and the correctly rounded +, -, *, / and
-// sqrt only, and no product is added outside an fma (except exact products by powers of two),
-// so neither libm nor a compiler's contraction of a * b + c can change a bit: CPU and CUDA
-// compute the same means and samples from the same total input (and the CPU loops vectorize).
+// log and cos are written here, like exp and sigmoid (common/fma_math.h), with explicit fma and
+// the correctly rounded +, -, *, / and sqrt only, and no product is added outside an fma (except
+// exact products by powers of two), so neither libm nor a compiler's contraction of a * b + c can
+// change a bit: CPU and CUDA compute the same means and samples from the same total input (and
+// the CPU loops vectorize).
 #include <math.h>
 
 #include <cstdint>
 #include <cstring>
 
+#include "common/fma_math.h"
 #include "common/macros.h"
 
 namespace fastnets {
-
-// The bits of a value as another type of the same size (memcpy: defined behaviour, and free).
-template <typename To, typename From>
-FASTNETS_HOST_DEVICE To bits_as(From value) {
-  static_assert(sizeof(To) == sizeof(From), "bits_as needs types of one size");
-  To result;
-  memcpy(&result, &value, sizeof result);
-  return result;
-}
-
-// e^x for finite x in [-88, 89] (float) / [-40, 710] (double): x = n ln2 + r, |r| <= ln2 / 2
-// (Cody-Waite: ln2 in two parts), e^r by its Taylor polynomial, times 2^n as two halves, because
-// 2^n alone may not be a normal number. Above ~88.7 (709.8) the product overflows to inf.
-FASTNETS_HOST_DEVICE float rbm_exp(float x) {
-  const float shift = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float n = fmaf(x, 1.44269504f, shift) - shift;
-  float r = fmaf(n, -0.693359375f, x);
-  r = fmaf(n, 2.12194440e-4f, r);
-  float p = 1.0f / 5040;
-  p = fmaf(p, r, 1.0f / 720);
-  p = fmaf(p, r, 1.0f / 120);
-  p = fmaf(p, r, 1.0f / 24);
-  p = fmaf(p, r, 1.0f / 6);
-  p = fmaf(p, r, 0.5f);
-  p = fmaf(p, r, 1.0f);
-  p = fmaf(p, r, 1.0f);
-  const int32_t k = static_cast<int32_t>(n);
-  const int32_t half = k / 2;
-  return p * bits_as<float>(static_cast<uint32_t>(half + 127) << 23) *
-         bits_as<float>(static_cast<uint32_t>(k - half + 127) << 23);
-}
-
-FASTNETS_HOST_DEVICE double rbm_exp(double x) {
-  const double shift = 6755399441055744.0;  // 1.5 * 2^52
-  const double n = fma(x, 1.4426950408889634, shift) - shift;
-  double r = fma(n, -6.93147180369123816490e-01, x);
-  r = fma(n, -1.90821492927058770002e-10, r);
-  // Taylor: 1/k! for k = 13 .. 0 (explicit, so that GCC vectorizes the loop this is inlined into)
-  double p = 1.6059043836821613e-10;
-  p = fma(p, r, 2.08767569878681e-09);
-  p = fma(p, r, 2.505210838544172e-08);
-  p = fma(p, r, 2.755731922398589e-07);
-  p = fma(p, r, 2.7557319223985893e-06);
-  p = fma(p, r, 2.48015873015873e-05);
-  p = fma(p, r, 1.984126984126984e-04);
-  p = fma(p, r, 1.388888888888889e-03);
-  p = fma(p, r, 8.333333333333333e-03);
-  p = fma(p, r, 4.1666666666666664e-02);
-  p = fma(p, r, 1.6666666666666666e-01);
-  p = fma(p, r, 0.5);
-  p = fma(p, r, 1.0);
-  p = fma(p, r, 1.0);
-  const int64_t k = static_cast<int64_t>(n);
-  const int64_t half = k / 2;
-  return p * bits_as<double>(static_cast<uint64_t>(half + 1023) << 52) *
-         bits_as<double>(static_cast<uint64_t>(k - half + 1023) << 52);
-}
-
-template <typename T>
-FASTNETS_HOST_DEVICE T rbm_clamp(T x, T low, T high) {
-  // Comparisons, not fmin/fmax, which would turn NaN into a bound.
-  return x < low ? low : (x > high ? high : x);
-}
-
-// 1 / (1 + e^-a). Beyond the clamp the result no longer changes (1, or 0 via e^-a = inf); NaN
-// stays NaN.
-FASTNETS_HOST_DEVICE float rbm_sigmoid(float a) {
-  const float t = rbm_clamp(-a, -88.0f, 89.0f);
-  const float e = rbm_exp(t == t ? t : 0.0f);
-  return a == a ? 1.0f / (1.0f + e) : a;
-}
-
-FASTNETS_HOST_DEVICE double rbm_sigmoid(double a) {
-  const double t = rbm_clamp(-a, -40.0, 710.0);
-  const double e = rbm_exp(t == t ? t : 0.0);
-  return a == a ? 1.0 / (1.0 + e) : a;
-}
 
 // ln u for u in [2^-32, 1]: u = m 2^e with m in [sqrt(1/2), sqrt(2)), ln m = 2 atanh(s) with
 // s = (m - 1) / (m + 1), |s| < 0.172, by its series.
@@ -223,7 +148,7 @@ enum class RbmUnit { kBernoulli, kGaussian };
 template <RbmUnit kUnit, typename scalar_t, typename acc_t>
 struct RbmSampleOp {
   FASTNETS_HOST_DEVICE scalar_t mean(scalar_t total_input) const {
-    return kUnit == RbmUnit::kBernoulli ? static_cast<scalar_t>(rbm_sigmoid(static_cast<acc_t>(total_input)))
+    return kUnit == RbmUnit::kBernoulli ? static_cast<scalar_t>(fma_sigmoid(static_cast<acc_t>(total_input)))
                                         : total_input;
   }
 
