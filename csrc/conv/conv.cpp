@@ -1,5 +1,5 @@
 // Convolution and the fused Conv2d + bias + ReLU + MaxPool2d: operator schemas and CPU kernels.
-// CUDA kernels: conv_cuda.cu; the index math and pooling epilogue: conv.h; the GEMM: cpu_gemm.h.
+// CUDA kernels: conv_cuda.cu; the index math and pooling epilogue: conv.h; the GEMM: common/cpu_gemm.h.
 //
 // Per image and group the convolution is a GEMM over the image's patch matrix (im2col), built
 // in a per-thread buffer (in L2 for layers like the MNIST CNN's; no tiling over positions yet);
@@ -31,7 +31,7 @@
 #include "common/cpu_isa.h"
 #include "common/macros.h"
 #include "conv/conv_shape.h"
-#include "conv/cpu_gemm.h"
+#include "common/cpu_gemm.h"
 
 namespace fastnets {
 namespace {

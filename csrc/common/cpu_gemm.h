@@ -1,8 +1,9 @@
 #pragma once
-// The CPU GEMM of the convolutions: C (+)= A B, with A packed in panels of kRows rows and B
-// row-major, computed in tiles of kRows x (kVectors SIMD vectors) held in registers. GCC's vector
-// extensions keep it portable: the same template compiles for AVX-512, AVX2 or SSE (cpu_isa.h)
-// and for float or double; each k step loads kVectors vectors of B and broadcasts kRows values of A.
+// The CPU GEMM of the convolutions and of cpu_matmul.h: C (+)= A B, with A packed in panels of
+// kRows rows and B row-major, computed in tiles of kRows x (kVectors SIMD vectors) held in
+// registers. GCC's vector extensions keep it portable: the same template compiles for AVX-512,
+// AVX2 or SSE (cpu_isa.h) and for float or double; each k step loads kVectors vectors of B and
+// broadcasts kRows values of A.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
