@@ -377,3 +377,52 @@ def _rbm_sample_units_backward(ctx, grad_mean, _grad_sample, _grad_seed_offset):
 
 torch.library.register_autograd("fastnets::rbm_sample_units", _rbm_sample_units_backward,
                                 setup_context=_rbm_sample_units_setup_context)
+
+
+# ---- LSTM ---------------------------------------------------------------------------------
+
+@torch.library.register_fake("fastnets::lstm_layer")
+def _lstm_layer_fake(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False):
+    torch._check(input.dim() == 3, lambda: f"input must be 3-D (time, batch, input_size), got {input.dim()}-D")
+    torch._check(w_hh.dim() == 2 and w_hh.shape[0] == 4 * w_hh.shape[1],
+                 lambda: "w_hh must be 2-D (4 * hidden_size, hidden_size)")
+    steps, batch, hidden = input.shape[0], input.shape[1], w_hh.shape[1]
+    return (input.new_empty(steps, batch, hidden), h0.new_empty(batch, hidden), c0.new_empty(batch, hidden),
+            input.new_empty(steps, batch, 4 * hidden), input.new_empty(steps, batch, hidden))
+
+
+@torch.library.register_fake("fastnets::lstm_layer_backward")
+def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates,
+                              cell_states, reverse=False):
+    return (torch.empty_like(input, memory_format=torch.contiguous_format), h0.new_empty(h0.shape),
+            c0.new_empty(c0.shape), w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
+            w_ih.new_empty(w_ih.shape[0]))
+
+
+def _lstm_layer_setup_context(ctx, inputs, output):
+    input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse = inputs
+    out, _, _, gates, cell_states = output
+    ctx.save_for_backward(input, h0, c0, w_ih, w_hh, out, gates, cell_states)
+    ctx.reverse = reverse
+    ctx.has_bias = (b_ih is not None, b_hh is not None)
+
+
+def _lstm_layer_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cell_states):
+    input, h0, c0, w_ih, w_hh, output, gates, cell_states = ctx.saved_tensors
+    grads = ops.lstm_layer_backward(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates,
+                                    cell_states, ctx.reverse)
+    grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = grads
+    has_b_ih, has_b_hh = ctx.has_bias
+    return (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias if has_b_ih else None,
+            grad_bias if has_b_hh else None, None)
+
+
+torch.library.register_autograd("fastnets::lstm_layer", _lstm_layer_backward, setup_context=_lstm_layer_setup_context)
+
+
+# ---- matmul (the CPU GEMM of the LSTM layer) ----------------------------------------------
+
+@torch.library.register_fake("fastnets::matmul")
+def _matmul_fake(a, b):
+    torch._check(a.dim() == 2 and b.dim() == 2, lambda: "a and b must be 2-D")
+    return a.new_empty(a.shape[0], b.shape[1])

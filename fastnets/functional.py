@@ -326,3 +326,65 @@ def rbm_sample_units(
         raise ValueError(f'unit must be "bernoulli" or "gaussian", got {unit!r}')
     mean, samples, _ = ops.rbm_sample_units(total_input, unit, sample, generator)
     return mean, samples if sample else None
+
+
+def lstm_cell(
+    input: Tensor,
+    hx: Tuple[Tensor, Tensor],
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor] = None,
+    b_hh: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor]:
+    """One step of an LSTM cell, as :class:`torch.nn.LSTMCell` computes it (gates i, f, g, o).
+
+    The gates' pre-activations come from two GEMMs (BLAS / cuBLAS) accumulated into one buffer;
+    the bias, the activations and the state update are one fused pass, and the backward is one
+    fused pass and the GEMMs. Autograd keeps the activated gates, c and c'.
+
+    Args:
+        input: (batch, input_size) or (input_size,), float32, float64, float16 or bfloat16.
+        hx: (h, c), each (batch, hidden_size) (or (hidden_size,) for an unbatched input).
+        w_ih: (4 * hidden_size, input_size).
+        w_hh: (4 * hidden_size, hidden_size).
+        b_ih, b_hh: (4 * hidden_size,) or None.
+
+    Returns:
+        (h', c'), each of h's shape.
+    """
+    h, c = hx
+    batched = input.dim() != 1
+    if not batched:
+        input, h, c = input.unsqueeze(0), h.unsqueeze(0), c.unsqueeze(0)
+    output, h_new, c_new, _, _ = ops.lstm_layer(input.unsqueeze(0), h, c, w_ih, w_hh, b_ih, b_hh, False)
+    del output
+    return (h_new, c_new) if batched else (h_new.squeeze(0), c_new.squeeze(0))
+
+
+def lstm_layer(
+    input: Tensor,
+    hx: Tuple[Tensor, Tensor],
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor] = None,
+    b_hh: Optional[Tensor] = None,
+    reverse: bool = False,
+) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+    """One LSTM layer in one direction over a whole sequence.
+
+    One GEMM projects the inputs of all time steps; then each step accumulates the recurrent GEMM
+    into its gates and runs the fused pointwise kernel. Backward through time: per step the fused
+    pointwise backward and one GEMM; the weight gradients are one GEMM each after the loop.
+
+    Args:
+        input: (time, batch, input_size).
+        hx: (h0, c0), each (batch, hidden_size).
+        w_ih, w_hh, b_ih, b_hh: as in :func:`lstm_cell`.
+        reverse: run from the last time step to the first (the backward direction of a
+            bidirectional LSTM); the output stays in time order.
+
+    Returns:
+        output (time, batch, hidden_size): h of every step, and (h_n, c_n).
+    """
+    output, h_n, c_n, _, _ = ops.lstm_layer(input, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh, reverse)
+    return output, (h_n, c_n)

@@ -5,6 +5,7 @@ from fastnets.nn.fixed_point import FixedPointQuantizer
 from fastnets.nn.maxout import Maxout, MaxoutLinear
 from fastnets.nn.pooling import MaxPool2d
 from fastnets.nn.rbm import DBN, RBM
+from fastnets.nn.rnn import LSTM, LSTMCell
 
 __all__ = ["Conv2d", "ConvReLUPool2d", "fuse_conv_relu_pool", "Dropout", "FixedPointQuantizer", "Maxout",
-           "MaxoutLinear", "MaxPool2d", "RBM", "DBN"]
+           "MaxoutLinear", "MaxPool2d", "RBM", "DBN", "LSTM", "LSTMCell"]

@@ -1,0 +1,172 @@
+// LSTM layer: operator schemas and CPU pointwise kernels. CUDA kernels: lstm_cuda.cu; the loop
+// through time: lstm_layer.h; the cell's math: lstm.h.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/mm.h>
+
+#include "common/cpu_isa.h"
+#include "common/cpu_matmul.h"
+#include "lstm/lstm.h"
+#include "lstm/lstm_layer.h"
+
+namespace fastnets {
+namespace {
+
+// Rows (batch entries) split across threads; each row's hidden units in one vectorized loop,
+// written as a function of restrict pointers so that GCC knows the arrays do not overlap.
+constexpr int64_t kGrainRows = 8;
+
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+FASTNETS_ALWAYS_INLINE void forward_row(int64_t hidden, scalar_t* __restrict__ gi, scalar_t* __restrict__ gf,
+                                        scalar_t* __restrict__ gg, scalar_t* __restrict__ go,
+                                        const scalar_t* __restrict__ c_prev, scalar_t* __restrict__ c,
+                                        scalar_t* __restrict__ h) {
+  for (int64_t j = 0; j < hidden; ++j) {
+    const auto v = lstm_forward_element<acc_t>(gi[j], gf[j], gg[j], go[j], c_prev[j]);
+    gi[j] = static_cast<scalar_t>(v.i);
+    gf[j] = static_cast<scalar_t>(v.f);
+    gg[j] = static_cast<scalar_t>(v.g);
+    go[j] = static_cast<scalar_t>(v.o);
+    c[j] = static_cast<scalar_t>(v.c);
+    h[j] = static_cast<scalar_t>(v.h);
+  }
+}
+
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+FASTNETS_ALWAYS_INLINE void backward_row(int64_t hidden, const scalar_t* __restrict__ grad_output,
+                                         const scalar_t* __restrict__ grad_h, scalar_t* __restrict__ grad_c,
+                                         const scalar_t* __restrict__ gates, const scalar_t* __restrict__ c_prev,
+                                         const scalar_t* __restrict__ c, scalar_t* __restrict__ grad_gates) {
+  for (int64_t j = 0; j < hidden; ++j) {
+    const acc_t dh = static_cast<acc_t>(grad_output[j]) + static_cast<acc_t>(grad_h[j]);
+    const auto d = lstm_backward_element<acc_t>(dh, grad_c[j], gates[j], gates[hidden + j], gates[2 * hidden + j],
+                                                gates[3 * hidden + j], c_prev[j], c[j]);
+    grad_gates[j] = static_cast<scalar_t>(d.a_i);
+    grad_gates[hidden + j] = static_cast<scalar_t>(d.a_f);
+    grad_gates[2 * hidden + j] = static_cast<scalar_t>(d.a_g);
+    grad_gates[3 * hidden + j] = static_cast<scalar_t>(d.a_o);
+    grad_c[j] = static_cast<scalar_t>(d.c_prev);
+  }
+}
+
+void lstm_pointwise_forward_cpu(at::Tensor& gates, const at::Tensor& c_prev, at::Tensor& c, at::Tensor& h) {
+  const int64_t batch = c.size(0), hidden = c.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(), "fastnets::lstm_forward", [&] {
+    scalar_t* g = gates.mutable_data_ptr<scalar_t>();
+    const scalar_t* cp = c_prev.const_data_ptr<scalar_t>();
+    scalar_t* cn = c.mutable_data_ptr<scalar_t>();
+    scalar_t* hn = h.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, batch, kGrainRows, [&](int64_t first, int64_t last) {
+      call_with_best_isa([&]() FASTNETS_INLINE_LAMBDA {
+        for (int64_t b = first; b < last; ++b) {
+          scalar_t* row = g + b * 4 * hidden;
+          forward_row(hidden, row, row + hidden, row + 2 * hidden, row + 3 * hidden, cp + b * hidden, cn + b * hidden,
+                      hn + b * hidden);
+        }
+      });
+    });
+  });
+}
+
+void lstm_pointwise_backward_cpu(const at::Tensor& grad_output, const at::Tensor& grad_h, at::Tensor& grad_c,
+                                 const at::Tensor& gates, const at::Tensor& c_prev, const at::Tensor& c,
+                                 at::Tensor& grad_gates) {
+  const int64_t batch = c.size(0), hidden = c.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(), "fastnets::lstm_backward", [&] {
+    const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
+    const scalar_t* gh = grad_h.const_data_ptr<scalar_t>();
+    scalar_t* gc = grad_c.mutable_data_ptr<scalar_t>();
+    const scalar_t* g = gates.const_data_ptr<scalar_t>();
+    const scalar_t* cp = c_prev.const_data_ptr<scalar_t>();
+    const scalar_t* cn = c.const_data_ptr<scalar_t>();
+    scalar_t* dg = grad_gates.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, batch, kGrainRows, [&](int64_t first, int64_t last) {
+      call_with_best_isa([&]() FASTNETS_INLINE_LAMBDA {
+        for (int64_t b = first; b < last; ++b) {
+          const int64_t row = b * hidden;
+          backward_row(hidden, go + row, gh + row, gc + row, g + 4 * row, cp + row, cn + row, dg + 4 * row);
+        }
+      });
+    });
+  });
+}
+
+// The CPU side of lstm_layer.h: float and double GEMMs by cpu_matmul.h's tiled GEMM, float16 and
+// bfloat16 ones by at::mm, and so are products too small to repay a copy of their right operand
+// (a cell step's forward: 64 rows against a transposed 512 x 2048 weight).
+constexpr int64_t kTiledMinRows = 256;
+
+struct CpuLstm {
+  struct Right {
+    GemmRightOperand tiled;
+    at::Tensor plain;
+  };
+
+  static Right prepare(const at::Tensor& b, int64_t rows) {
+    if (cpu_matmul_supports(b.scalar_type()) && (rows >= kTiledMinRows || usable_in_place(b))) {
+      return Right{prepare_right_operand(b), {}};
+    }
+    return Right{{}, b};
+  }
+
+  static void multiply(const at::Tensor& a, const Right& b, at::Tensor& c, bool accumulate) {
+    if (b.tiled.rows.defined()) {
+      cpu_matmul(a, b.tiled, c, accumulate);
+    } else if (accumulate) {
+      c.addmm_(a, b.plain);
+    } else {
+      at::mm_out(c, a, b.plain);
+    }
+  }
+
+  static constexpr auto forward = lstm_pointwise_forward_cpu;
+  static constexpr auto backward = lstm_pointwise_backward_cpu;
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_cpu(
+    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    bool reverse) {
+  return lstm_layer_forward<CpuLstm>(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n, const at::Tensor& input,
+    const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cell_states, bool reverse) {
+  return lstm_layer_backward<CpuLstm>(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates,
+                                      cell_states, reverse);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fastnets, m) {
+  // One LSTM layer in one direction over input (time, batch, input_size) from states h0, c0
+  // (batch, hidden_size); gates in torch.nn.LSTM's order (i, f, g, o), reverse: from the last
+  // step to the first. Returns output (time, batch, hidden_size) = h of every step, the final
+  // h_n and c_n, and what backward keeps: the activated gates (time, batch, 4 * hidden_size)
+  // and the cell states (time, batch, hidden_size).
+  m.def(
+      "lstm_layer(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih=None, "
+      "Tensor? b_hh=None, bool reverse=False) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, "
+      "Tensor cell_states)");
+  // Backward through time of lstm_layer: the gradients of input, h0, c0, w_ih, w_hh and the bias
+  // (b_ih and b_hh alike), from those of output, h_n and c_n and the forward's saved tensors.
+  m.def(
+      "lstm_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor h0, "
+      "Tensor c0, Tensor w_ih, Tensor w_hh, Tensor output, Tensor gates, Tensor cell_states, bool reverse=False) "
+      "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, "
+      "Tensor grad_bias)");
+}
+
+TORCH_LIBRARY_IMPL(fastnets, CPU, m) {
+  m.impl("lstm_layer", &lstm_layer_cpu);
+  m.impl("lstm_layer_backward", &lstm_layer_backward_cpu);
+}
+
+}  // namespace fastnets

@@ -1,0 +1,154 @@
+#pragma once
+// One LSTM layer (one direction) over a whole sequence, forward and backward through time: the
+// loop and its GEMMs, shared by the CPU and CUDA ops, which pass their pointwise kernels in.
+// As haste does: one GEMM for the input projections of all time steps, then per step the
+// recurrent GEMM (accumulated into that step's gates) and the fused pointwise kernel. Backward:
+// per step the fused pointwise backward and one GEMM for dh; the weight gradients as one GEMM
+// each after the loop, the bias gradient as a reduction.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <tuple>
+
+#include "common/checks.h"
+
+namespace fastnets {
+
+// What a device provides (lstm.cpp, lstm_cuda.cu), as static members of a class:
+//   Right prepare(const at::Tensor& b, int64_t rows): a right-hand GEMM operand (depth x cols)
+//     made ready for the products below with `rows` rows of left-hand operands in all (the CPU
+//     copies it into the layout of its tiled GEMM when that pays);
+//   void multiply(const at::Tensor& a, const Right& b, at::Tensor& c, bool accumulate):
+//     c (+)= a b, c with unit column stride;
+//   void forward(at::Tensor& gates, const at::Tensor& c_prev, at::Tensor& c, at::Tensor& h):
+//     gates (B, 4H) pre-activations in, activated gates out; writes c and h (B, H);
+//   void backward(grad_output, grad_h, grad_c, gates, c_prev, c, grad_gates): dh' = grad_output +
+//     grad_h; grad_c: dc' in, the gradient of c_prev out; writes the pre-activations' gradients.
+// The pointwise math is lstm.h's; all tensors contiguous.
+
+inline void check_same(const at::Tensor& t, const at::Tensor& input, const char* name) {
+  TORCH_CHECK(t.scalar_type() == input.scalar_type(), name, " must have input's dtype ", input.scalar_type(),
+              ", got ", t.scalar_type());
+  TORCH_CHECK(t.device() == input.device(), name, " must be on input's device ", input.device(), ", got ",
+              t.device());
+}
+
+inline void check_lstm_layer_args(const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0,
+                                  const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                  const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh) {
+  check_training_dtype(input, "input");
+  TORCH_CHECK(input.dim() == 3, "input must be 3-D (time, batch, input_size), got ", input.dim(), "-D of shape ",
+              input.sizes());
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == 4 * w_hh.size(1),
+              "w_hh must be 2-D (4 * hidden_size, hidden_size), got shape ", w_hh.sizes());
+  const int64_t hidden = w_hh.size(1);
+  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) == 4 * hidden && w_ih.size(1) == input.size(2),
+              "w_ih must be 2-D (4 * hidden_size, input_size) = (", 4 * hidden, ", ", input.size(2), "), got shape ",
+              w_ih.sizes());
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{h0, "h0"}, {c0, "c0"}}) {
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == input.size(1) && t.size(1) == hidden, name,
+                " must be 2-D (batch, hidden_size) = (", input.size(1), ", ", hidden, "), got shape ", t.sizes());
+  }
+  for (const auto& [b, name] : {std::pair<const std::optional<at::Tensor>&, const char*>{b_ih, "b_ih"},
+                                {b_hh, "b_hh"}}) {
+    if (b.has_value()) {
+      TORCH_CHECK(b->dim() == 1 && b->size(0) == 4 * hidden, name, " must be 1-D of 4 * hidden_size = ", 4 * hidden,
+                  " elements, got shape ", b->sizes());
+      check_same(*b, input, name);
+    }
+  }
+  check_same(h0, input, "h0");
+  check_same(c0, input, "c0");
+  check_same(w_ih, input, "w_ih");
+  check_same(w_hh, input, "w_hh");
+}
+
+// Returns (output (T, B, H), h_n, c_n, gates (T, B, 4H) activated, cell_states (T, B, H): c of every step).
+template <typename Device>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_forward(
+    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    bool reverse) {
+  check_lstm_layer_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh);
+  const int64_t steps = input.size(0), batch = input.size(1), hidden = w_hh.size(1);
+  at::Tensor gates = at::empty({steps * batch, 4 * hidden}, input.options());
+  const bool has_bias = b_ih.has_value() || b_hh.has_value();
+  if (has_bias) {
+    const at::Tensor bias = b_ih.has_value() && b_hh.has_value() ? at::add(*b_ih, *b_hh) : (b_ih ? *b_ih : *b_hh);
+    gates.copy_(bias.expand_as(gates));
+  }
+  const at::Tensor flat_input = input.contiguous().view({steps * batch, input.size(2)});
+  Device::multiply(flat_input, Device::prepare(w_ih.t(), steps * batch), gates, has_bias);
+  gates = gates.view({steps, batch, 4 * hidden});
+  at::Tensor output = at::empty({steps, batch, hidden}, input.options());
+  at::Tensor cell_states = at::empty({steps, batch, hidden}, input.options());
+  at::Tensor h = h0.contiguous(), c = c0.contiguous();
+  const auto w_hh_t = Device::prepare(w_hh.t(), steps * batch);
+  for (int64_t step = 0; step < steps; ++step) {
+    const int64_t t = reverse ? steps - 1 - step : step;
+    at::Tensor step_gates = gates.select(0, t);
+    Device::multiply(h, w_hh_t, step_gates, true);
+    at::Tensor step_c = cell_states.select(0, t), step_h = output.select(0, t);
+    Device::forward(step_gates, c, step_c, step_h);
+    h = step_h;
+    c = step_c;
+  }
+  // Outputs of an op may not alias each other: the final states are copies.
+  return {output, h.clone(), c.clone(), gates, cell_states};
+}
+
+// Returns (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias); grad_bias is the
+// gradient of b_ih and of b_hh alike.
+template <typename Device>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_backward(
+    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n, const at::Tensor& input,
+    const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cell_states, bool reverse) {
+  check_lstm_layer_args(input, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt);
+  const int64_t steps = input.size(0), batch = input.size(1), hidden = w_hh.size(1), features = input.size(2);
+  const at::IntArrayRef state_shape = h0.sizes();
+  TORCH_CHECK(grad_output.sizes() == output.sizes() && output.sizes() == cell_states.sizes() &&
+                  gates.sizes() == at::IntArrayRef({steps, batch, 4 * hidden}) &&
+                  grad_h_n.sizes() == state_shape && grad_c_n.sizes() == state_shape,
+              "lstm_layer_backward: the gradients and saved tensors must have the forward's shapes");
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{grad_output, "grad_output"},
+                                {grad_h_n, "grad_h_n"}, {grad_c_n, "grad_c_n"}, {output, "output"},
+                                {gates, "gates"}, {cell_states, "cell_states"}}) {
+    check_same(t, input, name);
+  }
+  const at::Tensor grad_out = grad_output.contiguous(), saved_gates = gates.contiguous();
+  const at::Tensor saved_c = cell_states.contiguous(), saved_h = output.contiguous(), c_zero = c0.contiguous();
+  at::Tensor grad_gates = at::empty({steps, batch, 4 * hidden}, input.options());
+  at::Tensor grad_h = grad_h_n.contiguous().clone(), grad_c = grad_c_n.contiguous().clone();
+  const auto w_hh_right = Device::prepare(w_hh, steps * batch);
+  for (int64_t step = steps - 1; step >= 0; --step) {
+    const int64_t t = reverse ? steps - 1 - step : step;
+    const at::Tensor c_prev = step == 0 ? c_zero : saved_c.select(0, reverse ? t + 1 : t - 1);
+    at::Tensor step_grad_gates = grad_gates.select(0, t);
+    Device::backward(grad_out.select(0, t), grad_h, grad_c, saved_gates.select(0, t), c_prev, saved_c.select(0, t),
+                     step_grad_gates);
+    Device::multiply(step_grad_gates, w_hh_right, grad_h, false);
+  }
+  const at::Tensor flat_grad = grad_gates.view({steps * batch, 4 * hidden});
+  const at::Tensor flat_input = input.contiguous().view({steps * batch, features});
+  // h_prev of every step, in time order: [h0, h_0 .. h_{T-2}] (reverse: [h_1 .. h_{T-1}, h0]).
+  const at::Tensor first = h0.contiguous().unsqueeze(0);
+  const at::Tensor h_prev = steps == 0 ? saved_h
+                            : reverse  ? at::cat({saved_h.narrow(0, 1, steps - 1), first})
+                                       : at::cat({first, saved_h.narrow(0, 0, steps - 1)});
+  at::Tensor grad_input = at::empty({steps * batch, features}, input.options());
+  at::Tensor grad_w_ih = at::empty_like(w_ih, at::MemoryFormat::Contiguous);
+  at::Tensor grad_w_hh = at::empty_like(w_hh, at::MemoryFormat::Contiguous);
+  Device::multiply(flat_grad, Device::prepare(w_ih, steps * batch), grad_input, false);
+  Device::multiply(flat_grad.t(), Device::prepare(flat_input, 4 * hidden), grad_w_ih, false);
+  Device::multiply(flat_grad.t(), Device::prepare(h_prev.view({steps * batch, hidden}), 4 * hidden), grad_w_hh,
+                   false);
+  return {grad_input.view({steps, batch, features}), grad_h, grad_c, grad_w_ih, grad_w_hh, flat_grad.sum(0)};
+}
+
+}  // namespace fastnets

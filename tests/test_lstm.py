@@ -1,0 +1,366 @@
+"""LSTM cell and layer (fastnets::lstm_layer, fastnets.nn.LSTMCell / LSTM) against torch.nn.LSTMCell
+and torch.nn.LSTM loaded with the same weights: outputs, final states and every gradient; every
+constructor combination; gradcheck, opcheck, torch.compile, threads, errors. Also the CPU GEMM
+behind the layer (fastnets::matmul) against torch.mm."""
+import itertools
+
+import pytest
+import torch
+from harness import (TRAINING_DTYPES, assert_close_to_reference, check_compiles, check_opcheck,
+                     check_same_for_threads, max_abs_error)
+
+import fastnets
+import fastnets.functional as F
+
+ops = torch.ops.fastnets
+
+
+def random_states(shape, dtype, device, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype) for _ in range(2)]
+
+
+def outputs_and_grads(module, x, hx, seed=1):
+    """The module's outputs and the gradients of a random projection of all of them with respect
+    to the input, the states and every parameter."""
+    leaves = [x.detach().clone().requires_grad_()]
+    states = None if hx is None else tuple(t.detach().clone().requires_grad_() for t in hx)
+    out = module(leaves[0], states)
+    flat = [out[0], *out[1]] if isinstance(out[1], tuple) else list(out)
+    g = torch.Generator().manual_seed(seed)
+    projection = sum((t * torch.randn(t.shape, generator=g, dtype=torch.float64).to(t)).sum() for t in flat)
+    inputs = leaves + (list(states) if states else []) + list(module.parameters())
+    grads = torch.autograd.grad(projection, inputs)
+    return [t.detach() for t in flat], list(grads)
+
+
+def same_weights(ours, reference):
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    ours.load_state_dict(reference.state_dict())
+
+
+# ---- the cell ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 13, 7), (64, 33, 17)])
+def test_cell_matches_torch_in_float64(device, shape, bias):
+    batch, input_size, hidden = shape
+    torch.manual_seed(0)
+    reference = torch.nn.LSTMCell(input_size, hidden, bias=bias).double().to(device)
+    ours = fastnets.nn.LSTMCell(input_size, hidden, bias=bias).double().to(device)
+    same_weights(ours, reference)
+    x = torch.randn(batch, input_size, dtype=torch.float64, device=device)
+    hx = random_states((batch, hidden), torch.float64, device, 2)
+    ours_out, ours_grads = outputs_and_grads(ours, x, hx)
+    ref_out, ref_grads = outputs_and_grads(reference, x, hx)
+    for a, b in zip(ours_out + ours_grads, ref_out + ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cell_lower_precision_within_pytorch_error(device, dtype):
+    torch.manual_seed(0)
+    reference = torch.nn.LSTMCell(48, 40).double().to(device)
+    ours = fastnets.nn.LSTMCell(48, 40).to(device=device, dtype=dtype)
+    baseline = torch.nn.LSTMCell(48, 40).to(device=device, dtype=dtype)
+    ours.load_state_dict(reference.state_dict())
+    baseline.load_state_dict(reference.state_dict())
+    x = torch.randn(32, 48, dtype=torch.float64, device=device)
+    hx = random_states((32, 40), torch.float64, device, 3)
+    low = lambda t: t.to(dtype)  # noqa: E731
+    expected_out, expected_grads = outputs_and_grads(reference, low(x).double(), [low(t).double() for t in hx])
+    ours_out, ours_grads = outputs_and_grads(ours, low(x), [low(t) for t in hx])
+    base_out, base_grads = outputs_and_grads(baseline, low(x), [low(t) for t in hx])
+    for mine, expected, theirs in zip(ours_out + ours_grads, expected_out + expected_grads, base_out + base_grads):
+        assert_close_to_reference(mine, expected, theirs, factor=3.0)
+
+
+def test_cell_unbatched_and_default_state(device):
+    torch.manual_seed(0)
+    reference, ours = torch.nn.LSTMCell(6, 4).to(device), fastnets.nn.LSTMCell(6, 4).to(device)
+    same_weights(ours, reference)
+    x = torch.randn(6, device=device)
+    for a, b in zip(ours(x), reference(x)):
+        assert a.shape == (4,)
+        torch.testing.assert_close(a, b)
+    h, c = F.lstm_cell(x, (torch.zeros(4, device=device), torch.zeros(4, device=device)), ours.weight_ih,
+                       ours.weight_hh)
+    assert h.shape == c.shape == (4,)
+
+
+def test_cell_initialization_and_repr():
+    cell = fastnets.nn.LSTMCell(10, 25, bias=False)
+    assert [name for name, _ in cell.named_parameters()] == ["weight_ih", "weight_hh"]
+    assert cell.weight_ih.shape == (100, 10) and cell.weight_hh.abs().max() <= 0.2
+    assert repr(cell) == "LSTMCell(10, 25, bias=False)"
+
+
+# ---- the layer ---------------------------------------------------------------------------------
+
+COMBINATIONS = list(itertools.product([1, 2, 3], [False, True], [False, True], [True, False], [False, True]))
+
+
+@pytest.mark.parametrize("num_layers,bidirectional,batch_first,bias,with_state", COMBINATIONS)
+def test_every_constructor_combination_matches_torch(num_layers, bidirectional, batch_first, bias, with_state):
+    torch.manual_seed(num_layers)
+    kwargs = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias)
+    reference = torch.nn.LSTM(6, 5, **kwargs).double()
+    ours = fastnets.nn.LSTM(6, 5, **kwargs).double()
+    same_weights(ours, reference)
+    batch, steps = 4, 7
+    x = torch.randn((batch, steps, 6) if batch_first else (steps, batch, 6), dtype=torch.float64)
+    directions = 2 if bidirectional else 1
+    hx = random_states((num_layers * directions, batch, 5), torch.float64, "cpu", 5) if with_state else None
+    ours_out, ours_grads = outputs_and_grads(ours, x, hx)
+    ref_out, ref_grads = outputs_and_grads(reference, x, hx)
+    for a, b in zip(ours_out + ours_grads, ref_out + ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_layer_on_device_matches_torch(device, bidirectional):
+    torch.manual_seed(0)
+    reference = torch.nn.LSTM(19, 37, num_layers=2, bidirectional=bidirectional).double().to(device)
+    ours = fastnets.nn.LSTM(19, 37, num_layers=2, bidirectional=bidirectional).double().to(device)
+    same_weights(ours, reference)
+    x = torch.randn(11, 9, 19, dtype=torch.float64, device=device)
+    ours_out, ours_grads = outputs_and_grads(ours, x, None)
+    ref_out, ref_grads = outputs_and_grads(reference, x, None)
+    for a, b in zip(ours_out + ours_grads, ref_out + ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_layer_lower_precision_within_pytorch_error(device, dtype):
+    """Against a float64 run: the error at most a few times that of torch.nn.LSTM in the dtype (on
+    the CPU, where torch has no float16 LSTM, its float32 LSTM rounded to the dtype)."""
+    torch.manual_seed(0)
+    reference = torch.nn.LSTM(32, 48, num_layers=2).double().to(device)
+    ours = fastnets.nn.LSTM(32, 48, num_layers=2).to(device=device, dtype=dtype)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(20, 16, 32, dtype=torch.float64, device=device).to(dtype)
+    expected_out, expected_grads = outputs_and_grads(reference, x.double(), None)
+    ours_out, ours_grads = outputs_and_grads(ours, x, None)
+    try:
+        baseline = torch.nn.LSTM(32, 48, num_layers=2).to(device=device, dtype=dtype)
+        baseline.load_state_dict(reference.state_dict())
+        base_out, base_grads = outputs_and_grads(baseline, x, None)
+    except RuntimeError:  # no LSTM in this dtype on this device: float32, rounded
+        baseline = torch.nn.LSTM(32, 48, num_layers=2).to(device=device)
+        baseline.load_state_dict(reference.state_dict())
+        base_out, base_grads = outputs_and_grads(baseline, x.float(), None)
+        base_out, base_grads = [t.to(dtype) for t in base_out], [t.to(dtype) for t in base_grads]
+    for mine, expected, theirs in zip(ours_out + ours_grads, expected_out + expected_grads, base_out + base_grads):
+        assert_close_to_reference(mine, expected, theirs, factor=4.0)
+
+
+def test_layer_unbatched_input_and_state_dict_both_ways():
+    torch.manual_seed(0)
+    reference = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    ours = fastnets.nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(5, 3)
+    hx = tuple(torch.randn(4, 4) for _ in range(2))
+    (a, (ha, ca)), (b, (hb, cb)) = ours(x, hx), reference(x, hx)
+    assert a.shape == (5, 8) and ha.shape == (4, 4)
+    for mine, theirs in ((a, b), (ha, hb), (ca, cb)):
+        torch.testing.assert_close(mine, theirs)
+    torch.manual_seed(1)
+    back = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    back.load_state_dict(fastnets.nn.LSTM(3, 4, num_layers=2, bidirectional=True).state_dict())
+
+
+def test_initialization_matches_torch_and_repr():
+    lstm = fastnets.nn.LSTM(10, 20, num_layers=2, bidirectional=True, dropout=0.3)
+    reference = torch.nn.LSTM(10, 20, num_layers=2, bidirectional=True, dropout=0.3)
+    assert [(n, p.shape) for n, p in lstm.named_parameters()] == [(n, p.shape) for n, p in reference.named_parameters()]
+    bound = 20 ** -0.5
+    assert all(p.abs().max() <= bound for p in lstm.parameters())
+    assert all(p.std() > bound / 2 for p in lstm.parameters())  # uniform, not zeros
+    assert repr(lstm) == "LSTM(10, 20, num_layers=2, dropout=0.3, bidirectional=True)"
+
+
+def test_dropout_between_layers_is_fastnets_dropout():
+    torch.manual_seed(0)
+    lstm = fastnets.nn.LSTM(4, 6, num_layers=2, dropout=0.5)
+    x = torch.randn(7, 3, 4)
+    lstm.eval()
+    eval_out = lstm(x)[0]
+    reference = torch.nn.LSTM(4, 6, num_layers=2, dropout=0.5).eval()
+    reference.load_state_dict(lstm.state_dict())
+    torch.testing.assert_close(eval_out, reference(x)[0])  # eval: no dropout
+    lstm.train()
+    torch.manual_seed(3)
+    train_out = lstm(x)[0]
+    # by hand: layer 0, fastnets dropout with the same seed, layer 1
+    torch.manual_seed(3)
+    h0 = torch.zeros(3, 6)
+    first, _ = F.lstm_layer(x, (h0, h0), lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
+    second, _ = F.lstm_layer(F.dropout(first, 0.5), (h0, h0), lstm.weight_ih_l1, lstm.weight_hh_l1, lstm.bias_ih_l1,
+                             lstm.bias_hh_l1)
+    torch.testing.assert_close(train_out, second)
+    assert not torch.allclose(train_out, eval_out)
+
+
+def test_reverse_direction_reads_time_backwards():
+    torch.manual_seed(0)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    w_ih, w_hh = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 4, dtype=torch.float64)
+    h0 = torch.zeros(2, 4, dtype=torch.float64)
+    backwards, (h_b, _) = F.lstm_layer(x, (h0, h0), w_ih, w_hh, reverse=True)
+    forwards, (h_f, _) = F.lstm_layer(x.flip(0), (h0, h0), w_ih, w_hh)
+    torch.testing.assert_close(backwards, forwards.flip(0))
+    torch.testing.assert_close(h_b, h_f)
+
+
+def test_empty_sequence_and_batch():
+    w_ih, w_hh = torch.randn(8, 3), torch.randn(8, 2)
+    h0 = torch.randn(4, 2)
+    out, (h, c) = F.lstm_layer(torch.zeros(0, 4, 3), (h0, h0), w_ih, w_hh)
+    assert out.shape == (0, 4, 2) and torch.equal(h, h0) and torch.equal(c, h0)
+    out, (h, c) = F.lstm_layer(torch.zeros(5, 0, 3), (torch.zeros(0, 2), torch.zeros(0, 2)), w_ih, w_hh)
+    assert out.shape == (5, 0, 2) and h.shape == (0, 2)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradcheck(device, reverse):
+    g = torch.Generator().manual_seed(0)
+    make = lambda *shape: torch.randn(shape, generator=g, dtype=torch.float64).to(device).requires_grad_()  # noqa
+    args = (make(3, 2, 4), make(2, 3), make(2, 3), make(12, 4), make(12, 3), make(12), make(12))
+
+    def layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        output, (h_n, c_n) = F.lstm_layer(x, (h0, c0), w_ih, w_hh, b_ih, b_hh, reverse)
+        return output, h_n, c_n
+
+    assert torch.autograd.gradcheck(layer, args)
+    assert torch.autograd.gradcheck(lambda x, h, c, w_ih, w_hh: F.lstm_cell(x, (h, c), w_ih, w_hh),
+                                    (args[0][0], *args[1:5]))
+
+
+def test_opcheck(device):
+    g = torch.Generator().manual_seed(0)
+    make = lambda *shape: torch.randn(shape, generator=g).to(device)  # noqa: E731
+    x, h0, c0, w_ih, w_hh, b = make(4, 3, 5), make(3, 6), make(3, 6), make(24, 5), make(24, 6), make(24)
+    check_opcheck(ops.lstm_layer.default, (x, h0, c0, w_ih, w_hh, b, b, False))
+    check_opcheck(ops.lstm_layer.default, (x.double().requires_grad_(), h0.double(), c0.double(),
+                                           w_ih.double().requires_grad_(), w_hh.double(), None, None, True))
+    output, h_n, c_n, gates, cells = ops.lstm_layer(x, h0, c0, w_ih, w_hh, b, b)
+    check_opcheck(ops.lstm_layer_backward.default,
+                  (torch.randn_like(output), torch.randn_like(h_n), torch.randn_like(c_n), x, h0, c0, w_ih, w_hh,
+                   output, gates, cells, False))
+    check_opcheck(ops.matmul.default, (make(7, 5), make(5, 9)))
+
+
+def test_torch_compile_fullgraph(device):
+    torch.manual_seed(0)
+    lstm = fastnets.nn.LSTM(5, 6, num_layers=2, bidirectional=True).to(device)
+    x = torch.randn(4, 3, 5, device=device)
+    check_compiles(lambda t: lstm(t)[0], x)
+    cell = fastnets.nn.LSTMCell(5, 6).to(device)
+    check_compiles(lambda t: torch.cat(cell(t)), x[0])
+
+    def loss(t):
+        output, (h, c) = lstm(t)
+        return output.square().sum() + c.sum()
+
+    grads = []
+    torch._dynamo.reset()
+    for fn in (loss, torch.compile(loss, fullgraph=True)):  # the backward runs through the compiled graph
+        lstm.zero_grad()
+        fn(x).backward()
+        grads.append([p.grad.clone() for p in lstm.parameters()])
+    for eager, compiled in zip(*grads):
+        torch.testing.assert_close(compiled, eager)
+
+
+def test_same_for_threads():
+    torch.manual_seed(0)
+    lstm = fastnets.nn.LSTM(64, 300, bidirectional=True)
+    x = torch.randn(12, 60, 64, requires_grad=True)  # 720 rows: the GEMMs split rows and columns
+
+    def run():
+        x.grad = None
+        lstm.zero_grad()
+        output, (h, c) = lstm(x)
+        (output.sum() + h.square().sum()).backward()
+        return torch.cat([output.flatten(), x.grad.flatten()] + [p.grad.flatten() for p in lstm.parameters()])
+
+    check_same_for_threads(run)
+
+
+def test_bad_input_is_named():
+    lstm = fastnets.nn.LSTM(5, 4, num_layers=2)
+    with pytest.raises(ValueError, match="input_size = 5"):
+        lstm(torch.randn(3, 2, 6))
+    with pytest.raises(ValueError, match="2-D or 3-D"):
+        lstm(torch.randn(3, 2, 5, 1))
+    with pytest.raises(ValueError, match=r"hx\[0\] \(h0\) must have shape \(2, 2, 4\)"):
+        lstm(torch.randn(3, 2, 5), (torch.zeros(2, 3, 4), torch.zeros(2, 2, 4)))
+    with pytest.raises(ValueError, match=r"hx\[1\] \(c0\)"):
+        lstm(torch.randn(3, 2, 5), (torch.zeros(2, 2, 4), torch.zeros(1, 2, 4)))
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(3, 2, 5), [3, 2])
+    with pytest.raises(TypeError, match="PackedSequence"):
+        lstm(packed)
+    with pytest.raises(ValueError, match="proj_size"):
+        fastnets.nn.LSTM(5, 4, proj_size=2)
+    with pytest.raises(ValueError, match="dropout"):
+        fastnets.nn.LSTM(5, 4, dropout=1.5)
+    cell = fastnets.nn.LSTMCell(5, 4)
+    with pytest.raises(ValueError, match="1-D or 2-D"):
+        cell(torch.randn(2, 3, 5))
+    with pytest.raises(ValueError, match="input_size = 5"):
+        cell(torch.randn(2, 6))
+    w_ih, w_hh, h = torch.randn(16, 5), torch.randn(16, 4), torch.zeros(2, 4)
+    cases = [
+        ((torch.randn(3, 2, 5, 1), h, h, w_ih, w_hh), "input must be 3-D"),
+        ((torch.randn(3, 2, 5), torch.zeros(3, 4), h, w_ih, w_hh), "h0 must be 2-D"),
+        ((torch.randn(3, 2, 5), h, torch.zeros(2, 5), w_ih, w_hh), "c0 must be 2-D"),
+        ((torch.randn(3, 2, 6), h, h, w_ih, w_hh), "w_ih must be 2-D"),
+        ((torch.randn(3, 2, 5), h, h, w_ih, torch.randn(15, 4)), "w_hh must be 2-D"),
+        ((torch.randn(3, 2, 5), h, h, w_ih.double(), w_hh), "w_ih must have input's dtype"),
+        ((torch.randn(3, 2, 5).int(), h, h, w_ih, w_hh), "input must be float32"),
+    ]
+    for args, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            ops.lstm_layer(*args)
+    with pytest.raises(RuntimeError, match="b_hh must be 1-D"):
+        ops.lstm_layer(torch.randn(3, 2, 5), h, h, w_ih, w_hh, None, torch.zeros(15))
+
+
+# ---- the CPU GEMM ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 5, 9), (64, 512, 100), (600, 33, 70), (3, 0, 4), (0, 3, 4),
+                                   (513, 129, 257), (9, 17, 64), (300, 70, 32)])
+def test_matmul_equals_float64_product(dtype, m, k, n):
+    g = torch.Generator().manual_seed(m + k + n)
+    a = torch.randn(m, k, generator=g, dtype=torch.float64)
+    b = torch.randn(k, n, generator=g, dtype=torch.float64)
+    reference = a @ b
+    # b contiguous with 32 or 64 columns is read in place; other layouts are copied first
+    for left, right in ((a, b), (a.t().contiguous().t(), b.t().contiguous().t()), (a[:, ::1], b)):
+        ours = ops.matmul(left.to(dtype), right.to(dtype))
+        if dtype == torch.float64:
+            torch.testing.assert_close(ours, reference, rtol=1e-13, atol=1e-13)
+        else:
+            assert_close_to_reference(ours, reference, torch.mm(left.to(dtype), right.to(dtype)), factor=3.0)
+    assert max_abs_error(ops.matmul(a.half(), b.half()), torch.mm(a.half(), b.half())) == 0  # 16-bit: torch.mm
+
+
+def test_matmul_same_for_threads_and_errors():
+    a, b = torch.randn(700, 300), torch.randn(300, 500)
+    check_same_for_threads(lambda: ops.matmul(a, b))
+    check_same_for_threads(lambda: ops.matmul(a[:40], b))
+    with pytest.raises(RuntimeError, match="b must have a.size"):
+        ops.matmul(a, b[:10])
+    with pytest.raises(RuntimeError, match="b must have a's dtype"):
+        ops.matmul(a, b.double())
+
+
+@pytest.mark.parametrize("dtype", TRAINING_DTYPES)
+def test_layer_every_dtype_runs_forward_and_backward(device, dtype):
+    lstm = fastnets.nn.LSTM(8, 8, bidirectional=True).to(device=device, dtype=dtype)
+    x = torch.randn(5, 3, 8, device=device, dtype=dtype, requires_grad=True)
+    output, (h, c) = lstm(x)
+    output.sum().backward()
+    assert output.dtype == dtype and x.grad.dtype == dtype and torch.isfinite(x.grad).all()
