@@ -1,5 +1,6 @@
 """RBM sampling and contrastive divergence against the same steps in plain PyTorch
-(``torch.bernoulli(torch.sigmoid(F.linear(...)))``), shared/ANCHORS.md's reference.
+(``torch.bernoulli(torch.sigmoid(F.linear(...)))``; for CD-1, ``fastnets.models.TorchRBM``),
+shared/ANCHORS.md's reference.
 
 Directions: a Gibbs step v -> h -> v (two GEMMs, two sampled layers); a CD-1 gradient
 (``RBM.contrastive_divergence``: the positive and negative phases, the gradients of W and both
@@ -10,6 +11,7 @@ import torch.nn.functional as torch_F
 
 import fastnets
 from fastnets.benchmark import Case
+from fastnets.models import TorchRBM
 from fastnets.benchmark import pytest_benchmark_case as bench_case  # noqa: F401  (the entry of `pytest bench/`)
 
 SHAPES = {"cpu": [(128, 784, 500)], "cuda": [(128, 784, 500), (1024, 784, 4096)]}
@@ -58,17 +60,13 @@ def bind_fastnets_cd1(inputs):
 
 def bind_torch_cd1(inputs):
     rbm, v = inputs
-    w, b, c = rbm.weight.detach(), rbm.visible_bias.detach(), rbm.hidden_bias.detach()
+    reference = TorchRBM(rbm.n_visible, rbm.n_hidden).to(device=v.device, dtype=v.dtype)
+    reference.load_state_dict(rbm.state_dict())
 
     def step():
-        positive_h = torch.sigmoid(torch_F.linear(v, w, c))
-        mean_v = torch.sigmoid(torch_F.linear(torch.bernoulli(positive_h), w.t(), b))
-        negative_h = torch.sigmoid(torch_F.linear(mean_v, w, c))
-        n = v.shape[0]
-        grad_w = (negative_h.t() @ mean_v - positive_h.t() @ v) / n
-        grad_b = (mean_v.sum(0) - v.sum(0)) / n
-        grad_c = (negative_h.sum(0) - positive_h.sum(0)) / n
-        return grad_w, grad_b, grad_c, ((v - mean_v) ** 2).sum(1).mean()
+        for parameter in reference.parameters():
+            parameter.grad = None
+        return reference.contrastive_divergence(v)
 
     return step
 

@@ -344,10 +344,14 @@ def _rbm_sample_setup_context(ctx, inputs, output):
     ctx.save_for_backward(input, weight, mean if unit == "bernoulli" else None)
 
 
+def _rbm_grad_total_input(unit, grad_mean, mean):
+    # The mean is sigmoid(a) (Bernoulli units) or a itself (Gaussian); samples are not differentiable.
+    return grad_mean if unit == "gaussian" else grad_mean * mean * (1 - mean)
+
+
 def _rbm_sample_backward(ctx, grad_mean, _grad_sample, _grad_seed_offset):
-    # Only the mean is differentiable (sigmoid(a) or a, a = input @ weight^T + bias); samples are not.
     input, weight, mean = ctx.saved_tensors
-    grad_total = grad_mean if ctx.unit == "gaussian" else grad_mean * mean * (1 - mean)
+    grad_total = _rbm_grad_total_input(ctx.unit, grad_mean, mean)
     grad_input = grad_total @ weight if ctx.needs_input_grad[0] else None
     grad_weight = grad_total.t() @ input if ctx.needs_input_grad[1] else None
     grad_bias = grad_total.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
@@ -371,8 +375,7 @@ def _rbm_sample_units_setup_context(ctx, inputs, output):
 
 def _rbm_sample_units_backward(ctx, grad_mean, _grad_sample, _grad_seed_offset):
     (mean,) = ctx.saved_tensors
-    grad_total = grad_mean if ctx.unit == "gaussian" else grad_mean * mean * (1 - mean)
-    return grad_total, None, None, None, None
+    return _rbm_grad_total_input(ctx.unit, grad_mean, mean), None, None, None, None
 
 
 torch.library.register_autograd("fastnets::rbm_sample_units", _rbm_sample_units_backward,

@@ -269,6 +269,14 @@ def conv_relu_pool2d(
     return output if batched else output.squeeze(0)
 
 
+RBM_UNITS = ("bernoulli", "gaussian")
+
+
+def check_rbm_unit(unit: str, name: str = "unit") -> None:
+    if unit not in RBM_UNITS:
+        raise ValueError(f'{name} must be "bernoulli" or "gaussian", got {unit!r}')
+
+
 def rbm_sample(
     input: Tensor,
     weight: Tensor,
@@ -303,8 +311,7 @@ def rbm_sample(
     the call's stream ``< mean[i]`` (float32 uniforms for float32/float16/bfloat16, float64 for
     float64): see :func:`fastnets.random.rbm_bernoulli` and :func:`fastnets.random.rbm_normal`.
     """
-    if unit not in ("bernoulli", "gaussian"):
-        raise ValueError(f'unit must be "bernoulli" or "gaussian", got {unit!r}')
+    check_rbm_unit(unit)
     batched = input.dim() != 1
     mean, samples, _ = ops.rbm_sample(input if batched else input.unsqueeze(0), weight, bias, unit, sample, generator)
     if not batched:
@@ -322,8 +329,7 @@ def rbm_sample_units(
         ``(mean, sample)`` of ``total_input``'s shape and dtype (contiguous); ``sample`` is None
         when ``sample`` is false. Gradients flow through ``mean`` only.
     """
-    if unit not in ("bernoulli", "gaussian"):
-        raise ValueError(f'unit must be "bernoulli" or "gaussian", got {unit!r}')
+    check_rbm_unit(unit)
     mean, samples, _ = ops.rbm_sample_units(total_input, unit, sample, generator)
     return mean, samples if sample else None
 

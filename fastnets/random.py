@@ -90,22 +90,22 @@ def rbm_normal(
     shape: Sequence[int],
     seed: int,
     offset: int,
-    dtype: torch.dtype = torch.float64,
+    uniform_dtype: torch.dtype = torch.float64,
     device: Union[str, torch.device, None] = None,
 ) -> Tensor:
     """The N(0, 1) noise of a Gaussian ``rbm_sample`` call with stream (seed, offset), computed in
     float64: ``sqrt(-2 ln u1) cos(2 pi u2)``, u1 = 1 - uniform from word ``i`` (never 0), u2 = uniform from
-    word ``4 ceil(n / 4) + i``; ``dtype`` float64 takes 32-bit uniforms (a float64 call), float32 the
-    24-bit ones of float32, float16 and bfloat16 calls. The kernel evaluates ln and cos by its own
+    word ``4 ceil(n / 4) + i``; ``uniform_dtype`` float64 takes the 32-bit uniforms of a float64
+    call, float32 the 24-bit ones of float32, float16 and bfloat16 calls. The result is float64. The kernel evaluates ln and cos by its own
     polynomials (the same on CPU and CUDA) in its dtype, so this agrees to rounding, not bit for bit."""
-    if dtype not in (torch.float64, torch.float32):
-        raise ValueError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
+    if uniform_dtype not in (torch.float64, torch.float32):
+        raise ValueError(f"uniform_dtype must be torch.float64 or torch.float32, got {uniform_dtype}")
     shape = tuple(int(s) for s in shape)
     n = _numel(shape)
     second = 4 * ((n + 3) // 4)
     words = ops.philox_bits(seed_offset_tensor(seed, offset, device), second + n)
     step = 2.0**-32
-    if dtype == torch.float32:
+    if uniform_dtype == torch.float32:
         words, step = words >> 8, 2.0**-24
     words = words.to(torch.float64)
     u1 = 1 - words[:n] * step

@@ -68,11 +68,11 @@ def ais_betas(num_betas: int = 14500) -> Tensor:
     """Salakhutdinov & Murray's schedule of inverse temperatures from 0 to 1, scaled to
     ``num_betas`` values: steps of 1/1000 up to 0.5, 1/10000 up to 0.9 and 1/100000 to 1 in
     their 14,500; here the same three stretches get 500/14500, 4000/14500 and 10000/14500 of the values."""
-    if num_betas < 3:
-        raise ValueError(f"num_betas must be at least 3, got {num_betas}")
+    if num_betas < 4:
+        raise ValueError(f"num_betas must be at least 4, got {num_betas}")
     first = max(1, round(num_betas * 500 / 14500))
     second = max(1, round(num_betas * 4000 / 14500))
-    third = max(1, num_betas - first - second)
+    third = num_betas - first - second  # >= 2: the last stretch ends at 1
     return torch.cat([torch.linspace(0.0, 0.5, first + 1, dtype=torch.float64)[:-1],
                       torch.linspace(0.5, 0.9, second + 1, dtype=torch.float64)[:-1],
                       torch.linspace(0.9, 1.0, third, dtype=torch.float64)])
@@ -81,10 +81,11 @@ def ais_betas(num_betas: int = 14500) -> Tensor:
 def base_visible_bias(data: Tensor, visible: str = "bernoulli", smoothing: float = 0.05) -> Tensor:
     """The base model's visible biases that match the data's marginals: the log-odds of each pixel's
     (smoothed) mean for Bernoulli units, the mean for Gaussian ones."""
-    mean = data.detach().to(torch.float64).reshape(-1, data.shape[-1]).mean(0)
+    rows = data.detach().to(torch.float64).reshape(-1, data.shape[-1])
+    mean = rows.mean(0)
     if visible == "gaussian":
         return mean
-    mean = (mean * data.shape[0] + smoothing) / (data.shape[0] + 2 * smoothing)
+    mean = (mean * rows.shape[0] + smoothing) / (rows.shape[0] + 2 * smoothing)
     return torch.log(mean) - torch.log1p(-mean)
 
 

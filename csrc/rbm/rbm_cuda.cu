@@ -103,6 +103,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rbm_sample_units_cuda(const at::T
                                                                      c10::string_view unit, bool sample,
                                                                      const std::optional<at::Generator>& generator,
                                                                      const std::optional<at::Tensor>& replay) {
+  TORCH_CHECK(total_input.is_cuda(), "total_input must be on seed_offset's device (cuda), got ",
+              total_input.device());
   check_training_dtype(total_input, "total_input");
   const c10::cuda::CUDAGuard guard(total_input.device());
   return sample_units(total_input.clone(at::MemoryFormat::Contiguous), unit, sample, generator, replay);

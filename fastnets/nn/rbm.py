@@ -12,11 +12,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from fastnets.functional import rbm_sample
+from fastnets.functional import check_rbm_unit, rbm_sample
 from fastnets.rbm import exact_log_partition
-
-_VISIBLE_UNITS = ("bernoulli", "gaussian")
-
 
 class RBM(nn.Module):
     r"""A restricted Boltzmann machine with binary hidden units and Bernoulli or Gaussian visible units.
@@ -36,13 +33,13 @@ class RBM(nn.Module):
         weight: (H, V), initialized from N(0, 0.01^2) as the guide recommends.
         visible_bias: (V,), zeros.
         hidden_bias: (H,), zeros.
-        chain: the persistent chains' visible states for PCD (a buffer, None until first used).
+        chain: the persistent chains' visible states for PCD (a buffer outside the state_dict, None
+            until first used).
     """
 
     def __init__(self, n_visible: int, n_hidden: int, visible: str = "bernoulli", device=None, dtype=None) -> None:
         super().__init__()
-        if visible not in _VISIBLE_UNITS:
-            raise ValueError(f'visible must be "bernoulli" or "gaussian", got {visible!r}')
+        check_rbm_unit(visible, "visible")
         if n_visible < 1 or n_hidden < 1:
             raise ValueError(f"n_visible and n_hidden must be positive, got {n_visible} and {n_hidden}")
         factory = {"device": device, "dtype": dtype}
@@ -50,7 +47,7 @@ class RBM(nn.Module):
         self.weight = nn.Parameter(torch.empty(n_hidden, n_visible, **factory))
         self.visible_bias = nn.Parameter(torch.empty(n_visible, **factory))
         self.hidden_bias = nn.Parameter(torch.empty(n_hidden, **factory))
-        self.register_buffer("chain", None)
+        self.register_buffer("chain", None, persistent=False)  # training state, not in checkpoints
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -120,8 +117,12 @@ class RBM(nn.Module):
         Positive statistics: ``v`` and ``P(h | v)``. Negative statistics: after ``k`` Gibbs steps
         (binary hidden samples, sampled visible states in between), the last step's ``E[v | h]``
         and ``P(h | E[v | h])``. With ``persistent`` (Tieleman 2008) the negative chains start from
-        ``self.chain`` (initialized from the first batch, kept for a same-sized batch) and their
-        sampled visible states are kept there for the next call.
+        ``self.chain`` (initialized from the first batch; their number stays, whatever the size of
+        later batches, and the negative statistics are averaged over them) and their sampled visible
+        states are kept there for the next call.
+
+        For Bernoulli visible units the data are checked to lie in [0, 1] (on CUDA that check waits
+        for the device once per call; it is skipped under CUDA graph capture).
 
         Args:
             v: data (batch, V); for Bernoulli visible units in [0, 1].
@@ -141,7 +142,8 @@ class RBM(nn.Module):
             positive_h, data_h = self.sample_h(v, generator=generator)
             h = data_h
             if persistent:
-                if self.chain is None or self.chain.shape != v.shape or self.chain.dtype != v.dtype:
+                if self.chain is None or self.chain.shape[1:] != v.shape[1:] or self.chain.dtype != v.dtype or \
+                        self.chain.device != v.device:
                     self.chain = v.clone()
                 h = self.sample_h(self.chain, generator=generator)[1]
             for step in range(k):
@@ -155,12 +157,12 @@ class RBM(nn.Module):
             else:
                 reconstruction = mean_v if k == 1 else self.sample_v(data_h, sample=False)[0]
             negative_h = self.sample_h(mean_v, sample=False)[0]
-            batch = v.shape[0]
-            grad_weight = negative_h.t() @ mean_v
-            grad_weight.addmm_(positive_h.t(), v, alpha=-1).div_(batch)
+            batch, chains = v.shape[0], mean_v.shape[0]  # as many chains as data, except in PCD
+            grad_weight = torch.mm(negative_h.t(), mean_v).div_(chains)
+            grad_weight.addmm_(positive_h.t(), v, alpha=-1 / batch)
             _accumulate(self.weight, grad_weight)
-            _accumulate(self.visible_bias, (mean_v.sum(0) - v.sum(0)).div_(batch))
-            _accumulate(self.hidden_bias, (negative_h.sum(0) - positive_h.sum(0)).div_(batch))
+            _accumulate(self.visible_bias, mean_v.sum(0).div_(chains) - v.sum(0).div_(batch))
+            _accumulate(self.hidden_bias, negative_h.sum(0).div_(chains) - positive_h.sum(0).div_(batch))
             return ((v - reconstruction) ** 2).sum(-1).mean()
 
     def log_partition(self, chunk: int = 1 << 14) -> Tensor:
@@ -169,7 +171,8 @@ class RBM(nn.Module):
         return exact_log_partition(self, chunk)
 
     def log_prob(self, v: Tensor, log_z) -> Tensor:
-        """``log p(v) = -F(v) - log Z`` in nats (batch,), float64, given ``log Z`` (exact or from AIS)."""
+        """``log p(v) = -F(v) - log Z`` in nats (batch,) given ``log Z`` (exact or from AIS): F in the
+        module's dtype, the result in float64."""
         with torch.no_grad():
             return -self.free_energy(v).to(torch.float64) - torch.as_tensor(log_z, dtype=torch.float64)
 
