@@ -93,11 +93,12 @@ def rbm_normal(
     uniform_dtype: torch.dtype = torch.float64,
     device: Union[str, torch.device, None] = None,
 ) -> Tensor:
-    """The N(0, 1) noise of a Gaussian ``rbm_sample`` call with stream (seed, offset), computed in
-    float64: ``sqrt(-2 ln u1) cos(2 pi u2)``, u1 = 1 - uniform from word ``i`` (never 0), u2 = uniform from
-    word ``4 ceil(n / 4) + i``; ``uniform_dtype`` float64 takes the 32-bit uniforms of a float64
-    call, float32 the 24-bit ones of float32, float16 and bfloat16 calls. The result is float64. The kernel evaluates ln and cos by its own
-    polynomials (the same on CPU and CUDA) in its dtype, so this agrees to rounding, not bit for bit."""
+    """The N(0, 1) noise of a Gaussian ``rbm_sample`` call with stream (seed, offset), in float64:
+    ``sqrt(-2 ln u1) cos(2 pi u2)``, u1 = 1 - uniform from word ``i`` (never 0), u2 = uniform from
+    word ``4 ceil(n / 4) + i``. ``uniform_dtype`` float64 takes the 32-bit uniforms of a float64
+    call, float32 the 24-bit ones of float32, float16 and bfloat16 calls. The kernel evaluates ln
+    and cos by its own polynomials (the same on CPU and CUDA) in its dtype, so this agrees to
+    rounding, not bit for bit."""
     if uniform_dtype not in (torch.float64, torch.float32):
         raise ValueError(f"uniform_dtype must be torch.float64 or torch.float32, got {uniform_dtype}")
     shape = tuple(int(s) for s in shape)

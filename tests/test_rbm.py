@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from harness import (TRAINING_DTYPES, assert_close_to_reference, check_compiles, check_cpu_cuda_identical,
-                     check_opcheck, check_same_for_threads, cuda_only)
+from harness import (TRAINING_DTYPES, assert_close_to_reference, check_compiles, check_opcheck,
+                     check_same_for_threads, cuda_only)
 
 import fastnets
 from fastnets.data import load_mnist
