@@ -209,7 +209,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", choices=list(MODELS), default="cnn",
                         help="the TensorFlow tutorial's MNIST CNN (default), softmax regression, LeNet-5, maxout, "
-                             "a DBN classifier (784-500-500 RBMs pre-trained with CD-1, then fine-tuned)")
+                             "a DBN classifier (784-500-500 RBMs pre-trained with CD-1, then fine-tuned), an LSTM "
+                             "reading the 28 rows of a digit")
     parser.add_argument("--pretrain-epochs", type=int, default=5, help="DBN: CD-1 epochs per layer (default 5)")
     parser.add_argument("--epochs", type=int, default=2, help="default 2")
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam's learning rate (default 1e-4, as the tutorial)")

@@ -396,7 +396,7 @@ def _lstm_layer_fake(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=Fa
 
 @torch.library.register_fake("fastnets::lstm_layer_backward")
 def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates,
-                              cell_states, reverse=False):
+                              cell_states, reverse=False):  # any of the three gradients may be None
     return (torch.empty_like(input, memory_format=torch.contiguous_format), h0.new_empty(h0.shape),
             c0.new_empty(c0.shape), w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
             w_ih.new_empty(w_ih.shape[0]))
@@ -408,10 +408,13 @@ def _lstm_layer_setup_context(ctx, inputs, output):
     ctx.save_for_backward(input, h0, c0, w_ih, w_hh, out, gates, cell_states)
     ctx.reverse = reverse
     ctx.has_bias = (b_ih is not None, b_hh is not None)
+    ctx.set_materialize_grads(False)  # unused outputs' gradients stay None: the kernel reads them as zero
 
 
 def _lstm_layer_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cell_states):
     input, h0, c0, w_ih, w_hh, output, gates, cell_states = ctx.saved_tensors
+    if grad_output is None and grad_h_n is None and grad_c_n is None:
+        return None, None, None, None, None, None, None, None
     grads = ops.lstm_layer_backward(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates,
                                     cell_states, ctx.reverse)
     grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = grads

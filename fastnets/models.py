@@ -170,11 +170,32 @@ def pretrain_dbn(model: nn.Sequential, layers: str, images: torch.Tensor, *, epo
     return {"seconds": seconds, "reconstruction_errors": errors}
 
 
+class RowLSTMClassifier(nn.Module):
+    """Reads a digit row by row (28 steps of 28 pixels) with an LSTM and classifies its last hidden
+    state: ``lstm`` (fastnets.nn.LSTM or torch.nn.LSTM, batch_first) then ``fc``."""
+
+    def __init__(self, layers: str = "fastnets", hidden: int = 128, num_layers: int = 1) -> None:
+        super().__init__()
+        _check_layers(layers)
+        lstm = fnn.LSTM if layers == "fastnets" else nn.LSTM
+        self.lstm = lstm(28, hidden, num_layers=num_layers, batch_first=True)
+        self.fc = nn.Linear(hidden, 10)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        _, (h_n, _) = self.lstm(images.reshape(-1, 28, 28))
+        return self.fc(h_n[-1])
+
+
+def lstm_classifier(layers: str = "fastnets") -> RowLSTMClassifier:
+    """The LSTM sequence classifier: one layer of 128 units over the 28 rows of a digit."""
+    return RowLSTMClassifier(layers)
+
+
 MODELS = {"softmax": softmax_regression, "cnn": mnist_cnn, "lenet5": lenet5, "maxout": maxout_mlp,
-          "dbn": dbn_classifier}
+          "dbn": dbn_classifier, "lstm": lstm_classifier}
 
 
-def build(name: str, layers: str = "fastnets") -> nn.Sequential:
+def build(name: str, layers: str = "fastnets") -> nn.Module:
     """One of MODELS from fastnets layers or from torch.nn layers (same parameters and keys)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}: choose from {', '.join(MODELS)}")
@@ -182,4 +203,4 @@ def build(name: str, layers: str = "fastnets") -> nn.Sequential:
 
 
 __all__ = ["MODELS", "build", "softmax_regression", "mnist_cnn", "lenet5", "maxout_mlp", "gupta_mlp", "TorchMaxout",
-           "dbn_classifier", "pretrain_dbn", "TorchRBM", "DBN_SIZES"]
+           "dbn_classifier", "pretrain_dbn", "TorchRBM", "DBN_SIZES", "lstm_classifier", "RowLSTMClassifier"]

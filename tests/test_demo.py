@@ -74,6 +74,13 @@ def test_dbn_pretrains_with_each_builds_rbms_then_fine_tunes(digits):
     assert "DBN pre-training, 1 epochs of CD-1 per layer" in demo.table(report)
 
 
+def test_lstm_classifier_learns_and_keeps_less_for_backward(digits):
+    report = demo.compare_builds("lstm", digits, epochs=1, lr=3e-3, progress=False)
+    fastnets_run, torch_run = report["runs"]
+    assert fastnets_run["test_accuracy"][-1] > 40 and torch_run["test_accuracy"][-1] > 40  # chance: 10%
+    assert fastnets_run["saved_bytes"] < torch_run["saved_bytes"]  # activated gates and cell states only
+
+
 def test_torch_rbm_matches_fastnets_rbm_given_the_same_samples(monkeypatch):
     # TorchRBM's CD-1 from the hidden sample fastnets drew equals fastnets.nn.RBM's gradients.
     torch.manual_seed(0)

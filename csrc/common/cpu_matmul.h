@@ -54,6 +54,13 @@ inline GemmRightOperand prepare_right_operand(const at::Tensor& b) {
 namespace cpu_matmul_detail {
 
 constexpr int64_t kRowChunk = 256;  // rows of A per task when A is tall: a chunk's depth block stays in L2
+constexpr int64_t kMinTaskFlops = 1 << 21;  // less work than this per thread costs more to share than to do
+constexpr int64_t kMinTaskValues = 1 << 14;
+
+// A grain (in units of `unit_work`) that gives each thread at least `min_work`.
+inline int64_t grain_for(int64_t unit_work, int64_t min_work) {
+  return std::max<int64_t>(1, (min_work + unit_work - 1) / std::max<int64_t>(unit_work, 1));
+}
 
 template <typename T>
 void matmul(const at::Tensor& a, const GemmRightOperand& b, T* c, int64_t ldc, bool accumulate) {
@@ -63,7 +70,7 @@ void matmul(const at::Tensor& a, const GemmRightOperand& b, T* c, int64_t ldc, b
   const T* b_data = b.rows.const_data_ptr<T>();
   const int64_t panels = (rows + kPanelRows - 1) / kPanelRows;
   std::vector<T> packed(panels_size(rows, depth));
-  at::parallel_for(0, panels, 1, [&](int64_t first, int64_t last) {
+  at::parallel_for(0, panels, grain_for(kPanelRows * depth, kMinTaskValues), [&](int64_t first, int64_t last) {
     const int64_t row0 = first * kPanelRows, count = std::min(last * kPanelRows, rows) - row0;
     pack_panels(count, depth, [&](int64_t i, int64_t k) {
       return a_data[(row0 + i) * a_row_stride + k * a_col_stride];
@@ -77,7 +84,8 @@ void matmul(const at::Tensor& a, const GemmRightOperand& b, T* c, int64_t ldc, b
     });
   };
   if (rows >= 2 * kRowChunk) {
-    at::parallel_for(0, (rows + kRowChunk - 1) / kRowChunk, 1, [&](int64_t first, int64_t last) {
+    const int64_t chunks = (rows + kRowChunk - 1) / kRowChunk;
+    at::parallel_for(0, chunks, grain_for(2 * kRowChunk * depth * cols, kMinTaskFlops), [&](int64_t first, int64_t last) {
       for (int64_t chunk = first; chunk < last; ++chunk) {
         const int64_t row0 = chunk * kRowChunk;
         run(row0, std::min(kRowChunk, rows - row0), 0, cols);
@@ -87,7 +95,7 @@ void matmul(const at::Tensor& a, const GemmRightOperand& b, T* c, int64_t ldc, b
     // Column chunks of whole tiles of every instruction set (kMaxTileBytes).
     constexpr int64_t quantum = kMaxTileBytes / sizeof(T);
     const int64_t chunks = (cols + quantum - 1) / quantum;
-    at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
+    at::parallel_for(0, chunks, grain_for(2 * rows * quantum * depth, kMinTaskFlops), [&](int64_t first, int64_t last) {
       const int64_t col0 = first * quantum;
       run(0, rows, col0, std::min(last * quantum, cols) - col0);
     });

@@ -6,6 +6,8 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/mm.h>
 
@@ -17,9 +19,14 @@
 namespace fastnets {
 namespace {
 
-// Rows (batch entries) split across threads; each row's hidden units in one vectorized loop,
-// written as a function of restrict pointers so that GCC knows the arrays do not overlap.
-constexpr int64_t kGrainRows = 8;
+// Rows (batch entries) split across threads, at least kMinTaskUnits units each; each row's hidden
+// units in one vectorized loop, written as a function of restrict pointers so that GCC knows the
+// arrays do not overlap.
+constexpr int64_t kMinTaskUnits = 1 << 14;
+
+int64_t grain_rows(int64_t hidden) {
+  return std::max<int64_t>(1, kMinTaskUnits / std::max<int64_t>(hidden, 1));
+}
 
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 FASTNETS_ALWAYS_INLINE void forward_row(int64_t hidden, scalar_t* __restrict__ gi, scalar_t* __restrict__ gf,
@@ -37,13 +44,14 @@ FASTNETS_ALWAYS_INLINE void forward_row(int64_t hidden, scalar_t* __restrict__ g
   }
 }
 
-template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+// kGradOutput: whether grad_output exists (autograd passes none when the loss ignores the output).
+template <bool kGradOutput, typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 FASTNETS_ALWAYS_INLINE void backward_row(int64_t hidden, const scalar_t* __restrict__ grad_output,
                                          const scalar_t* __restrict__ grad_h, scalar_t* __restrict__ grad_c,
                                          const scalar_t* __restrict__ gates, const scalar_t* __restrict__ c_prev,
                                          const scalar_t* __restrict__ c, scalar_t* __restrict__ grad_gates) {
   for (int64_t j = 0; j < hidden; ++j) {
-    const acc_t dh = static_cast<acc_t>(grad_output[j]) + static_cast<acc_t>(grad_h[j]);
+    const acc_t dh = (kGradOutput ? static_cast<acc_t>(grad_output[j]) : acc_t(0)) + static_cast<acc_t>(grad_h[j]);
     const auto d = lstm_backward_element<acc_t>(dh, grad_c[j], gates[j], gates[hidden + j], gates[2 * hidden + j],
                                                 gates[3 * hidden + j], c_prev[j], c[j]);
     grad_gates[j] = static_cast<scalar_t>(d.a_i);
@@ -61,7 +69,7 @@ void lstm_pointwise_forward_cpu(at::Tensor& gates, const at::Tensor& c_prev, at:
     const scalar_t* cp = c_prev.const_data_ptr<scalar_t>();
     scalar_t* cn = c.mutable_data_ptr<scalar_t>();
     scalar_t* hn = h.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, batch, kGrainRows, [&](int64_t first, int64_t last) {
+    at::parallel_for(0, batch, grain_rows(hidden), [&](int64_t first, int64_t last) {
       call_with_best_isa([&]() FASTNETS_INLINE_LAMBDA {
         for (int64_t b = first; b < last; ++b) {
           scalar_t* row = g + b * 4 * hidden;
@@ -78,18 +86,22 @@ void lstm_pointwise_backward_cpu(const at::Tensor& grad_output, const at::Tensor
                                  at::Tensor& grad_gates) {
   const int64_t batch = c.size(0), hidden = c.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(), "fastnets::lstm_backward", [&] {
-    const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
+    const scalar_t* go = grad_output.defined() ? grad_output.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* gh = grad_h.const_data_ptr<scalar_t>();
     scalar_t* gc = grad_c.mutable_data_ptr<scalar_t>();
     const scalar_t* g = gates.const_data_ptr<scalar_t>();
     const scalar_t* cp = c_prev.const_data_ptr<scalar_t>();
     const scalar_t* cn = c.const_data_ptr<scalar_t>();
     scalar_t* dg = grad_gates.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, batch, kGrainRows, [&](int64_t first, int64_t last) {
+    at::parallel_for(0, batch, grain_rows(hidden), [&](int64_t first, int64_t last) {
       call_with_best_isa([&]() FASTNETS_INLINE_LAMBDA {
         for (int64_t b = first; b < last; ++b) {
           const int64_t row = b * hidden;
-          backward_row(hidden, go + row, gh + row, gc + row, g + 4 * row, cp + row, cn + row, dg + 4 * row);
+          if (go != nullptr) {
+            backward_row<true>(hidden, go + row, gh + row, gc + row, g + 4 * row, cp + row, cn + row, dg + 4 * row);
+          } else {
+            backward_row<false>(hidden, go, gh + row, gc + row, g + 4 * row, cp + row, cn + row, dg + 4 * row);
+          }
         }
       });
     });
@@ -136,7 +148,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n, const at::Tensor& input,
+    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
+    const std::optional<at::Tensor>& grad_c_n, const at::Tensor& input,
     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cell_states, bool reverse) {
   return lstm_layer_backward<CpuLstm>(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates,
@@ -156,9 +169,10 @@ TORCH_LIBRARY_FRAGMENT(fastnets, m) {
       "Tensor? b_hh=None, bool reverse=False) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, "
       "Tensor cell_states)");
   // Backward through time of lstm_layer: the gradients of input, h0, c0, w_ih, w_hh and the bias
-  // (b_ih and b_hh alike), from those of output, h_n and c_n and the forward's saved tensors.
+  // (b_ih and b_hh alike), from those of output, h_n and c_n (None: zero) and the forward's saved
+  // tensors.
   m.def(
-      "lstm_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, Tensor h0, "
+      "lstm_layer_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor input, Tensor h0, "
       "Tensor c0, Tensor w_ih, Tensor w_hh, Tensor output, Tensor gates, Tensor cell_states, bool reverse=False) "
       "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_bias)");

@@ -52,7 +52,8 @@ lstm_backward_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* _
     const int64_t b = k / hidden, j = k - b * hidden;
     const scalar_t* g = gates + b * 4 * hidden + j;
     scalar_t* d = grad_gates + b * 4 * hidden + j;
-    const acc_t dh = static_cast<acc_t>(grad_output[k]) + static_cast<acc_t>(grad_h[k]);
+    const acc_t dh = (grad_output != nullptr ? static_cast<acc_t>(grad_output[k]) : acc_t(0)) +
+                     static_cast<acc_t>(grad_h[k]);
     const auto r = lstm_backward_element<acc_t>(dh, grad_c[k], g[0], g[hidden], g[2 * hidden], g[3 * hidden],
                                                 c_prev[k], c[k]);
     d[0] = static_cast<scalar_t>(r.a_i);
@@ -81,7 +82,8 @@ void lstm_pointwise_backward_cuda(const at::Tensor& grad_output, const at::Tenso
   if (batch * hidden == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(), "fastnets::lstm_backward_cuda", [&] {
     lstm_backward_kernel<<<grid_size(batch * hidden, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        grad_output.const_data_ptr<scalar_t>(), grad_h.const_data_ptr<scalar_t>(), grad_c.mutable_data_ptr<scalar_t>(),
+        grad_output.defined() ? grad_output.const_data_ptr<scalar_t>() : nullptr, grad_h.const_data_ptr<scalar_t>(),
+        grad_c.mutable_data_ptr<scalar_t>(),
         gates.const_data_ptr<scalar_t>(), c_prev.const_data_ptr<scalar_t>(), c.const_data_ptr<scalar_t>(),
         grad_gates.mutable_data_ptr<scalar_t>(), batch, hidden);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -115,7 +117,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n, const at::Tensor& input,
+    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
+    const std::optional<at::Tensor>& grad_c_n, const at::Tensor& input,
     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cell_states, bool reverse) {
   const c10::cuda::CUDAGuard guard(input.device());

@@ -3,13 +3,14 @@
 // loop and its GEMMs, shared by the CPU and CUDA ops, which pass their pointwise kernels in.
 // As haste does: one GEMM for the input projections of all time steps, then per step the
 // recurrent GEMM (accumulated into that step's gates) and the fused pointwise kernel. Backward:
-// per step the fused pointwise backward and one GEMM for dh; the weight gradients as one GEMM
-// each after the loop, the bias gradient as a reduction.
+// per step the fused pointwise backward and one GEMM for dh; after the loop one GEMM for the
+// input gradient and one for both weight gradients, the bias gradient as a reduction.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #include <optional>
@@ -28,7 +29,8 @@ namespace fastnets {
 //   void forward(at::Tensor& gates, const at::Tensor& c_prev, at::Tensor& c, at::Tensor& h):
 //     gates (B, 4H) pre-activations in, activated gates out; writes c and h (B, H);
 //   void backward(grad_output, grad_h, grad_c, gates, c_prev, c, grad_gates): dh' = grad_output +
-//     grad_h; grad_c: dc' in, the gradient of c_prev out; writes the pre-activations' gradients.
+//     grad_h (grad_output may be undefined: zero); grad_c: dc' in, the gradient of c_prev out;
+//     writes the pre-activations' gradients.
 // The pointwise math is lstm.h's; all tensors contiguous.
 
 inline void check_same(const at::Tensor& t, const at::Tensor& input, const char* name) {
@@ -103,34 +105,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
 }
 
 // Returns (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias); grad_bias is the
-// gradient of b_ih and of b_hh alike.
+// gradient of b_ih and of b_hh alike. An undefined gradient of output, h_n or c_n counts as zero
+// (autograd passes none for outputs the loss did not use) and is never materialized.
 template <typename Device>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_backward(
-    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n, const at::Tensor& input,
-    const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cell_states, bool reverse) {
+    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
+    const std::optional<at::Tensor>& grad_c_n, const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output, const at::Tensor& gates,
+    const at::Tensor& cell_states, bool reverse) {
   check_lstm_layer_args(input, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt);
   const int64_t steps = input.size(0), batch = input.size(1), hidden = w_hh.size(1), features = input.size(2);
   const at::IntArrayRef state_shape = h0.sizes();
-  TORCH_CHECK(grad_output.sizes() == output.sizes() && output.sizes() == cell_states.sizes() &&
-                  gates.sizes() == at::IntArrayRef({steps, batch, 4 * hidden}) &&
-                  grad_h_n.sizes() == state_shape && grad_c_n.sizes() == state_shape,
-              "lstm_layer_backward: the gradients and saved tensors must have the forward's shapes");
-  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{grad_output, "grad_output"},
-                                {grad_h_n, "grad_h_n"}, {grad_c_n, "grad_c_n"}, {output, "output"},
-                                {gates, "gates"}, {cell_states, "cell_states"}}) {
+  TORCH_CHECK(output.sizes() == cell_states.sizes() && output.sizes() == at::IntArrayRef({steps, batch, hidden}) &&
+                  gates.sizes() == at::IntArrayRef({steps, batch, 4 * hidden}),
+              "lstm_layer_backward: the saved tensors must have the forward's shapes");
+  for (const auto& [t, name, shape] :
+       {std::tuple<const std::optional<at::Tensor>&, const char*, at::IntArrayRef>{grad_output, "grad_output",
+                                                                                    output.sizes()},
+        {grad_h_n, "grad_h_n", state_shape}, {grad_c_n, "grad_c_n", state_shape}}) {
+    if (t.has_value() && t->defined()) {
+      TORCH_CHECK(t->sizes() == shape, name, " must have shape ", shape, ", got ", t->sizes());
+      check_same(*t, input, name);
+    }
+  }
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{output, "output"}, {gates, "gates"},
+                                {cell_states, "cell_states"}}) {
     check_same(t, input, name);
   }
-  const at::Tensor grad_out = grad_output.contiguous(), saved_gates = gates.contiguous();
+  const auto defined = [](const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
+  const at::Tensor grad_out = defined(grad_output) ? grad_output->contiguous() : at::Tensor();
+  const at::Tensor saved_gates = gates.contiguous();
   const at::Tensor saved_c = cell_states.contiguous(), saved_h = output.contiguous(), c_zero = c0.contiguous();
   at::Tensor grad_gates = at::empty({steps, batch, 4 * hidden}, input.options());
-  at::Tensor grad_h = grad_h_n.contiguous().clone(), grad_c = grad_c_n.contiguous().clone();
+  at::Tensor grad_h = defined(grad_h_n) ? grad_h_n->contiguous().clone() : at::zeros(state_shape, input.options());
+  at::Tensor grad_c = defined(grad_c_n) ? grad_c_n->contiguous().clone() : at::zeros(state_shape, input.options());
   const auto w_hh_right = Device::prepare(w_hh, steps * batch);
   for (int64_t step = steps - 1; step >= 0; --step) {
     const int64_t t = reverse ? steps - 1 - step : step;
     const at::Tensor c_prev = step == 0 ? c_zero : saved_c.select(0, reverse ? t + 1 : t - 1);
     at::Tensor step_grad_gates = grad_gates.select(0, t);
-    Device::backward(grad_out.select(0, t), grad_h, grad_c, saved_gates.select(0, t), c_prev, saved_c.select(0, t),
+    const at::Tensor step_grad_output = grad_out.defined() ? grad_out.select(0, t) : grad_out;
+    Device::backward(step_grad_output, grad_h, grad_c, saved_gates.select(0, t), c_prev, saved_c.select(0, t),
                      step_grad_gates);
     Device::multiply(step_grad_gates, w_hh_right, grad_h, false);
   }
@@ -142,13 +157,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                             : reverse  ? at::cat({saved_h.narrow(0, 1, steps - 1), first})
                                        : at::cat({first, saved_h.narrow(0, 0, steps - 1)});
   at::Tensor grad_input = at::empty({steps * batch, features}, input.options());
-  at::Tensor grad_w_ih = at::empty_like(w_ih, at::MemoryFormat::Contiguous);
-  at::Tensor grad_w_hh = at::empty_like(w_hh, at::MemoryFormat::Contiguous);
   Device::multiply(flat_grad, Device::prepare(w_ih, steps * batch), grad_input, false);
-  Device::multiply(flat_grad.t(), Device::prepare(flat_input, 4 * hidden), grad_w_ih, false);
-  Device::multiply(flat_grad.t(), Device::prepare(h_prev.view({steps * batch, hidden}), 4 * hidden), grad_w_hh,
-                   false);
-  return {grad_input.view({steps, batch, features}), grad_h, grad_c, grad_w_ih, grad_w_hh, flat_grad.sum(0)};
+  // Both weight gradients in one GEMM: grad_gates^T [inputs | h_prev], then split.
+  const at::Tensor inputs_and_states = at::cat({flat_input, h_prev.view({steps * batch, hidden})}, 1);
+  at::Tensor grad_weights = at::empty({4 * hidden, features + hidden}, input.options());
+  Device::multiply(flat_grad.t(), Device::prepare(inputs_and_states, 4 * hidden), grad_weights, false);
+  return {grad_input.view({steps, batch, features}),
+          grad_h,
+          grad_c,
+          grad_weights.narrow(1, 0, features).contiguous(),
+          grad_weights.narrow(1, features, hidden).contiguous(),
+          flat_grad.sum(0)};
 }
 
 }  // namespace fastnets
