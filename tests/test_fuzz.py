@@ -230,3 +230,28 @@ def test_rbm_sample_means_and_stream(batch, n_in, n_out, bias, unit, scale, kind
         assert torch.equal(sample, frandom.rbm_bernoulli(mean, *stream))
     else:
         torch.testing.assert_close(sample, mean + frandom.rbm_normal(mean.shape, *stream), rtol=1e-13, atol=1e-13)
+
+
+@FUZZ
+@given(steps=st.integers(1, 6), batch=st.integers(1, 5), n_in=st.integers(1, 9), hidden=st.integers(1, 9),
+       bias=st.booleans(), reverse=st.booleans(), kind=st.integers(0, 2), seed=st.integers(0, 2**31 - 1))
+def test_lstm_layer(steps, batch, n_in, hidden, bias, reverse, kind, seed):
+    """Output, final states and every gradient against torch.lstm (a reversed layer: on the
+    time-flipped sequence)."""
+    x, h0, c0 = values((steps, batch, n_in), seed), values((batch, hidden), seed + 1), values((batch, hidden), seed + 2)
+    w_ih, w_hh = values((4 * hidden, n_in), seed + 3) / 2, values((4 * hidden, hidden), seed + 4) / 2
+    b_ih, b_hh = values((4 * hidden,), seed + 5), values((4 * hidden,), seed + 6)
+    tensors = [x, h0, c0, w_ih, w_hh] + ([b_ih, b_hh] if bias else [])
+
+    def ours(x, h0, c0, w_ih, w_hh, *biases):
+        output, (h_n, c_n) = F.lstm_layer(x, (h0, c0), w_ih, w_hh, *(biases or (None, None)), reverse=reverse)
+        return torch.cat([output.flatten(), h_n.flatten(), c_n.flatten()])
+
+    def reference(x, h0, c0, w_ih, w_hh, *biases):
+        sequence = x.flip(0) if reverse else x
+        output, h_n, c_n = torch.lstm(sequence, (h0[None], c0[None]), [w_ih, w_hh, *biases], bias, 1, 0.0, False,
+                                      False, False)
+        output = output.flip(0) if reverse else output
+        return torch.cat([output.flatten(), h_n.flatten(), c_n.flatten()])
+
+    same_results(ours, reference, tensors, kind)

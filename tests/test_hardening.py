@@ -22,6 +22,13 @@ def fixed_point_reference(x):
     return torch.clamp(torch.round(x.double() * 16), -128, 127).div(16).to(x.dtype)
 
 
+def torch_lstm(x, h, c, w_ih, w_hh, b):
+    """torch's one-layer LSTM output; for no time steps (which it refuses) an empty one."""
+    if x.shape[0] == 0:
+        return x.new_empty(0, x.shape[1], h.shape[1])
+    return torch.lstm(x, (h[None], c[None]), [w_ih, w_hh, b, b], True, 1, 0.0, False, False, False)[0]
+
+
 @dataclass
 class Op:
     """An op under test: ``ours(*tensors)`` against ``reference(*tensors)``; ``shapes`` of its
@@ -62,6 +69,10 @@ OPS = {
         [(5, 7), (4, 7), (4,)], ["input", "weight", "bias"], bad_ranks=(0, 3), differentiable=False),
     "rbm_sample_units": Op(lambda a: F.rbm_sample_units(a, sample=False)[0], torch.sigmoid, [(3, 6, 5, 4)],
                            ["total_input"], bad_ranks=()),
+    "lstm_layer": Op(lambda x, h, c, w_ih, w_hh, b: F.lstm_layer(x, (h, c), w_ih, w_hh, b, b)[0],
+                     lambda x, h, c, w_ih, w_hh, b: torch_lstm(x, h, c, w_ih, w_hh, b),
+                     [(4, 3, 5), (3, 6), (3, 6), (24, 5), (24, 6), (24,)], ["input", "h0", "c0", "w_ih", "w_hh", "b"],
+                     bad_ranks=(2, 4)),
 }
 
 
