@@ -396,16 +396,22 @@ def _lstm_layer_fake(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=Fa
 
 @torch.library.register_fake("fastnets::lstm_layer_backward")
 def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates,
-                              cell_states, reverse=False):  # any of the three gradients may be None
-    return (torch.empty_like(input, memory_format=torch.contiguous_format), h0.new_empty(h0.shape),
-            c0.new_empty(c0.shape), w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
-            w_ih.new_empty(w_ih.shape[0]))
+                              cell_states, reverse=False, output_mask=(True, True, True)):
+    # any of the three gradients may be None; the gradients output_mask leaves out are empty
+    none = input.new_empty(0)
+    wanted_input, wanted_weights, wanted_bias = output_mask
+    return (torch.empty_like(input, memory_format=torch.contiguous_format) if wanted_input else none,
+            h0.new_empty(h0.shape), c0.new_empty(c0.shape),
+            w_ih.new_empty(w_ih.shape) if wanted_weights else none,
+            w_hh.new_empty(w_hh.shape) if wanted_weights else none,
+            w_ih.new_empty(w_ih.shape[0]) if wanted_bias else none)
 
 
 def _lstm_layer_setup_context(ctx, inputs, output):
     input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse = inputs
     out, _, _, gates, cell_states = output
     ctx.save_for_backward(input, h0, c0, w_ih, w_hh, out, gates, cell_states)
+    ctx.mark_non_differentiable(gates, cell_states)  # saved for backward, not results to differentiate
     ctx.reverse = reverse
     ctx.has_bias = (b_ih is not None, b_hh is not None)
     ctx.set_materialize_grads(False)  # unused outputs' gradients stay None: the kernel reads them as zero
@@ -415,15 +421,24 @@ def _lstm_layer_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _gra
     input, h0, c0, w_ih, w_hh, output, gates, cell_states = ctx.saved_tensors
     if grad_output is None and grad_h_n is None and grad_c_n is None:
         return None, None, None, None, None, None, None, None
-    grads = ops.lstm_layer_backward(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates,
-                                    cell_states, ctx.reverse)
-    grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = grads
+    needs = ctx.needs_input_grad
     has_b_ih, has_b_hh = ctx.has_bias
-    return (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias if has_b_ih else None,
-            grad_bias if has_b_hh else None, None)
+    mask = [needs[0], needs[3] or needs[4], (has_b_ih and needs[5]) or (has_b_hh and needs[6])]
+    grads = ops.lstm_layer_backward(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates,
+                                    cell_states, ctx.reverse, mask)
+    grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = grads
+    return (grad_input if needs[0] else None, grad_h0 if needs[1] else None, grad_c0 if needs[2] else None,
+            grad_w_ih if needs[3] else None, grad_w_hh if needs[4] else None,
+            grad_bias if has_b_ih and needs[5] else None, grad_bias if has_b_hh and needs[6] else None, None)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("fastnets.nn.LSTM / lstm_layer: double backward (a gradient of the gradient) is not "
+                       "supported")
 
 
 torch.library.register_autograd("fastnets::lstm_layer", _lstm_layer_backward, setup_context=_lstm_layer_setup_context)
+torch.library.register_autograd("fastnets::lstm_layer_backward", _no_double_backward)
 
 
 # ---- matmul (the CPU GEMM of the LSTM layer) ----------------------------------------------

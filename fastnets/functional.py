@@ -344,9 +344,10 @@ def lstm_cell(
 ) -> Tuple[Tensor, Tensor]:
     """One step of an LSTM cell, as :class:`torch.nn.LSTMCell` computes it (gates i, f, g, o).
 
-    The gates' pre-activations come from two GEMMs (BLAS / cuBLAS) accumulated into one buffer;
-    the bias, the activations and the state update are one fused pass, and the backward is one
-    fused pass and the GEMMs. Autograd keeps the activated gates, c and c'.
+    The gates' pre-activations are the biases plus two GEMMs accumulated into one buffer (BLAS or
+    fastnets' tiled GEMM on CPU, cuBLAS on CUDA); the activations and the state update are one
+    fused pass, and the backward is one fused pass and the GEMMs. Besides the inputs and weights,
+    autograd keeps the activated gates, c' and h' (no pre-activations).
 
     Args:
         input: (batch, input_size) or (input_size,), float32, float64, float16 or bfloat16.
@@ -380,7 +381,8 @@ def lstm_layer(
 
     One GEMM projects the inputs of all time steps; then each step accumulates the recurrent GEMM
     into its gates and runs the fused pointwise kernel. Backward through time: per step the fused
-    pointwise backward and one GEMM; the weight gradients are one GEMM each after the loop.
+    pointwise backward and one GEMM; after the loop one GEMM for the input gradient and one for
+    both weight gradients (each skipped when not needed).
 
     Args:
         input: (time, batch, input_size).

@@ -290,14 +290,18 @@ def test_same_for_threads():
 
 def test_bad_input_is_named():
     lstm = fastnets.nn.LSTM(5, 4, num_layers=2)
-    with pytest.raises(ValueError, match="input_size = 5"):
+    with pytest.raises(RuntimeError, match="input_size = 5"):  # RuntimeError, as torch.nn.LSTM raises
         lstm(torch.randn(3, 2, 6))
     with pytest.raises(ValueError, match="2-D or 3-D"):
         lstm(torch.randn(3, 2, 5, 1))
-    with pytest.raises(ValueError, match=r"hx\[0\] \(h0\) must have shape \(2, 2, 4\)"):
+    with pytest.raises(RuntimeError, match=r"hx\[0\] \(h0\) must have shape \(2, 2, 4\)"):
         lstm(torch.randn(3, 2, 5), (torch.zeros(2, 3, 4), torch.zeros(2, 2, 4)))
-    with pytest.raises(ValueError, match=r"hx\[1\] \(c0\)"):
+    with pytest.raises(RuntimeError, match=r"hx\[1\] \(c0\)"):
         lstm(torch.randn(3, 2, 5), (torch.zeros(2, 2, 4), torch.zeros(1, 2, 4)))
+    with pytest.raises(ValueError, match="dropout must be a number"):
+        fastnets.nn.LSTM(5, 4, num_layers=2, dropout=True)
+    with pytest.warns(UserWarning, match="dropout applies between LSTM layers"):
+        fastnets.nn.LSTM(5, 4, dropout=0.5)
     packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(3, 2, 5), [3, 2])
     with pytest.raises(TypeError, match="PackedSequence"):
         lstm(packed)
@@ -308,7 +312,7 @@ def test_bad_input_is_named():
     cell = fastnets.nn.LSTMCell(5, 4)
     with pytest.raises(ValueError, match="1-D or 2-D"):
         cell(torch.randn(2, 3, 5))
-    with pytest.raises(ValueError, match="input_size = 5"):
+    with pytest.raises(RuntimeError, match="input_size = 5"):
         cell(torch.randn(2, 6))
     w_ih, w_hh, h = torch.randn(16, 5), torch.randn(16, 4), torch.zeros(2, 4)
     cases = [
@@ -337,8 +341,12 @@ def test_matmul_equals_float64_product(dtype, m, k, n):
     a = torch.randn(m, k, generator=g, dtype=torch.float64)
     b = torch.randn(k, n, generator=g, dtype=torch.float64)
     reference = a @ b
-    # b contiguous with 32 or 64 columns is read in place; other layouts are copied first
-    for left, right in ((a, b), (a.t().contiguous().t(), b.t().contiguous().t()), (a[:, ::1], b)):
+    a_interleaved = torch.stack([a, torch.full_like(a, float("nan"))], 2).flatten(1)  # a strided view: a[:, ::2]
+    # b contiguous with 32 or 64 columns is read in place; other layouts (a column-offset view of
+    # a wider tensor, too) are copied first
+    wide_b = torch.cat([torch.full((k, 16), float("nan"), dtype=torch.float64), b], 1)
+    layouts = ((a, b), (a.t().contiguous().t(), b.t().contiguous().t()), (a_interleaved[:, ::2], wide_b[:, 16:]))
+    for left, right in layouts:
         ours = ops.matmul(left.to(dtype), right.to(dtype))
         if dtype == torch.float64:
             torch.testing.assert_close(ours, reference, rtol=1e-13, atol=1e-13)
@@ -364,3 +372,86 @@ def test_layer_every_dtype_runs_forward_and_backward(device, dtype):
     output, (h, c) = lstm(x)
     output.sum().backward()
     assert output.dtype == dtype and x.grad.dtype == dtype and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_tiled_gemm_path_matches_torch_in_float64(reverse):
+    """640 rows (time x batch): the CPU layer's own tiled GEMM for every product, in place for the
+    32-wide hidden state; outputs and gradients against torch in float64."""
+    torch.manual_seed(0)
+    reference = torch.nn.LSTM(64, 32, bidirectional=True).double()
+    ours = fastnets.nn.LSTM(64, 32, bidirectional=True).double()
+    same_weights(ours, reference)
+    x = torch.randn(10, 64, 64, dtype=torch.float64)
+    hx = random_states((2, 64, 32), torch.float64, "cpu", 4)
+    for a, b in zip(sum(outputs_and_grads(ours, x, hx), []), sum(outputs_and_grads(reference, x, hx), [])):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("which", ["b_ih", "b_hh"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_single_bias(which, reverse):
+    g = torch.Generator().manual_seed(1)
+    make = lambda *shape: torch.randn(shape, generator=g, dtype=torch.float64).requires_grad_()  # noqa: E731
+    x, h0, c0, w_ih, w_hh, bias = make(5, 3, 4), make(3, 6), make(3, 6), make(24, 4), make(24, 6), make(24)
+    biases = (bias, None) if which == "b_ih" else (None, bias)
+    ours, (h, c) = F.lstm_layer(x, (h0, c0), w_ih, w_hh, *biases, reverse=reverse)
+    sequence = x.flip(0) if reverse else x
+    theirs, h_t, c_t = torch.lstm(sequence, (h0[None], c0[None]), [w_ih, w_hh, bias, torch.zeros(24).double()],
+                                  True, 1, 0.0, False, False, False)
+    theirs = theirs.flip(0) if reverse else theirs
+    torch.testing.assert_close(ours, theirs)
+    grads = [torch.autograd.grad(t.sum() + hn.sum(), bias)[0] for t, hn in ((ours, h), (theirs, h_t))]
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_backward_of_empty_sequence_and_batch():
+    w_ih, w_hh = torch.randn(8, 3, requires_grad=True), torch.randn(8, 2, requires_grad=True)
+    b = torch.randn(8, requires_grad=True)
+    h0, c0 = torch.randn(4, 2, requires_grad=True), torch.randn(4, 2, requires_grad=True)
+    x = torch.zeros(0, 4, 3, requires_grad=True)
+    out, (h, c) = F.lstm_layer(x, (h0, c0), w_ih, w_hh, b, b)
+    (h.sum() + 2 * c.sum()).backward()
+    assert torch.equal(h0.grad, torch.ones(4, 2)) and torch.equal(c0.grad, torch.full((4, 2), 2.0))
+    assert not w_ih.grad.any() and not w_hh.grad.any() and not b.grad.any() and x.grad.shape == (0, 4, 3)
+    empty = [t.requires_grad_() for t in (torch.zeros(5, 0, 3), torch.zeros(0, 2), torch.zeros(0, 2))]
+    out, (h, c) = F.lstm_layer(empty[0], (empty[1], empty[2]), w_ih, w_hh)
+    out.sum().backward()
+    assert empty[0].grad.shape == (5, 0, 3)
+
+
+def test_saved_tensors_are_not_differentiable_and_no_double_backward():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 2, 4, generator=g, requires_grad=True)
+    h0 = torch.zeros(2, 5)
+    w_ih, w_hh = torch.randn(20, 4, generator=g, requires_grad=True), torch.randn(20, 5, generator=g)
+    output, h_n, c_n, gates, cells = ops.lstm_layer(x, h0, h0, w_ih, w_hh)
+    assert output.requires_grad and not gates.requires_grad and not cells.requires_grad
+    (grad_x,) = torch.autograd.grad(output.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        grad_x.sum().backward()
+
+
+def test_gradients_not_needed_are_not_computed_and_the_rest_match_torch():
+    """A first layer's input that needs no gradient (images): the weights' gradients still match."""
+    torch.manual_seed(0)
+    reference, ours = torch.nn.LSTM(6, 5).double(), fastnets.nn.LSTM(6, 5).double()
+    same_weights(ours, reference)
+    x = torch.randn(7, 3, 6, dtype=torch.float64)
+    grads = [torch.autograd.grad(m(x)[0].square().sum(), list(m.parameters())) for m in (ours, reference)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    w_ih, w_hh = torch.randn(20, 6, dtype=torch.float64), torch.randn(20, 5, dtype=torch.float64)
+    h0 = torch.zeros(3, 5, dtype=torch.float64)
+    output, h_n, c_n, gates, cells = ops.lstm_layer(x, h0, h0, w_ih, w_hh)
+    grad_input, _, _, grad_w_ih, grad_w_hh, grad_bias = ops.lstm_layer_backward(
+        torch.ones_like(output), None, None, x, h0, h0, w_ih, w_hh, output, gates, cells, False, [False, True, False])
+    assert grad_input.numel() == 0 and grad_bias.numel() == 0 and grad_w_ih.shape == (20, 6)
+
+
+def test_drop_in_extras():
+    lstm = fastnets.nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    lstm.flatten_parameters()  # nothing to do, as callers of torch.nn.LSTM expect it to exist
+    reference = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    assert [[p.shape for p in layer] for layer in lstm.all_weights] == \
+        [[p.shape for p in layer] for layer in reference.all_weights]

@@ -11,7 +11,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <vector>
+#include <memory>
 
 #include "common/cpu_gemm.h"
 #include "common/cpu_isa.h"
@@ -33,11 +33,11 @@ inline int64_t padded_row_length(const at::Tensor& b) {
   return b.scalar_type() == at::kFloat ? padded_cols<float>(b.size(1)) : padded_cols<double>(b.size(1));
 }
 
-// Whether b is already laid out as the GEMM reads it (row-major, rows a whole number of tiles
-// apart, e.g. a contiguous weight of 512 columns): then it is used in place.
+// Whether b is already laid out as the GEMM reads it: contiguous with a whole number of tiles per
+// row (e.g. a weight of 512 columns), so that no read goes past a row, and it is used in place.
 inline bool usable_in_place(const at::Tensor& b) {
-  return b.dim() == 2 && cpu_matmul_supports(b.scalar_type()) && b.size(1) > 0 && b.stride(1) == 1 &&
-         b.stride(0) == padded_row_length(b);
+  return b.dim() == 2 && cpu_matmul_supports(b.scalar_type()) && b.size(1) > 0 && b.is_contiguous() &&
+         b.size(1) == padded_row_length(b);
 }
 
 inline GemmRightOperand prepare_right_operand(const at::Tensor& b) {
@@ -69,17 +69,18 @@ void matmul(const at::Tensor& a, const GemmRightOperand& b, T* c, int64_t ldc, b
   const int64_t a_row_stride = a.stride(0), a_col_stride = a.stride(1);
   const T* b_data = b.rows.const_data_ptr<T>();
   const int64_t panels = (rows + kPanelRows - 1) / kPanelRows;
-  std::vector<T> packed(panels_size(rows, depth));
+  // Uninitialized: pack_panels writes every value (zeros past the last row).
+  const std::unique_ptr<T[]> packed(new T[panels_size(rows, depth)]);
   at::parallel_for(0, panels, grain_for(kPanelRows * depth, kMinTaskValues), [&](int64_t first, int64_t last) {
     const int64_t row0 = first * kPanelRows, count = std::min(last * kPanelRows, rows) - row0;
     pack_panels(count, depth, [&](int64_t i, int64_t k) {
       return a_data[(row0 + i) * a_row_stride + k * a_col_stride];
-    }, packed.data() + row0 * depth);
+    }, packed.get() + row0 * depth);
   });
   const auto run = [&](int64_t row0, int64_t row_count, int64_t col0, int64_t col_count) {
     call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
       using Tile = GemmTileFor<T, decltype(isa)::value>;
-      gemm<Tile>(row_count, col_count, depth, packed.data() + row0 * depth, b_data + col0, ldb,
+      gemm<Tile>(row_count, col_count, depth, packed.get() + row0 * depth, b_data + col0, ldb,
                  c + row0 * ldc + col0, ldc, accumulate);
     });
   };

@@ -120,10 +120,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
     const std::optional<at::Tensor>& grad_c_n, const at::Tensor& input,
     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cell_states, bool reverse) {
+    const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cell_states, bool reverse,
+    std::array<bool, 3> output_mask) {
   const c10::cuda::CUDAGuard guard(input.device());
   return lstm_layer_backward<CudaLstm>(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates,
-                                       cell_states, reverse);
+                                       cell_states, reverse, output_mask);
 }
 
 }  // namespace

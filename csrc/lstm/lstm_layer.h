@@ -9,10 +9,10 @@
 #include <ATen/ops/add.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -107,12 +107,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
 // Returns (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias); grad_bias is the
 // gradient of b_ih and of b_hh alike. An undefined gradient of output, h_n or c_n counts as zero
 // (autograd passes none for outputs the loss did not use) and is never materialized.
+// output_mask = (input, weights, bias): the gradients not wanted are not computed (empty tensors).
 template <typename Device>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_backward(
     const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
     const std::optional<at::Tensor>& grad_c_n, const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output, const at::Tensor& gates,
-    const at::Tensor& cell_states, bool reverse) {
+    const at::Tensor& cell_states, bool reverse, std::array<bool, 3> output_mask) {
   check_lstm_layer_args(input, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt);
   const int64_t steps = input.size(0), batch = input.size(1), hidden = w_hh.size(1), features = input.size(2);
   const at::IntArrayRef state_shape = h0.sizes();
@@ -150,24 +151,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     Device::multiply(step_grad_gates, w_hh_right, grad_h, false);
   }
   const at::Tensor flat_grad = grad_gates.view({steps * batch, 4 * hidden});
-  const at::Tensor flat_input = input.contiguous().view({steps * batch, features});
-  // h_prev of every step, in time order: [h0, h_0 .. h_{T-2}] (reverse: [h_1 .. h_{T-1}, h0]).
-  const at::Tensor first = h0.contiguous().unsqueeze(0);
-  const at::Tensor h_prev = steps == 0 ? saved_h
-                            : reverse  ? at::cat({saved_h.narrow(0, 1, steps - 1), first})
-                                       : at::cat({first, saved_h.narrow(0, 0, steps - 1)});
-  at::Tensor grad_input = at::empty({steps * batch, features}, input.options());
-  Device::multiply(flat_grad, Device::prepare(w_ih, steps * batch), grad_input, false);
-  // Both weight gradients in one GEMM: grad_gates^T [inputs | h_prev], then split.
-  const at::Tensor inputs_and_states = at::cat({flat_input, h_prev.view({steps * batch, hidden})}, 1);
-  at::Tensor grad_weights = at::empty({4 * hidden, features + hidden}, input.options());
-  Device::multiply(flat_grad.t(), Device::prepare(inputs_and_states, 4 * hidden), grad_weights, false);
-  return {grad_input.view({steps, batch, features}),
-          grad_h,
-          grad_c,
-          grad_weights.narrow(1, 0, features).contiguous(),
-          grad_weights.narrow(1, features, hidden).contiguous(),
-          flat_grad.sum(0)};
+  const at::Tensor none = at::empty({0}, input.options());
+  at::Tensor grad_input = none, grad_w_ih = none, grad_w_hh = none;
+  if (output_mask[0]) {
+    grad_input = at::empty({steps * batch, features}, input.options());
+    Device::multiply(flat_grad, Device::prepare(w_ih, steps * batch), grad_input, false);
+    grad_input = grad_input.view({steps, batch, features});
+  }
+  if (output_mask[1]) {
+    // h_prev of every step, in time order: [h0, h_0 .. h_{T-2}] (reverse: [h_1 .. h_{T-1}, h0]).
+    const at::Tensor first = h0.contiguous().unsqueeze(0);
+    const at::Tensor h_prev = steps == 0 ? saved_h
+                              : reverse  ? at::cat({saved_h.narrow(0, 1, steps - 1), first})
+                                         : at::cat({first, saved_h.narrow(0, 0, steps - 1)});
+    const at::Tensor flat_input = input.contiguous().view({steps * batch, features});
+    // Both weight gradients in one GEMM: grad_gates^T [inputs | h_prev], then split.
+    const at::Tensor inputs_and_states = at::cat({flat_input, h_prev.view({steps * batch, hidden})}, 1);
+    at::Tensor grad_weights = at::empty({4 * hidden, features + hidden}, input.options());
+    Device::multiply(flat_grad.t(), Device::prepare(inputs_and_states, 4 * hidden), grad_weights, false);
+    grad_w_ih = grad_weights.narrow(1, 0, features).contiguous();
+    grad_w_hh = grad_weights.narrow(1, features, hidden).contiguous();
+  }
+  return {grad_input, grad_h, grad_c, grad_w_ih, grad_w_hh, output_mask[2] ? flat_grad.sum(0) : none};
 }
 
 }  // namespace fastnets

@@ -1,6 +1,8 @@
 """Drop-ins for torch.nn.LSTMCell and torch.nn.LSTM: the same constructor arguments, parameter
 names, initialization and results, computed by fastnets' fused LSTM kernels."""
 import math
+import numbers
+import warnings
 from typing import List, Optional, Tuple
 
 import torch
@@ -9,6 +11,13 @@ from torch.nn.utils.rnn import PackedSequence
 
 from fastnets.functional import dropout as fastnets_dropout
 from fastnets.functional import lstm_cell, lstm_layer
+
+
+def _init_uniform(module: nn.Module, hidden_size: int) -> None:
+    """torch.nn's RNN initialization: every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
+    bound = 1.0 / math.sqrt(hidden_size)
+    for weight in module.parameters():
+        nn.init.uniform_(weight, -bound, bound)
 
 
 class LSTMCell(nn.Module):
@@ -37,9 +46,7 @@ class LSTMCell(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -bound, bound)
+        _init_uniform(self, self.hidden_size)
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
@@ -48,7 +55,8 @@ class LSTMCell(nn.Module):
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: expected input to be 1-D or 2-D, got {input.dim()}-D input")
         if input.shape[-1] != self.input_size:
-            raise ValueError(f"input must have input_size = {self.input_size} features, got {input.shape[-1]}")
+            raise RuntimeError(f"input.size(-1) must be equal to input_size = {self.input_size}, got "
+                               f"{input.shape[-1]}")
         if hx is None:
             zeros = input.new_zeros(input.shape[:-1] + (self.hidden_size,))
             hx = (zeros, zeros)
@@ -64,8 +72,10 @@ class LSTM(nn.Module):
 
     Input (time, batch, input_size) (``batch_first``: (batch, time, input_size)) or unbatched
     (time, input_size); ``hx = (h0, c0)``, each (num_layers * num_directions, batch, hidden_size),
-    zeros when omitted. Returns ``output, (h_n, c_n)`` as torch.nn.LSTM does. ``PackedSequence``
-    input is not supported (a TypeError says so): pad the batch instead. ``proj_size`` must be 0.
+    zeros when omitted. Returns ``output, (h_n, c_n)`` as torch.nn.LSTM does; a wrong input or
+    state size raises a RuntimeError, as there. ``PackedSequence`` input is not supported (a
+    TypeError says so): pad the batch instead. ``proj_size`` must be 0. Double backward is not
+    supported.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -77,8 +87,12 @@ class LSTM(nn.Module):
         if input_size < 1 or hidden_size < 1 or num_layers < 1:
             raise ValueError(f"input_size, hidden_size and num_layers must be positive, got {input_size}, "
                              f"{hidden_size} and {num_layers}")
-        if not (isinstance(dropout, (int, float)) and 0 <= dropout <= 1):
-            raise ValueError(f"dropout must be a probability in [0, 1], got {dropout}")
+        if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+            raise ValueError(f"dropout must be a number in [0, 1] representing the probability of an element being "
+                             f"zeroed, got {dropout!r}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(f"dropout applies between LSTM layers: with num_layers=1 dropout={dropout} does nothing",
+                          stacklevel=2)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout, self.bidirectional = bias, batch_first, float(dropout), bidirectional
         self.proj_size = 0
@@ -98,9 +112,15 @@ class LSTM(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -bound, bound)
+        _init_uniform(self, self.hidden_size)
+
+    def flatten_parameters(self) -> None:
+        """Nothing to do (torch.nn.LSTM packs its weights for cuDNN here; fastnets reads them as they are)."""
+
+    @property
+    def all_weights(self) -> List[List[nn.Parameter]]:
+        """The parameters of each layer and direction, as torch.nn.LSTM lists them."""
+        return [[getattr(self, name) for name in names] for names in self._names]
 
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"
@@ -122,7 +142,8 @@ class LSTM(nn.Module):
         elif self.batch_first:
             input = input.transpose(0, 1)
         if input.shape[-1] != self.input_size:
-            raise ValueError(f"input must have input_size = {self.input_size} features, got {input.shape[-1]}")
+            raise RuntimeError(f"input.size(-1) must be equal to input_size = {self.input_size}, got "
+                               f"{input.shape[-1]}")
         directions = 2 if self.bidirectional else 1
         state_shape = (self.num_layers * directions, input.shape[1], self.hidden_size)
         if hx is None:
@@ -134,7 +155,7 @@ class LSTM(nn.Module):
                 h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
             for name, state in (("hx[0] (h0)", h0), ("hx[1] (c0)", c0)):
                 if tuple(state.shape) != state_shape:
-                    raise ValueError(f"{name} must have shape {state_shape}, got {tuple(state.shape)}")
+                    raise RuntimeError(f"{name} must have shape {state_shape}, got {tuple(state.shape)}")
         x = input
         final_h, final_c = [], []
         for layer in range(self.num_layers):
