@@ -2,7 +2,7 @@
 // C (+)= A B on the CPU for float and double with the register-tiled GEMM of cpu_gemm.h, for ops
 // whose GEMMs are not a convolution's (the LSTM layer). On the 2-core development machine (AMD
 // EPYC, AVX-512) it runs at about twice the rate of the MKL sgemm behind at::mm. B is prepared
-// once (copied into rows padded for the tiles) and may serve many products; A is packed per call.
+// once (packed in column panels) and may serve many products; A is packed per call.
 // Threads split the rows (tall A) or the columns (short A); each element of C is summed by one
 // thread in a fixed order, so results do not depend on the thread count.
 #include <ATen/Parallel.h>
@@ -22,33 +22,50 @@ inline bool cpu_matmul_supports(at::ScalarType dtype) {
   return dtype == at::kFloat || dtype == at::kDouble;
 }
 
-// B (depth x cols) as the GEMM reads it: rows padded_cols(cols) apart (b itself when it is laid out
-// so, otherwise a copy with zero padding).
+// Columns of B per panel: a whole number of tiles of every instruction set (kMaxTileBytes).
+template <typename T>
+constexpr int64_t kPanelCols = kMaxTileBytes / sizeof(T);
+
+// B (depth x cols) as the GEMM reads it, in panels of kPanelCols columns: column c of row k is at
+// data[(c / kPanelCols) * panel_stride + k * row_stride + c % kPanelCols]. A prepared copy packs
+// each panel's rows one after the other (row_stride = kPanelCols), so that a tile walks memory
+// contiguously and a depth block of a panel stays in L1; b itself serves when it is contiguous
+// with whole panels per row (row_stride = cols): no copy, for a product too small to repay one.
 struct GemmRightOperand {
-  at::Tensor rows;  // (depth, padded_cols(cols))
-  int64_t cols = 0;
+  at::Tensor data;
+  int64_t depth = 0, cols = 0, panel_stride = 0, row_stride = 0;
 };
 
-inline int64_t padded_row_length(const at::Tensor& b) {
-  return b.scalar_type() == at::kFloat ? padded_cols<float>(b.size(1)) : padded_cols<double>(b.size(1));
+inline int64_t panel_cols(const at::Tensor& b) {
+  return b.scalar_type() == at::kFloat ? kPanelCols<float> : kPanelCols<double>;
 }
 
-// Whether b is already laid out as the GEMM reads it: contiguous with a whole number of tiles per
-// row (e.g. a weight of 512 columns), so that no read goes past a row, and it is used in place.
+// Whether b can be read in place (see GemmRightOperand).
 inline bool usable_in_place(const at::Tensor& b) {
   return b.dim() == 2 && cpu_matmul_supports(b.scalar_type()) && b.size(1) > 0 && b.is_contiguous() &&
-         b.size(1) == padded_row_length(b);
+         b.size(1) % panel_cols(b) == 0;
 }
 
+inline GemmRightOperand right_operand_in_place(const at::Tensor& b) {
+  TORCH_INTERNAL_ASSERT(usable_in_place(b));
+  return {b, b.size(0), b.size(1), panel_cols(b), b.size(1)};
+}
+
+// b packed in panels (one copy, any strides; the last panel zero-padded).
 inline GemmRightOperand prepare_right_operand(const at::Tensor& b) {
   TORCH_INTERNAL_ASSERT(b.dim() == 2 && cpu_matmul_supports(b.scalar_type()));
-  const int64_t cols = b.size(1);
-  if (usable_in_place(b)) return {b, cols};
-  const int64_t ld = padded_row_length(b);
-  at::Tensor rows = at::empty({b.size(0), ld}, b.options());
-  rows.narrow(1, 0, cols).copy_(b);  // torch's copy: blocked when b is a transposed view
-  rows.narrow(1, cols, ld - cols).zero_();
-  return {rows, cols};
+  const int64_t depth = b.size(0), cols = b.size(1), width = panel_cols(b);
+  const int64_t full = cols / width, rest = cols - full * width;
+  at::Tensor data = at::empty({full + (rest > 0 ? 1 : 0), depth, width}, b.options());
+  if (full > 0) {  // torch's copy, blocked for any strides of b
+    data.narrow(0, 0, full).copy_(b.narrow(1, 0, full * width).unflatten(1, {full, width}).permute({1, 0, 2}));
+  }
+  if (rest > 0) {
+    at::Tensor last = data.select(0, full);
+    last.narrow(1, 0, rest).copy_(b.narrow(1, full * width, rest));
+    last.narrow(1, rest, width - rest).zero_();
+  }
+  return {data, depth, cols, depth * width, width};
 }
 
 namespace cpu_matmul_detail {
@@ -64,10 +81,11 @@ inline int64_t grain_for(int64_t unit_work, int64_t min_work) {
 
 template <typename T>
 void matmul(const at::Tensor& a, const GemmRightOperand& b, T* c, int64_t ldc, bool accumulate) {
-  const int64_t rows = a.size(0), depth = a.size(1), cols = b.cols, ldb = b.rows.stride(0);
+  const int64_t rows = a.size(0), depth = a.size(1), cols = b.cols;
+  constexpr int64_t width = kPanelCols<T>;
   const T* a_data = a.const_data_ptr<T>();
   const int64_t a_row_stride = a.stride(0), a_col_stride = a.stride(1);
-  const T* b_data = b.rows.const_data_ptr<T>();
+  const T* b_data = b.data.const_data_ptr<T>();
   const int64_t panels = (rows + kPanelRows - 1) / kPanelRows;
   // Uninitialized: pack_panels writes every value (zeros past the last row).
   const std::unique_ptr<T[]> packed(new T[panels_size(rows, depth)]);
@@ -77,29 +95,47 @@ void matmul(const at::Tensor& a, const GemmRightOperand& b, T* c, int64_t ldc, b
       return a_data[(row0 + i) * a_row_stride + k * a_col_stride];
     }, packed.get() + row0 * depth);
   });
-  const auto run = [&](int64_t row0, int64_t row_count, int64_t col0, int64_t col_count) {
+  // Rows [row0, row0 + row_count) times B's column panels [first_panel, last_panel): per depth
+  // block (summed in registers, then added to C), per panel, per tile of rows and columns.
+  const auto run = [&](int64_t row0, int64_t row_count, int64_t first_panel, int64_t last_panel) {
     call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
       using Tile = GemmTileFor<T, decltype(isa)::value>;
-      gemm<Tile>(row_count, col_count, depth, packed.get() + row0 * depth, b_data + col0, ldb,
-                 c + row0 * ldc + col0, ldc, accumulate);
+      for (int64_t d0 = 0; d0 < depth || d0 == 0; d0 += kDepthBlock) {
+        const int64_t block = std::min(kDepthBlock, depth - d0);
+        for (int64_t panel = first_panel; panel < last_panel; ++panel) {
+          const T* panel_rows = b_data + panel * b.panel_stride + d0 * b.row_stride;
+          const int64_t row_stride = b.row_stride;
+          const auto b_row = [panel_rows, row_stride](int64_t k) FASTNETS_INLINE_LAMBDA {
+            return panel_rows + k * row_stride;
+          };
+          const int64_t panel_col0 = panel * width;
+          for (int64_t col = 0; col < width && panel_col0 + col < cols; col += Tile::kCols) {
+            for (int64_t row = 0; row < row_count; row += Tile::kRows) {
+              const T* a_panel = packed.get() + (row0 + row) * depth + d0 * Tile::kRows;
+              const auto a_value = [a_panel](int i, int64_t k) FASTNETS_INLINE_LAMBDA {
+                return a_panel[k * Tile::kRows + i];
+              };
+              gemm_tile<Tile>(block, a_value, b_row, col, c + (row0 + row) * ldc + panel_col0 + col, ldc,
+                              std::min<int64_t>(Tile::kRows, row_count - row),
+                              std::min<int64_t>(Tile::kCols, cols - panel_col0 - col), accumulate || d0 > 0);
+            }
+          }
+        }
+      }
     });
   };
+  const int64_t col_panels = (cols + width - 1) / width;
   if (rows >= 2 * kRowChunk) {
     const int64_t chunks = (rows + kRowChunk - 1) / kRowChunk;
     at::parallel_for(0, chunks, grain_for(2 * kRowChunk * depth * cols, kMinTaskFlops), [&](int64_t first, int64_t last) {
       for (int64_t chunk = first; chunk < last; ++chunk) {
         const int64_t row0 = chunk * kRowChunk;
-        run(row0, std::min(kRowChunk, rows - row0), 0, cols);
+        run(row0, std::min(kRowChunk, rows - row0), 0, col_panels);
       }
     });
   } else {
-    // Column chunks of whole tiles of every instruction set (kMaxTileBytes).
-    constexpr int64_t quantum = kMaxTileBytes / sizeof(T);
-    const int64_t chunks = (cols + quantum - 1) / quantum;
-    at::parallel_for(0, chunks, grain_for(2 * rows * quantum * depth, kMinTaskFlops), [&](int64_t first, int64_t last) {
-      const int64_t col0 = first * quantum;
-      run(0, rows, col0, std::min(last * quantum, cols) - col0);
-    });
+    at::parallel_for(0, col_panels, grain_for(2 * rows * width * depth, kMinTaskFlops),
+                     [&](int64_t first, int64_t last) { run(0, rows, first, last); });
   }
 }
 
@@ -108,9 +144,9 @@ void matmul(const at::Tensor& a, const GemmRightOperand& b, T* c, int64_t ldc, b
 // c (rows x b.cols, rows of stride c.stride(0), unit column stride) (+)= a (rows x depth, any
 // strides) times B.
 inline void cpu_matmul(const at::Tensor& a, const GemmRightOperand& b, at::Tensor& c, bool accumulate) {
-  TORCH_INTERNAL_ASSERT(a.dim() == 2 && c.dim() == 2 && a.size(1) == b.rows.size(0) && c.size(0) == a.size(0) &&
+  TORCH_INTERNAL_ASSERT(a.dim() == 2 && c.dim() == 2 && a.size(1) == b.depth && c.size(0) == a.size(0) &&
                         c.size(1) == b.cols && (c.stride(1) == 1 || c.size(1) <= 1) &&
-                        a.scalar_type() == b.rows.scalar_type() && c.scalar_type() == a.scalar_type());
+                        a.scalar_type() == b.data.scalar_type() && c.scalar_type() == a.scalar_type());
   if (c.numel() == 0) return;
   if (a.scalar_type() == at::kFloat) {
     cpu_matmul_detail::matmul<float>(a, b, c.mutable_data_ptr<float>(), c.stride(0), accumulate);

@@ -120,14 +120,13 @@ struct CpuLstm {
   };
 
   static Right prepare(const at::Tensor& b, int64_t rows) {
-    if (cpu_matmul_supports(b.scalar_type()) && (rows >= kTiledMinRows || usable_in_place(b))) {
-      return Right{prepare_right_operand(b), {}};
-    }
+    if (cpu_matmul_supports(b.scalar_type()) && rows >= kTiledMinRows) return Right{prepare_right_operand(b), {}};
+    if (usable_in_place(b)) return Right{right_operand_in_place(b), {}};
     return Right{{}, b};
   }
 
   static void multiply(const at::Tensor& a, const Right& b, at::Tensor& c, bool accumulate) {
-    if (b.tiled.rows.defined()) {
+    if (b.tiled.data.defined()) {
       cpu_matmul(a, b.tiled, c, accumulate);
     } else if (accumulate) {
       c.addmm_(a, b.plain);

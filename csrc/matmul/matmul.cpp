@@ -24,7 +24,7 @@ at::Tensor matmul_cpu(const at::Tensor& a, const at::Tensor& b) {
   check_matmul_args(a, b);
   if (!cpu_matmul_supports(a.scalar_type())) return at::mm(a, b);
   at::Tensor c = at::empty({a.size(0), b.size(1)}, a.options());
-  cpu_matmul(a, prepare_right_operand(b), c, false);
+  cpu_matmul(a, usable_in_place(b) ? right_operand_in_place(b) : prepare_right_operand(b), c, false);
   return c;
 }
 
