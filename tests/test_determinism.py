@@ -15,6 +15,8 @@ RANDOM_OPS = {
     "dropout": lambda x, generator=None: F.dropout(x, 0.5, generator=generator),
     "stochastic rounding": lambda x, generator=None: F.fixed_point_quantize(x, 8, 4, "stochastic",
                                                                            generator=generator),
+    "bernoulli units": lambda x, generator=None: F.rbm_sample_units(x, "bernoulli", generator=generator)[1],
+    "gaussian units": lambda x, generator=None: F.rbm_sample_units(x, "gaussian", generator=generator)[1],
 }
 
 
@@ -44,7 +46,11 @@ def training_calls(x, weight, bias):
     out = F.conv_relu_pool2d(x, weight, bias, 1, 1)
     out = F.maxout(F.dropout(out.flatten(1), 0.3), 2)
     out = F.fixed_point_quantize(out, 16, 8)
-    out.sum().backward()
+    sequence = out.view(8, 1, 256)  # 8 steps of one 256-feature vector
+    h0 = torch.zeros(1, 16)
+    output, (h_n, _) = F.lstm_layer(sequence, (h0, h0), torch.ones(64, 256) / 256, torch.ones(64, 16) / 16)
+    mean, _ = F.rbm_sample(output.view(8, 16), weight.view(8, 27)[:, :16], None)  # an RBM layer of 8 units
+    (mean.sum() + h_n.sum()).backward()
     F.max_pool2d(x.detach(), 2).sum()
 
 
@@ -66,9 +72,15 @@ def test_concurrent_calls_from_python_threads(device):
     inputs = [torch.randn(4, 3, 12, 12, device=device, dtype=torch.float64) for _ in range(6)]
     weight = torch.randn(5, 3, 3, 3, device=device, dtype=torch.float64)
 
+    rbm_weight = torch.randn(7, 432, device=device, dtype=torch.float64) / 20
+    w_ih, w_hh = (torch.randn(48, n, device=device, dtype=torch.float64) / 10 for n in (144, 12))
+
     def work(x):
+        h0 = x[0, :, 0, :12]  # (3, 12): x.flatten(2) is 4 steps of a batch of 3
         return [F.conv2d(x, weight, padding=1), F.conv_relu_pool2d(x, weight, None, 1, 1), F.max_pool2d(x, 3, 2, 1),
-                F.maxout(x, 3, dim=1), F.fixed_point_quantize(x, 12, 6, "nearest")]
+                F.maxout(x, 3, dim=1), F.fixed_point_quantize(x, 12, 6, "nearest"),
+                F.rbm_sample(x.flatten(1), rbm_weight, None, sample=False)[0],
+                F.lstm_layer(x.flatten(2), (h0, h0), w_ih, w_hh)[0]]
 
     expected = [work(x) for x in inputs]
     results = [None] * len(inputs)
