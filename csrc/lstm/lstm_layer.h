@@ -4,7 +4,8 @@
 // As haste does: one GEMM for the input projections of all time steps, then per step the
 // recurrent GEMM (accumulated into that step's gates) and the fused pointwise kernel. Backward:
 // per step the fused pointwise backward and one GEMM for dh; after the loop one GEMM for the
-// input gradient and one for both weight gradients, the bias gradient as a reduction.
+// input gradient and one for both weight gradients (two for short sequences), the bias gradient
+// as a reduction.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/cat.h>
@@ -165,12 +166,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                               : reverse  ? at::cat({saved_h.narrow(0, 1, steps - 1), first})
                                          : at::cat({first, saved_h.narrow(0, 0, steps - 1)});
     const at::Tensor flat_input = input.contiguous().view({steps * batch, features});
-    // Both weight gradients in one GEMM: grad_gates^T [inputs | h_prev], then split.
-    const at::Tensor inputs_and_states = at::cat({flat_input, h_prev.view({steps * batch, hidden})}, 1);
-    at::Tensor grad_weights = at::empty({4 * hidden, features + hidden}, input.options());
-    Device::multiply(flat_grad.t(), Device::prepare(inputs_and_states, 4 * hidden), grad_weights, false);
-    grad_w_ih = grad_weights.narrow(1, 0, features).contiguous();
-    grad_w_hh = grad_weights.narrow(1, features, hidden).contiguous();
+    const at::Tensor flat_h_prev = h_prev.view({steps * batch, hidden});
+    if (steps * batch >= features + hidden) {
+      // Both in one GEMM, grad_gates^T [inputs | h_prev], then split: grad_gates^T is read (packed)
+      // once, which outweighs copying the two halves out when the sequence is longer than a row.
+      const at::Tensor inputs_and_states = at::cat({flat_input, flat_h_prev}, 1);
+      at::Tensor grad_weights = at::empty({4 * hidden, features + hidden}, input.options());
+      Device::multiply(flat_grad.t(), Device::prepare(inputs_and_states, 4 * hidden), grad_weights, false);
+      grad_w_ih = grad_weights.narrow(1, 0, features).contiguous();
+      grad_w_hh = grad_weights.narrow(1, features, hidden).contiguous();
+    } else {
+      grad_w_ih = at::empty({4 * hidden, features}, input.options());
+      grad_w_hh = at::empty({4 * hidden, hidden}, input.options());
+      Device::multiply(flat_grad.t(), Device::prepare(flat_input, 4 * hidden), grad_w_ih, false);
+      Device::multiply(flat_grad.t(), Device::prepare(flat_h_prev, 4 * hidden), grad_w_hh, false);
+    }
   }
   return {grad_input, grad_h, grad_c, grad_w_ih, grad_w_hh, output_mask[2] ? flat_grad.sum(0) : none};
 }
