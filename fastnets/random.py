@@ -113,5 +113,6 @@ def rbm_normal(
     u2 = words[second:] * step
     return (torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * torch.pi * u2)).reshape(shape)
 
+
 __all__ = ["seed_offset_tensor", "unpack_seed_offset", "philox_bits", "uniform", "dropout_mask", "rbm_bernoulli",
            "rbm_normal"]

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from fastnets.functional import check_rbm_unit, rbm_sample
 from fastnets.rbm import exact_log_partition
 
+
 class RBM(nn.Module):
     r"""A restricted Boltzmann machine with binary hidden units and Bernoulli or Gaussian visible units.
 
