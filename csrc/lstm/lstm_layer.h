@@ -1,6 +1,6 @@
 #pragma once
 // One LSTM layer (one direction) over a whole sequence, forward and backward through time: the
-// loop and its GEMMs, shared by the CPU and CUDA ops, which pass their pointwise kernels in.
+// loop, shared by the CPU and CUDA ops, which pass in their GEMMs and pointwise kernels.
 // As haste does: one GEMM for the input projections of all time steps, then per step the
 // recurrent GEMM (accumulated into that step's gates) and the fused pointwise kernel. Backward:
 // per step the fused pointwise backward and one GEMM for dh; after the loop one GEMM for the
