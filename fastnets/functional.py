@@ -363,8 +363,7 @@ def lstm_cell(
     batched = input.dim() != 1
     if not batched:
         input, h, c = input.unsqueeze(0), h.unsqueeze(0), c.unsqueeze(0)
-    output, h_new, c_new, _, _ = ops.lstm_layer(input.unsqueeze(0), h, c, w_ih, w_hh, b_ih, b_hh, False)
-    del output
+    _, h_new, c_new, _, _ = ops.lstm_layer(input.unsqueeze(0), h, c, w_ih, w_hh, b_ih, b_hh, False)
     return (h_new, c_new) if batched else (h_new.squeeze(0), c_new.squeeze(0))
 
 

@@ -8,9 +8,6 @@
 
 #include <algorithm>
 
-#include <ATen/ops/addmm.h>
-#include <ATen/ops/mm.h>
-
 #include "common/cpu_isa.h"
 #include "common/cpu_matmul.h"
 #include "lstm/lstm.h"
@@ -128,10 +125,8 @@ struct CpuLstm {
   static void multiply(const at::Tensor& a, const Right& b, at::Tensor& c, bool accumulate) {
     if (b.tiled.data.defined()) {
       cpu_matmul(a, b.tiled, c, accumulate);
-    } else if (accumulate) {
-      c.addmm_(a, b.plain);
     } else {
-      at::mm_out(c, a, b.plain);
+      aten_multiply(a, b.plain, c, accumulate);
     }
   }
 

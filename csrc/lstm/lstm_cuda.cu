@@ -3,8 +3,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/addmm.h>
-#include <ATen/ops/mm.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -97,11 +95,7 @@ struct CudaLstm {
   static Right prepare(const at::Tensor& b, int64_t /*rows*/) { return b; }
 
   static void multiply(const at::Tensor& a, const Right& b, at::Tensor& c, bool accumulate) {
-    if (accumulate) {
-      c.addmm_(a, b);
-    } else {
-      at::mm_out(c, a, b);
-    }
+    aten_multiply(a, b, c, accumulate);
   }
 
   static constexpr auto forward = lstm_pointwise_forward_cuda;

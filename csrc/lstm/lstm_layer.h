@@ -8,8 +8,10 @@
 // as a reduction.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
@@ -33,6 +35,15 @@ namespace fastnets {
 //     grad_h (grad_output may be undefined: zero); grad_c: dc' in, the gradient of c_prev out;
 //     writes the pre-activations' gradients.
 // The pointwise math is lstm.h's; all tensors contiguous.
+
+// c (+)= a b by ATen (cuBLAS, or BLAS for what the CPU's own GEMM does not take).
+inline void aten_multiply(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bool accumulate) {
+  if (accumulate) {
+    c.addmm_(a, b);
+  } else {
+    at::mm_out(c, a, b);
+  }
+}
 
 inline void check_same(const at::Tensor& t, const at::Tensor& input, const char* name) {
   TORCH_CHECK(t.scalar_type() == input.scalar_type(), name, " must have input's dtype ", input.scalar_type(),
