@@ -140,6 +140,44 @@ def test_stochastic_decision_is_exact_just_below_zero():
     assert torch.equal(out[chosen], torch.full((int(chosen.sum()),), -1.0, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("wl,fl", [(16, 14), (25, 0), (25, 24), (12, 100), (8, 101), (26, 14)])
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_every_exponent(device, dtype, wl, fl, rounding):
+    """Float32 and 16-bit inputs round in float arithmetic where the format allows (saturating,
+    fl in [0, 100], wl <= 25; the last two formats do not): values of every exponent of the
+    dtype, subnormals, the largest and the special values must give the float64 formula's bits."""
+    info = torch.finfo(dtype)
+    low, high = math.floor(math.log2(info.smallest_normal)) - info.bits, math.ceil(math.log2(info.max))
+    exponents = torch.arange(low, high).repeat_interleave(16).double()
+    mantissas = 1 + torch.rand(len(exponents), dtype=torch.float64)
+    signs = torch.where(torch.rand(len(exponents)) < 0.5, -1.0, 1.0).double()
+    x = (signs * mantissas * 2.0**exponents).to(dtype)
+    specials = torch.tensor([0.0, -0.0, info.max, -info.max, info.tiny, float("inf"), -float("inf"), float("nan")])
+    x = torch.cat([x, specials.to(dtype)]).to(device)
+    for clamp in (True, False):
+        out, seed_offset = ops.fixed_point_quantize(x, wl, fl, rounding, clamp, False, None)
+        torch.testing.assert_close(out, reference(x, wl, fl, rounding, clamp, False, seed_offset), rtol=0, atol=0,
+                                   equal_nan=True)
+
+
+def test_stochastic_decision_is_exact_just_below_zero_in_float32():
+    """The float arithmetic's case of x * 2^fl in (-1, 0): with fl = 0 and word w, x = -(2^32 -
+    w) * 2^-32 has frac * 2^32 = w exactly, so it rounds down (to -1); one step of 2^-32 higher
+    it rounds up (to 0). Words above 2^32 - 2^20 keep x within float32's 24 bits."""
+    n = 1 << 16
+    _, seed_offset = ops.fixed_point_quantize(torch.zeros(n), 8, 0, "stochastic", True, False,
+                                              torch.Generator().manual_seed(22))
+    words = frandom.philox_bits((n,), *frandom.unpack_seed_offset(seed_offset))
+    chosen = words > 2**32 - 2**20
+    assert chosen.sum() > 0
+    for step, expected in ((0, -1.0), (1, 0.0)):
+        x = torch.where(chosen, -(2**32 - words - step).double() * 2.0**-32, torch.full((n,), 0.5, dtype=torch.float64))
+        assert torch.equal(x.float().double(), x)
+        out, _ = ops.fixed_point_quantize(x.float(), 8, 0, "stochastic", True, False, torch.Generator().manual_seed(22))
+        assert torch.equal(out[chosen], torch.full((int(chosen.sum()),), expected))
+
+
 def test_stochastic_draws_and_reproduces(device):
     x = torch.full((1000,), 0.3, device=device)
     torch.manual_seed(0)

@@ -6,6 +6,8 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "common/checks.h"
 #include "common/cpu_elementwise.h"
 #include "common/cpu_generator.h"
@@ -26,10 +28,14 @@ void quantize_into(const at::Tensor& in, at::Tensor& out, const FixedPointFormat
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "fastnets::fixed_point_quantize", [&] {
     const scalar_t* x = in.const_data_ptr<scalar_t>();
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
+    const auto map = [&](auto op) { cpu_map_with_philox<decltype(op)::kStochastic>(x, y, in.numel(), seed, offset, op); };
+    const bool in_float = !std::is_same_v<scalar_t, double> && format.float_exact;
     if (stochastic) {
-      cpu_map_with_philox<true>(x, y, in.numel(), seed, offset, FixedPointQuantizeOp<scalar_t, true>{format});
+      in_float ? map(FixedPointQuantizeFloatOp<scalar_t, true>{fixed_point_format_float(format)})
+               : map(FixedPointQuantizeOp<scalar_t, true>{format});
     } else {
-      cpu_map_with_philox<false>(x, y, in.numel(), seed, offset, FixedPointQuantizeOp<scalar_t, false>{format});
+      in_float ? map(FixedPointQuantizeFloatOp<scalar_t, false>{fixed_point_format_float(format)})
+               : map(FixedPointQuantizeOp<scalar_t, false>{format});
     }
   });
 }

@@ -5,7 +5,8 @@
 // A format <IL, FL> is given as its word length wl = IL + FL (sign bit included) and fl: values
 // are integer codes times eps = 2^-fl, codes in [-2^(wl-1), 2^(wl-1) - 1] (symmetric: the most
 // negative code dropped). Everything is computed in double, where x * 2^fl, the rounding and the
-// clamp are exact for every input dtype; only the final cast to the output dtype can round.
+// clamp are exact for every input dtype; only the final cast to the output dtype can round. The
+// CPU kernel computes the same bits in float where that is exact too (float_exact, below).
 //   nearest:    code = rint(x * 2^fl), ties to even.
 //   stochastic: code = floor(x * 2^fl) + 1 with probability frac = x * 2^fl - floor(x * 2^fl):
 //               the element's stream word decides, up iff word * 2^-32 < frac (exactly).
@@ -26,12 +27,28 @@ struct FixedPointFormat {
   double min_code;  // -2^(wl-1), or -(2^(wl-1) - 1) when symmetric
   double max_code;  // 2^(wl-1) - 1
   bool clamp;
+  // Whether the float functions below give these bits for float, half and bfloat16 inputs.
+  bool float_exact;
 };
 
+// Where float arithmetic is exact too: the format saturates (an x * 2^fl that overflows float
+// saturates either way), fl in [0, 100] (scaling up never loses bits, and code * 2^-fl stays a
+// normal float) and codes fit float's 24-bit significand.
+inline bool fixed_point_float_exact(int64_t wl, int64_t fl, bool clamp) {
+  return clamp && fl >= 0 && fl <= 100 && wl <= 25;
+}
+
+// code limited to [format.min_code, format.max_code], NaN kept. Comparisons, not fmin/fmax:
+// those would turn NaN into an end code. Two selects that keep NaN, each one SIMD max or min
+// (they return their second operand then).
+template <typename real_t, typename format_t>
+FASTNETS_HOST_DEVICE real_t fixed_point_limit(real_t code, const format_t& format) {
+  const real_t above_min = code < format.min_code ? format.min_code : code;
+  return format.max_code < above_min ? format.max_code : above_min;
+}
+
 FASTNETS_HOST_DEVICE double fixed_point_saturate(double code, const FixedPointFormat& format) {
-  if (!format.clamp) return code;
-  // Comparisons, not fmin/fmax: those would turn NaN into an end code.
-  return code < format.min_code ? format.min_code : (code > format.max_code ? format.max_code : code);
+  return format.clamp ? fixed_point_limit(code, format) : code;
 }
 
 FASTNETS_HOST_DEVICE double fixed_point_code_nearest(double x, const FixedPointFormat& format) {
@@ -54,6 +71,44 @@ FASTNETS_HOST_DEVICE double fixed_point_code(double x, uint32_t word, const Fixe
   return kStochastic ? fixed_point_code_stochastic(x, word, format) : fixed_point_code_nearest(x, format);
 }
 
+// The same codes in float arithmetic, for float, half and bfloat16 inputs where float_exact:
+// twice the SIMD lanes of double, and the same bits. x * 2^fl and floor are exact; so is
+// frac = scaled - floor(scaled) except for scaled in (-1, 0), where frac = 1 + scaled. The
+// decision word < frac * 2^32 (word an integer: word < ceil(frac * 2^32)) is taken on uint32:
+//   otherwise:      t = ceil(frac * 2^32) <= 2^32 - 256 (frac < 1 has 24 bits), up iff word < t;
+//   scaled in (-1, 0): t = -ceil(scaled * 2^32) < 2^32, up iff word + t < 2^32, i.e. word <= ~t.
+// Every float converted to uint32 is in range (the conversion is undefined otherwise).
+struct FixedPointFormatFloat {
+  float scale, eps, min_code, max_code;
+};
+
+inline FixedPointFormatFloat fixed_point_format_float(const FixedPointFormat& format) {
+  return {static_cast<float>(format.scale), static_cast<float>(format.eps), static_cast<float>(format.min_code),
+          static_cast<float>(format.max_code)};
+}
+
+FASTNETS_HOST_DEVICE float fixed_point_code_nearest(float x, const FixedPointFormatFloat& format) {
+  return fixed_point_limit(rintf(x * format.scale), format);
+}
+
+FASTNETS_HOST_DEVICE float fixed_point_code_stochastic(float x, uint32_t word, const FixedPointFormatFloat& format) {
+  const float scaled = x * format.scale;
+  const float down = floorf(scaled);
+  const bool just_below_zero = scaled < 0.0f && scaled > -1.0f;
+  const float frac_bits = (scaled - down) * 4294967296.0f;  // NaN for +-inf and NaN: never up
+  const float t = just_below_zero ? -ceilf(scaled * 4294967296.0f) : (frac_bits == frac_bits ? ceilf(frac_bits) : 0.0f);
+  const uint32_t bits = static_cast<uint32_t>(t);
+  // Bitwise operators on the comparisons, so that the loops stay branch-free and vectorize.
+  const uint32_t limit = just_below_zero ? ~bits : bits;
+  const bool up = (word < limit) | (just_below_zero & (word == limit));
+  return fixed_point_limit(down + (up ? 1.0f : 0.0f), format);
+}
+
+template <bool kStochastic>
+FASTNETS_HOST_DEVICE float fixed_point_code(float x, uint32_t word, const FixedPointFormatFloat& format) {
+  return kStochastic ? fixed_point_code_stochastic(x, word, format) : fixed_point_code_nearest(x, format);
+}
+
 // Every input dtype converts to double exactly (16-bit types through float, their own conversion);
 // the result goes back through float too, which is how torch casts float64 to 16-bit types.
 FASTNETS_HOST_DEVICE double fixed_point_input(double x) { return x; }
@@ -67,12 +122,24 @@ FASTNETS_HOST_DEVICE double fixed_point_output<double>(double value) { return va
 
 // x rounded to the grid, in x's dtype (the double result cast: for 16-bit types through float32,
 // as torch casts float64 to them).
-template <typename scalar_t, bool kStochastic>
+template <typename scalar_t, bool kStochastic_>
 struct FixedPointQuantizeOp {
+  static constexpr bool kStochastic = kStochastic_;
   FixedPointFormat format;
 
   FASTNETS_HOST_DEVICE scalar_t operator()(scalar_t x, uint32_t word) const {
     return fixed_point_output<scalar_t>(fixed_point_code<kStochastic>(fixed_point_input(x), word, format) * format.eps);
+  }
+};
+
+// FixedPointQuantizeOp in float arithmetic (the format float_exact; scalar_t not double).
+template <typename scalar_t, bool kStochastic_>
+struct FixedPointQuantizeFloatOp {
+  static constexpr bool kStochastic = kStochastic_;
+  FixedPointFormatFloat format;
+
+  FASTNETS_HOST_DEVICE scalar_t operator()(scalar_t x, uint32_t word) const {
+    return static_cast<scalar_t>(fixed_point_code<kStochastic>(static_cast<float>(x), word, format) * format.eps);
   }
 };
 

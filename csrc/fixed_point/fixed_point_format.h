@@ -21,7 +21,8 @@ inline FixedPointFormat make_fixed_point_format(int64_t wl, int64_t fl, bool cla
               ", got ", fl);
   const double half_range = std::ldexp(1.0, static_cast<int>(wl - 1));
   return FixedPointFormat{std::ldexp(1.0, static_cast<int>(fl)), std::ldexp(1.0, static_cast<int>(-fl)),
-                          symmetric ? 1.0 - half_range : -half_range, half_range - 1.0, clamp};
+                          symmetric ? 1.0 - half_range : -half_range, half_range - 1.0, clamp,
+                          fixed_point_float_exact(wl, fl, clamp)};
 }
 
 // Integer codes come in int8, int16 or int32.
