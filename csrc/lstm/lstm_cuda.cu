@@ -19,15 +19,18 @@ constexpr int kThreads = 256;
 // One thread per (batch entry, hidden unit), grid-stride.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-lstm_forward_kernel(scalar_t* __restrict__ gates, const scalar_t* __restrict__ c_prev, scalar_t* __restrict__ c,
-                    scalar_t* __restrict__ h, int64_t batch, int64_t hidden) {
+lstm_forward_kernel(scalar_t* __restrict__ gates, const scalar_t* __restrict__ bias,
+                    const scalar_t* __restrict__ c_prev, scalar_t* __restrict__ c, scalar_t* __restrict__ h,
+                    int64_t batch, int64_t hidden) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = batch * hidden;
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < n;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = k / hidden, j = k - b * hidden;
     scalar_t* g = gates + b * 4 * hidden + j;
-    const auto v = lstm_forward_element<acc_t>(g[0], g[hidden], g[2 * hidden], g[3 * hidden], c_prev[k]);
+    const scalar_t* bj = bias + j;
+    const auto a = [&](int64_t gate) { return static_cast<acc_t>(g[gate * hidden]) + static_cast<acc_t>(bj[gate * hidden]); };
+    const auto v = lstm_forward_element<acc_t>(a(0), a(1), a(2), a(3), c_prev[k]);
     g[0] = static_cast<scalar_t>(v.i);
     g[hidden] = static_cast<scalar_t>(v.f);
     g[2 * hidden] = static_cast<scalar_t>(v.g);
@@ -62,13 +65,14 @@ lstm_backward_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* _
   }
 }
 
-void lstm_pointwise_forward_cuda(at::Tensor& gates, const at::Tensor& c_prev, at::Tensor& c, at::Tensor& h) {
+void lstm_pointwise_forward_cuda(at::Tensor& gates, const at::Tensor& bias, const at::Tensor& c_prev, at::Tensor& c,
+                                 at::Tensor& h) {
   const int64_t batch = c.size(0), hidden = c.size(1);
   if (batch * hidden == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(), "fastnets::lstm_forward_cuda", [&] {
     lstm_forward_kernel<<<grid_size(batch * hidden, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        gates.mutable_data_ptr<scalar_t>(), c_prev.const_data_ptr<scalar_t>(), c.mutable_data_ptr<scalar_t>(),
-        h.mutable_data_ptr<scalar_t>(), batch, hidden);
+        gates.mutable_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(), c_prev.const_data_ptr<scalar_t>(),
+        c.mutable_data_ptr<scalar_t>(), h.mutable_data_ptr<scalar_t>(), batch, hidden);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -29,8 +29,9 @@ namespace fastnets {
 //     copies it into the layout of its tiled GEMM when that pays);
 //   void multiply(const at::Tensor& a, const Right& b, at::Tensor& c, bool accumulate):
 //     c (+)= a b, c with unit column stride;
-//   void forward(at::Tensor& gates, const at::Tensor& c_prev, at::Tensor& c, at::Tensor& h):
-//     gates (B, 4H) pre-activations in, activated gates out; writes c and h (B, H);
+//   void forward(at::Tensor& gates, const at::Tensor& bias, const at::Tensor& c_prev, at::Tensor& c,
+//                at::Tensor& h): gates (B, 4H) plus bias (4H) the pre-activations, activated gates
+//     out; writes c and h (B, H);
 //   void backward(grad_output, grad_h, grad_c, gates, c_prev, c, grad_gates): dh' = grad_output +
 //     grad_h (grad_output may be undefined: zero); grad_c: dc' in, the gradient of c_prev out;
 //     writes the pre-activations' gradients.
@@ -91,13 +92,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   check_lstm_layer_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh);
   const int64_t steps = input.size(0), batch = input.size(1), hidden = w_hh.size(1);
   at::Tensor gates = at::empty({steps * batch, 4 * hidden}, input.options());
-  const bool has_bias = b_ih.has_value() || b_hh.has_value();
-  if (has_bias) {
-    const at::Tensor bias = b_ih.has_value() && b_hh.has_value() ? at::add(*b_ih, *b_hh) : (b_ih ? *b_ih : *b_hh);
-    gates.copy_(bias.expand_as(gates));
-  }
+  // The bias is added in each step's pointwise kernel, not copied into all the gates first.
+  const at::Tensor bias = b_ih.has_value() && b_hh.has_value() ? at::add(*b_ih, *b_hh)
+                          : b_ih.has_value()                      ? b_ih->contiguous()
+                          : b_hh.has_value()                      ? b_hh->contiguous()
+                                                                  : at::zeros({4 * hidden}, input.options());
   const at::Tensor flat_input = input.contiguous().view({steps * batch, input.size(2)});
-  Device::multiply(flat_input, Device::prepare(w_ih.t(), steps * batch), gates, has_bias);
+  Device::multiply(flat_input, Device::prepare(w_ih.t(), steps * batch), gates, false);
   gates = gates.view({steps, batch, 4 * hidden});
   at::Tensor output = at::empty({steps, batch, hidden}, input.options());
   at::Tensor cell_states = at::empty({steps, batch, hidden}, input.options());
@@ -108,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     at::Tensor step_gates = gates.select(0, t);
     Device::multiply(h, w_hh_t, step_gates, true);
     at::Tensor step_c = cell_states.select(0, t), step_h = output.select(0, t);
-    Device::forward(step_gates, c, step_c, step_h);
+    Device::forward(step_gates, bias, c, step_c, step_h);
     h = step_h;
     c = step_c;
   }
