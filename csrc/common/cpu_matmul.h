@@ -134,7 +134,8 @@ void matmul(const at::Tensor& a, const GemmRightOperand& b, T* c, int64_t ldc, b
     const int64_t chunk_rows =
         ((per_thread + chunks_per_thread - 1) / chunks_per_thread + kPanelRows - 1) / kPanelRows * kPanelRows;
     const int64_t chunks = (rows + chunk_rows - 1) / chunk_rows;
-    at::parallel_for(0, chunks, grain_for(2 * chunk_rows * depth * cols, kMinTaskFlops), [&](int64_t first, int64_t last) {
+    const int64_t grain = grain_for(2 * chunk_rows * depth * cols, kMinTaskFlops);
+    at::parallel_for(0, chunks, grain, [&](int64_t first, int64_t last) {
       for (int64_t chunk = first; chunk < last; ++chunk) {
         const int64_t row0 = chunk * chunk_rows;
         run(row0, std::min(chunk_rows, rows - row0), 0, col_panels);

@@ -28,7 +28,9 @@ void quantize_into(const at::Tensor& in, at::Tensor& out, const FixedPointFormat
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "fastnets::fixed_point_quantize", [&] {
     const scalar_t* x = in.const_data_ptr<scalar_t>();
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
-    const auto map = [&](auto op) { cpu_map_with_philox<decltype(op)::kStochastic>(x, y, in.numel(), seed, offset, op); };
+    const auto map = [&](auto op) {
+      cpu_map_with_philox<decltype(op)::kStochastic>(x, y, in.numel(), seed, offset, op);
+    };
     const bool in_float = !std::is_same_v<scalar_t, double> && format.float_exact;
     if (stochastic) {
       in_float ? map(FixedPointQuantizeFloatOp<scalar_t, true>{fixed_point_format_float(format)})

@@ -29,7 +29,9 @@ lstm_forward_kernel(scalar_t* __restrict__ gates, const scalar_t* __restrict__ b
     const int64_t b = k / hidden, j = k - b * hidden;
     scalar_t* g = gates + b * 4 * hidden + j;
     const scalar_t* bj = bias + j;
-    const auto a = [&](int64_t gate) { return static_cast<acc_t>(g[gate * hidden]) + static_cast<acc_t>(bj[gate * hidden]); };
+    const auto a = [&](int64_t gate) {
+      return static_cast<acc_t>(g[gate * hidden]) + static_cast<acc_t>(bj[gate * hidden]);
+    };
     const auto v = lstm_forward_element<acc_t>(a(0), a(1), a(2), a(3), c_prev[k]);
     g[0] = static_cast<scalar_t>(v.i);
     g[hidden] = static_cast<scalar_t>(v.f);
