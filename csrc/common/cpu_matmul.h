@@ -127,8 +127,9 @@ void matmul(const at::Tensor& a, const GemmRightOperand& b, T* c, int64_t ldc, b
   const int64_t col_panels = (cols + width - 1) / width;
   if (rows >= 2 * kRowChunk) {
     // Chunks of at most kRowChunk rows, as many for each thread: 3200 rows in chunks of 256
-    // gave one of two threads 7 chunks and the other 6 (a tenth of the time lost).
-    const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+    // gave one of two threads 7 chunks and the other 6 (a tenth of the time lost). No more
+    // threads than chunks of kRowChunk rows, so that many threads do not make chunks tiny.
+    const int64_t threads = std::clamp<int64_t>(at::get_num_threads(), 1, (rows + kRowChunk - 1) / kRowChunk);
     const int64_t per_thread = (rows + threads - 1) / threads;
     const int64_t chunks_per_thread = (per_thread + kRowChunk - 1) / kRowChunk;
     const int64_t chunk_rows =

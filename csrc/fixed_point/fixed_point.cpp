@@ -31,14 +31,14 @@ void quantize_into(const at::Tensor& in, at::Tensor& out, const FixedPointFormat
     const auto map = [&](auto op) {
       cpu_map_with_philox<decltype(op)::kStochastic>(x, y, in.numel(), seed, offset, op);
     };
-    const bool in_float = !std::is_same_v<scalar_t, double> && format.float_exact;
-    if (stochastic) {
-      in_float ? map(FixedPointQuantizeFloatOp<scalar_t, true>{fixed_point_format_float(format)})
-               : map(FixedPointQuantizeOp<scalar_t, true>{format});
-    } else {
-      in_float ? map(FixedPointQuantizeFloatOp<scalar_t, false>{fixed_point_format_float(format)})
-               : map(FixedPointQuantizeOp<scalar_t, false>{format});
+    if constexpr (!std::is_same_v<scalar_t, double>) {
+      if (format.float_exact) {
+        stochastic ? map(FixedPointQuantizeFloatOp<scalar_t, true>{fixed_point_format_float(format)})
+                   : map(FixedPointQuantizeFloatOp<scalar_t, false>{fixed_point_format_float(format)});
+        return;
+      }
     }
+    stochastic ? map(FixedPointQuantizeOp<scalar_t, true>{format}) : map(FixedPointQuantizeOp<scalar_t, false>{format});
   });
 }
 

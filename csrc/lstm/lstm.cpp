@@ -28,10 +28,10 @@ int64_t grain_rows(int64_t hidden) {
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 FASTNETS_ALWAYS_INLINE void forward_row(int64_t hidden, scalar_t* __restrict__ gi, scalar_t* __restrict__ gf,
                                         scalar_t* __restrict__ gg, scalar_t* __restrict__ go,
-                                        const scalar_t* __restrict__ bias, const scalar_t* __restrict__ c_prev,
+                                        const acc_t* __restrict__ bias, const scalar_t* __restrict__ c_prev,
                                         scalar_t* __restrict__ c, scalar_t* __restrict__ h) {
   const auto a = [bias](const scalar_t* gate, int64_t gate_index, int64_t j) FASTNETS_INLINE_LAMBDA {
-    return static_cast<acc_t>(gate[j]) + static_cast<acc_t>(bias[gate_index + j]);
+    return static_cast<acc_t>(gate[j]) + bias[gate_index + j];
   };
   for (int64_t j = 0; j < hidden; ++j) {
     const auto v = lstm_forward_element<acc_t>(a(gi, 0, j), a(gf, hidden, j), a(gg, 2 * hidden, j),
@@ -68,7 +68,7 @@ void lstm_pointwise_forward_cpu(at::Tensor& gates, const at::Tensor& bias, const
   const int64_t batch = c.size(0), hidden = c.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(), "fastnets::lstm_forward", [&] {
     scalar_t* g = gates.mutable_data_ptr<scalar_t>();
-    const scalar_t* bs = bias.const_data_ptr<scalar_t>();
+    const auto* bs = bias.const_data_ptr<at::opmath_type<scalar_t>>();
     const scalar_t* cp = c_prev.const_data_ptr<scalar_t>();
     scalar_t* cn = c.mutable_data_ptr<scalar_t>();
     scalar_t* hn = h.mutable_data_ptr<scalar_t>();

@@ -19,7 +19,7 @@ constexpr int kThreads = 256;
 // One thread per (batch entry, hidden unit), grid-stride.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-lstm_forward_kernel(scalar_t* __restrict__ gates, const scalar_t* __restrict__ bias,
+lstm_forward_kernel(scalar_t* __restrict__ gates, const at::opmath_type<scalar_t>* __restrict__ bias,
                     const scalar_t* __restrict__ c_prev, scalar_t* __restrict__ c, scalar_t* __restrict__ h,
                     int64_t batch, int64_t hidden) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -28,10 +28,7 @@ lstm_forward_kernel(scalar_t* __restrict__ gates, const scalar_t* __restrict__ b
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = k / hidden, j = k - b * hidden;
     scalar_t* g = gates + b * 4 * hidden + j;
-    const scalar_t* bj = bias + j;
-    const auto a = [&](int64_t gate) {
-      return static_cast<acc_t>(g[gate * hidden]) + static_cast<acc_t>(bj[gate * hidden]);
-    };
+    const auto a = [&](int64_t gate) { return static_cast<acc_t>(g[gate * hidden]) + bias[gate * hidden + j]; };
     const auto v = lstm_forward_element<acc_t>(a(0), a(1), a(2), a(3), c_prev[k]);
     g[0] = static_cast<scalar_t>(v.i);
     g[hidden] = static_cast<scalar_t>(v.f);
@@ -73,7 +70,8 @@ void lstm_pointwise_forward_cuda(at::Tensor& gates, const at::Tensor& bias, cons
   if (batch * hidden == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(), "fastnets::lstm_forward_cuda", [&] {
     lstm_forward_kernel<<<grid_size(batch * hidden, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        gates.mutable_data_ptr<scalar_t>(), bias.const_data_ptr<scalar_t>(), c_prev.const_data_ptr<scalar_t>(),
+        gates.mutable_data_ptr<scalar_t>(), bias.const_data_ptr<at::opmath_type<scalar_t>>(),
+        c_prev.const_data_ptr<scalar_t>(),
         c.mutable_data_ptr<scalar_t>(), h.mutable_data_ptr<scalar_t>(), batch, hidden);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

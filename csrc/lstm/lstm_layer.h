@@ -6,6 +6,7 @@
 // per step the fused pointwise backward and one GEMM for dh; after the loop one GEMM for the
 // input gradient and one for both weight gradients (two for short sequences), the bias gradient
 // as a reduction.
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/addmm.h>
@@ -30,8 +31,8 @@ namespace fastnets {
 //   void multiply(const at::Tensor& a, const Right& b, at::Tensor& c, bool accumulate):
 //     c (+)= a b, c with unit column stride;
 //   void forward(at::Tensor& gates, const at::Tensor& bias, const at::Tensor& c_prev, at::Tensor& c,
-//                at::Tensor& h): gates (B, 4H) plus bias (4H) the pre-activations, activated gates
-//     out; writes c and h (B, H);
+//                at::Tensor& h): gates (B, 4H) plus bias (4H, in the opmath dtype: float for
+//     16-bit types) the pre-activations, activated gates out; writes c and h (B, H);
 //   void backward(grad_output, grad_h, grad_c, gates, c_prev, c, grad_gates): dh' = grad_output +
 //     grad_h (grad_output may be undefined: zero); grad_c: dc' in, the gradient of c_prev out;
 //     writes the pre-activations' gradients.
@@ -92,11 +93,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   check_lstm_layer_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh);
   const int64_t steps = input.size(0), batch = input.size(1), hidden = w_hh.size(1);
   at::Tensor gates = at::empty({steps * batch, 4 * hidden}, input.options());
-  // The bias is added in each step's pointwise kernel, not copied into all the gates first.
-  const at::Tensor bias = b_ih.has_value() && b_hh.has_value() ? at::add(*b_ih, *b_hh)
-                          : b_ih.has_value()                      ? b_ih->contiguous()
-                          : b_hh.has_value()                      ? b_hh->contiguous()
-                                                                  : at::zeros({4 * hidden}, input.options());
+  // The bias is added in each step's pointwise kernel, not copied into all the gates first; the
+  // two are summed in the kernel's arithmetic (float for 16-bit types), as torch's cell does.
+  at::Tensor bias = at::zeros({4 * hidden}, input.options().dtype(at::toOpMathType(input.scalar_type())));
+  for (const auto& b : {b_ih, b_hh}) {
+    if (b.has_value()) bias.add_(*b);
+  }
   const at::Tensor flat_input = input.contiguous().view({steps * batch, input.size(2)});
   Device::multiply(flat_input, Device::prepare(w_ih.t(), steps * batch), gates, false);
   gates = gates.view({steps, batch, 4 * hidden});
