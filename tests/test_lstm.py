@@ -288,6 +288,27 @@ def test_same_for_threads():
     check_same_for_threads(run)
 
 
+def test_small_hidden_size_same_for_one_to_three_threads():
+    """The weight gradients of a small hidden size are long, narrow products (3300 deep, 36 rows):
+    BLAS split their sums differently for 3 threads; fastnets' own GEMM takes them."""
+    torch.manual_seed(0)
+    lstm = fastnets.nn.LSTM(17, 9)
+    x = torch.randn(100, 33, 17, requires_grad=True)
+
+    def run():
+        x.grad = None
+        lstm.zero_grad()
+        output, _ = lstm(x)
+        output.square().sum().backward()
+        return torch.cat([output.flatten(), x.grad.flatten()] + [p.grad.flatten() for p in lstm.parameters()])
+
+    results = []
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        results.append(run())
+    assert all(torch.equal(results[0], other) for other in results[1:]), "CPU result depends on the thread count"
+
+
 def test_bad_input_is_named():
     lstm = fastnets.nn.LSTM(5, 4, num_layers=2)
     with pytest.raises(RuntimeError, match="input_size = 5"):  # RuntimeError, as torch.nn.LSTM raises

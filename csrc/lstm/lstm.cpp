@@ -113,7 +113,9 @@ void lstm_pointwise_backward_cpu(const at::Tensor& grad_output, const at::Tensor
 
 // The CPU side of lstm_layer.h: float and double GEMMs by cpu_matmul.h's tiled GEMM, float16 and
 // bfloat16 ones by at::mm, and so are products too small to repay a copy of their right operand
-// (a cell step's forward: 64 rows against a transposed 512 x 2048 weight).
+// (a cell step's forward: 64 rows against a transposed 512 x 2048 weight) unless that operand is
+// taller than wide: BLAS may split such a product's long sum over threads (the weight gradients
+// of a small hidden size, 3300 deep, came out different for 1 and 3 threads).
 constexpr int64_t kTiledMinRows = 256;
 
 struct CpuLstm {
@@ -125,6 +127,7 @@ struct CpuLstm {
   static Right prepare(const at::Tensor& b, int64_t rows) {
     if (cpu_matmul_supports(b.scalar_type()) && rows >= kTiledMinRows) return Right{prepare_right_operand(b), {}};
     if (usable_in_place(b)) return Right{right_operand_in_place(b), {}};
+    if (cpu_matmul_supports(b.scalar_type()) && b.size(0) > b.size(1)) return Right{prepare_right_operand(b), {}};
     return Right{{}, b};
   }
 
