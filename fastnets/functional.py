@@ -344,8 +344,8 @@ def lstm_cell(
 ) -> Tuple[Tensor, Tensor]:
     """One step of an LSTM cell, as :class:`torch.nn.LSTMCell` computes it (gates i, f, g, o).
 
-    The gates' pre-activations are the biases plus two GEMMs accumulated into one buffer (BLAS or
-    fastnets' tiled GEMM on CPU, cuBLAS on CUDA); the activations and the state update are one
+    The gates' pre-activations are two GEMMs accumulated into one buffer (BLAS or fastnets' tiled
+    GEMM on CPU, cuBLAS on CUDA); adding the biases, the activations and the state update are one
     fused pass, and the backward is one fused pass and the GEMMs. Besides the inputs and weights,
     autograd keeps the activated gates, c' and h' (no pre-activations).
 

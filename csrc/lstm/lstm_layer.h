@@ -2,7 +2,8 @@
 // One LSTM layer (one direction) over a whole sequence, forward and backward through time: the
 // loop, shared by the CPU and CUDA ops, which pass in their GEMMs and pointwise kernels.
 // As haste does: one GEMM for the input projections of all time steps, then per step the
-// recurrent GEMM (accumulated into that step's gates) and the fused pointwise kernel. Backward:
+// recurrent GEMM (accumulated into that step's gates) and the fused pointwise kernel, which adds
+// the bias. Backward:
 // per step the fused pointwise backward and one GEMM for dh; after the loop one GEMM for the
 // input gradient and one for both weight gradients (two for short sequences), the bias gradient
 // as a reduction.
