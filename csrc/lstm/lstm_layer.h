@@ -3,10 +3,9 @@
 // loop, shared by the CPU and CUDA ops, which pass in their GEMMs and pointwise kernels.
 // As haste does: one GEMM for the input projections of all time steps, then per step the
 // recurrent GEMM (accumulated into that step's gates) and the fused pointwise kernel, which adds
-// the bias. Backward:
-// per step the fused pointwise backward and one GEMM for dh; after the loop one GEMM for the
-// input gradient and one for both weight gradients (two for short sequences), the bias gradient
-// as a reduction.
+// the bias. Backward: per step the fused pointwise backward and one GEMM for dh; after the loop
+// one GEMM for the input gradient and one for both weight gradients (two for short sequences),
+// the bias gradient as a reduction.
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
