@@ -38,7 +38,7 @@ FASTNETS_HOST_DEVICE float fma_exp(float x) {
   p = fmaf(p, r, 1.0f);
   p = fmaf(p, r, 1.0f);
   const int32_t k = static_cast<int32_t>(n);
-  const int32_t half = k / 2;
+  const int32_t half = k >> 1;  // floor(k / 2): one shift, where k / 2 takes three
   return p * bits_as<float>(static_cast<uint32_t>(half + 127) << 23) *
          bits_as<float>(static_cast<uint32_t>(k - half + 127) << 23);
 }
@@ -64,41 +64,40 @@ FASTNETS_HOST_DEVICE double fma_exp(double x) {
   p = fma(p, r, 1.0);
   p = fma(p, r, 1.0);
   const int64_t k = static_cast<int64_t>(n);
-  const int64_t half = k / 2;
+  const int64_t half = k >> 1;
   return p * bits_as<double>(static_cast<uint64_t>(half + 1023) << 52) *
          bits_as<double>(static_cast<uint64_t>(k - half + 1023) << 52);
 }
 
+// x limited to [low, high], NaN to low: the argument of fma_exp, which converts it to an integer
+// (undefined for NaN); the callers return NaN themselves. Each select is one SIMD max or min (the
+// second operand when x is NaN).
 template <typename T>
-FASTNETS_HOST_DEVICE T clamp_keep_nan(T x, T low, T high) {
-  // Comparisons, not fmin/fmax, which would turn NaN into a bound.
-  return x < low ? low : (x > high ? high : x);
+FASTNETS_HOST_DEVICE T exp_argument(T x, T low, T high) {
+  const T above_low = x > low ? x : low;
+  return above_low < high ? above_low : high;
 }
 
 // 1 / (1 + e^-a). Beyond the clamp the result no longer changes (1, or 0 via e^-a = inf); NaN
 // stays NaN.
 FASTNETS_HOST_DEVICE float fma_sigmoid(float a) {
-  const float t = clamp_keep_nan(-a, -88.0f, 89.0f);
-  const float e = fma_exp(t == t ? t : 0.0f);
+  const float e = fma_exp(exp_argument(-a, -88.0f, 89.0f));
   return a == a ? 1.0f / (1.0f + e) : a;
 }
 
 FASTNETS_HOST_DEVICE double fma_sigmoid(double a) {
-  const double t = clamp_keep_nan(-a, -40.0, 710.0);
-  const double e = fma_exp(t == t ? t : 0.0);
+  const double e = fma_exp(exp_argument(-a, -40.0, 710.0));
   return a == a ? 1.0 / (1.0 + e) : a;
 }
 
 // tanh x = 1 - 2 / (1 + e^2x): absolute error of a few ulp of 1 (not relative, near 0).
 FASTNETS_HOST_DEVICE float fma_tanh(float x) {
-  const float t = clamp_keep_nan(2.0f * x, -88.0f, 89.0f);
-  const float e = fma_exp(t == t ? t : 0.0f);
+  const float e = fma_exp(exp_argument(2.0f * x, -88.0f, 89.0f));
   return x == x ? 1.0f - 2.0f / (1.0f + e) : x;
 }
 
 FASTNETS_HOST_DEVICE double fma_tanh(double x) {
-  const double t = clamp_keep_nan(2.0 * x, -40.0, 710.0);
-  const double e = fma_exp(t == t ? t : 0.0);
+  const double e = fma_exp(exp_argument(2.0 * x, -40.0, 710.0));
   return x == x ? 1.0 - 2.0 / (1.0 + e) : x;
 }
 
