@@ -356,7 +356,7 @@ def test_bad_input_is_named():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 5, 9), (64, 512, 100), (600, 33, 70), (3, 0, 4), (0, 3, 4),
-                                   (513, 129, 257), (9, 17, 64), (300, 70, 32)])
+                                   (513, 129, 257), (9, 17, 64), (300, 70, 32), (70, 1100, 40)])
 def test_matmul_equals_float64_product(dtype, m, k, n):
     g = torch.Generator().manual_seed(m + k + n)
     a = torch.randn(m, k, generator=g, dtype=torch.float64)

@@ -5,6 +5,7 @@
 // once (packed in column panels) and may serve many products; A is packed per call.
 // Threads split the rows (tall A) or the columns (short A); each element of C is summed by one
 // thread in a fixed order, so results do not depend on the thread count.
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -51,20 +52,50 @@ inline GemmRightOperand right_operand_in_place(const at::Tensor& b) {
   return {b, b.size(0), b.size(1), panel_cols(b), b.size(1)};
 }
 
-// b packed in panels (one copy, any strides; the last panel zero-padded).
+namespace cpu_matmul_detail {
+
+constexpr int64_t kPackDepth = 64;  // rows of a panel per task of prepare_right_operand
+
+// b's columns [col0, col0 + width) (zeros past its last column), rows [k0, k1), into panel.
+template <typename T>
+void pack_panel_rows(const at::Tensor& b, int64_t col0, int64_t width, int64_t k0, int64_t k1, T* panel) {
+  const T* source = b.const_data_ptr<T>();
+  const int64_t row_stride = b.stride(0), col_stride = b.stride(1), count = std::min(width, b.size(1) - col0);
+  for (int64_t k = k0; k < k1; ++k) {
+    std::fill(panel + k * width + count, panel + (k + 1) * width, T(0));
+  }
+  if (col_stride == 1) {
+    for (int64_t k = k0; k < k1; ++k) std::copy_n(source + k * row_stride + col0, count, panel + k * width);
+  } else {
+    // Column by column: a transposed b (row_stride 1) is then read contiguously, and the panel
+    // rows written stay in L1.
+    for (int64_t j = 0; j < count; ++j) {
+      const T* column = source + (col0 + j) * col_stride;
+      for (int64_t k = k0; k < k1; ++k) panel[k * width + j] = column[k * row_stride];
+    }
+  }
+}
+
+}  // namespace cpu_matmul_detail
+
+// b packed in panels (one copy, any strides; the last panel zero-padded), in parallel.
 inline GemmRightOperand prepare_right_operand(const at::Tensor& b) {
   TORCH_INTERNAL_ASSERT(b.dim() == 2 && cpu_matmul_supports(b.scalar_type()));
   const int64_t depth = b.size(0), cols = b.size(1), width = panel_cols(b);
-  const int64_t full = cols / width, rest = cols - full * width;
-  at::Tensor data = at::empty({full + (rest > 0 ? 1 : 0), depth, width}, b.options());
-  if (full > 0) {  // torch's copy, blocked for any strides of b
-    data.narrow(0, 0, full).copy_(b.narrow(1, 0, full * width).unflatten(1, {full, width}).permute({1, 0, 2}));
-  }
-  if (rest > 0) {
-    at::Tensor last = data.select(0, full);
-    last.narrow(1, 0, rest).copy_(b.narrow(1, full * width, rest));
-    last.narrow(1, rest, width - rest).zero_();
-  }
+  const int64_t panels = (cols + width - 1) / width, blocks = (depth + cpu_matmul_detail::kPackDepth - 1) /
+                                                               cpu_matmul_detail::kPackDepth;
+  at::Tensor data = at::empty({panels, depth, width}, b.options());
+  AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "fastnets::prepare_right_operand", [&] {
+    scalar_t* out = data.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, panels * blocks, 16, [&](int64_t first, int64_t last) {
+      for (int64_t task = first; task < last; ++task) {
+        const int64_t panel = task / blocks, k0 = task % blocks * cpu_matmul_detail::kPackDepth;
+        cpu_matmul_detail::pack_panel_rows(b, panel * width, width, k0,
+                                           std::min(k0 + cpu_matmul_detail::kPackDepth, depth),
+                                           out + panel * depth * width);
+      }
+    });
+  });
   return {data, depth, cols, depth * width, width};
 }
 
