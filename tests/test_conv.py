@@ -25,6 +25,9 @@ GEOMETRIES = [
     (1, 2, 3, 30, 5, (2, 7), (1, 3), (1, 3), (1, 1), 1),
     (2, 4, 9, 10, 6, (3, 2), (1, 1), (2, 1), (2, 3), 2),  # stride 1 with dilation and groups
     (1, 3, 5, 6, 2, (1, 1), (1, 1), (2, 1), (1, 1), 1),  # padding wider than the kernel
+    # wide padding, many channels per group: forward and grad_input by output positions (partial
+    # tiles of positions and of channels, float32 and float64), like the MNIST CNN's conv2
+    (2, 40, 9, 11, 40, (3, 5), (1, 1), (2, 4), (2, 2), 2),
 ]
 
 
@@ -68,7 +71,7 @@ def test_conv2d_matches_pytorch_float64(device, geometry, with_bias):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[6]])
+@pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[6], GEOMETRIES[10]])
 def test_conv2d_lower_precision_within_pytorch_error(device, dtype, geometry):
     x, weight, bias = make(geometry, device=device)
     stride, padding, dilation, groups = arguments(geometry)
@@ -125,7 +128,7 @@ POOLS = [((2, 2), None), ((3, 3), (2, 2)), ((2, 3), (1, 2)), ((1, 1), (1, 1)), (
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("geometry", [GEOMETRIES[i] for i in (0, 1, 3, 6, 8, 9)])
+@pytest.mark.parametrize("geometry", [GEOMETRIES[i] for i in (0, 1, 3, 6, 8, 9, 10)])
 @pytest.mark.parametrize("pool_kernel,pool_stride", POOLS)
 def test_fused_matches_three_ops_float64(device, geometry, pool_kernel, pool_stride):
     x, weight, bias = make(geometry, device=device)

@@ -34,11 +34,15 @@ using GemmTileFor = std::conditional_t<kIsa == CpuIsa::kAvx512, GemmTile<T, 64, 
                                        std::conditional_t<kIsa == CpuIsa::kAvx2, GemmTile<T, 32, kPanelRows, 1>,
                                                           GemmTile<T, 16, kPanelRows, 1>>>;
 
+// Columns of a panel of B (cpu_matmul.h, the convolutions by positions): a whole number of tiles
+// of every instruction set.
+template <typename T>
+constexpr int64_t kPanelCols = kMaxTileBytes / sizeof(T);
+
 // Row length of B and C buffers holding `cols` columns of T.
 template <typename T>
 int64_t padded_cols(int64_t cols) {
-  constexpr int64_t multiple = kMaxTileBytes / sizeof(T);
-  return (cols + multiple - 1) / multiple * multiple;
+  return (cols + kPanelCols<T> - 1) / kPanelCols<T> * kPanelCols<T>;
 }
 
 // One tile: C[rows][cols] (+)= sum over k < depth of a(i, k) b_row(k)[col + j] for i < kRows,

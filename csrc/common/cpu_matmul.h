@@ -23,10 +23,6 @@ inline bool cpu_matmul_supports(at::ScalarType dtype) {
   return dtype == at::kFloat || dtype == at::kDouble;
 }
 
-// Columns of B per panel: a whole number of tiles of every instruction set (kMaxTileBytes).
-template <typename T>
-constexpr int64_t kPanelCols = kMaxTileBytes / sizeof(T);
-
 // B (depth x cols) as the GEMM reads it, in panels of kPanelCols columns: column c of row k is at
 // data[(c / kPanelCols) * panel_stride + k * row_stride + c % kPanelCols]. A prepared copy packs
 // each panel's rows one after the other (row_stride = kPanelCols), so that a tile walks memory

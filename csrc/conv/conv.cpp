@@ -2,11 +2,12 @@
 // CUDA kernels: conv_cuda.cu; the index math and pooling epilogue: conv.h; the GEMM: common/cpu_gemm.h.
 //
 // Per image and group the convolution is a GEMM over the image's patch matrix (im2col), built
-// in a per-thread buffer (in L2 for layers like the MNIST CNN's; no tiling over positions yet);
-// only the output (for the fused layer: the pooled output and a 1-byte argmax) reaches memory.
-// Stride-1 convolutions skip im2col: the GEMM reads a zero-padded copy of the input (see
-// PaddedConv). Backward: grad_input = a flipped-kernel convolution of the padded gradient for
-// stride 1, else col2im(W^T dy), per image;
+// in a per-thread buffer (in L2 for layers like the MNIST CNN's); only the output (for the fused
+// layer: the pooled output and a 1-byte argmax) reaches memory. Stride-1 convolutions skip
+// im2col: the GEMM reads a zero-padded copy of the input (see PaddedConv), with output channels
+// as rows, or, where that computes fewer dropped values, output positions (positions_gemm).
+// Backward: grad_input = a flipped-kernel convolution of the padded gradient for stride 1
+// (channels or positions as rows, alike), else col2im(W^T dy), per image;
 // grad_weight and grad_bias are summed per image into kWeightGradChunks fixed chunks of the
 // batch, then the chunks in order: the same bits for any thread count.
 #include <ATen/Dispatch.h>
@@ -26,6 +27,7 @@
 #include <limits>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/cpu_isa.h"
@@ -178,6 +180,104 @@ std::vector<int64_t> tap_offsets(const PaddedConv& pc) {
   return offsets;
 }
 
+// Stride-1 products by output positions instead: tiles of kRows positions x kCols channels, the
+// positions' inputs broadcast from the padded copy (column + tap offset: no dropped columns) and
+// the weights read as rows of B (pack_channel_panels); each tile is summed in registers per depth
+// block, then in a tile buffer, and stored transposed, out[k * ldc + p]. Where a group has many
+// channels and the padding columns are many (MNIST's conv2: 64 channels, 16 padded columns per
+// 14 outputs), it computes fewer dropped values than padded_gemm (by_positions).
+// A tile's positions are at most two runs of one output row each (out_w >= kRows): the first
+// kSplit from `first`, the rest from `second`, so that the broadcasts need two base registers,
+// not one per position.
+// Depth summed in registers before a tile buffer takes the sum: a two-level sum, within PyTorch's
+// float32 error on depths of a few hundred (blocks of 256 gave 3x its error on a depth of 300); the
+// tile buffer stays in L1, and blocks of 64 measured no slower.
+constexpr int64_t kPositionsDepthBlock = 64;
+
+template <int kSplit, typename Tile, typename acc_t>
+FASTNETS_ALWAYS_INLINE void positions_tile(int64_t depth, const acc_t* first, const acc_t* second, const int64_t* tap,
+                                           const acc_t* panel, int64_t col, acc_t* tile, bool accumulate) {
+  const auto a_value = [first, second, tap](int i, int64_t q) FASTNETS_INLINE_LAMBDA {
+    return i < kSplit ? first[i + tap[q]] : second[i - kSplit + tap[q]];
+  };
+  const auto b_row = [panel](int64_t q) FASTNETS_INLINE_LAMBDA { return panel + q * kPanelCols<acc_t>; };
+  gemm_tile<Tile>(depth, a_value, b_row, col, tile, Tile::kCols, Tile::kRows, Tile::kCols, accumulate);
+}
+
+template <typename Tile, typename acc_t, int... kSplits>
+FASTNETS_ALWAYS_INLINE void positions_tile_split(int split, std::integer_sequence<int, kSplits...>, int64_t depth,
+                                                 const acc_t* first, const acc_t* second, const int64_t* tap,
+                                                 const acc_t* panel, int64_t col, acc_t* tile, bool accumulate) {
+  ((split == kSplits + 1 ? positions_tile<kSplits + 1, Tile>(depth, first, second, tap, panel, col, tile, accumulate)
+                         : void()),
+   ...);
+}
+
+template <typename Tile, typename acc_t>
+FASTNETS_ALWAYS_INLINE void positions_gemm(const PaddedConv& pc, int64_t channels, const acc_t* weight_panels,
+                                           const acc_t* padded, const std::vector<int64_t>& offsets, acc_t* out,
+                                           int64_t ldc) {
+  const int64_t positions = pc.out_h * pc.out_w, depth = pc.depth();
+  acc_t tile[Tile::kRows][Tile::kCols] = {};  // zeros where the depth is 0
+  for (int64_t col = 0; col < channels; col += Tile::kCols) {
+    const int64_t cols = std::min<int64_t>(Tile::kCols, channels - col);
+    for (int64_t p0 = 0; p0 < positions; p0 += Tile::kRows) {
+      const int64_t rows = std::min<int64_t>(Tile::kRows, positions - p0), oh = p0 / pc.out_w, ow = p0 % pc.out_w;
+      const acc_t* first = padded + oh * pc.padded_w + ow;
+      // The rest from the next output row; past the last position (dropped) the first run again.
+      const int64_t run = std::min(pc.out_w - ow, rows);
+      const acc_t* second = run < rows ? padded + (oh + 1) * pc.padded_w : first;
+      const acc_t* panel = weight_panels + col / kPanelCols<acc_t> * depth * kPanelCols<acc_t>;
+      for (int64_t d0 = 0; d0 < depth; d0 += kPositionsDepthBlock) {
+        positions_tile_split<Tile>(static_cast<int>(run), std::make_integer_sequence<int, Tile::kRows>(),
+                                   std::min(kPositionsDepthBlock, depth - d0), first, second, offsets.data() + d0,
+                                   panel + d0 * kPanelCols<acc_t>, col % kPanelCols<acc_t>, &tile[0][0], d0 > 0);
+      }
+      for (int64_t j = 0; j < cols; ++j) {
+        for (int64_t i = 0; i < rows; ++i) out[(col + j) * ldc + p0 + i] = tile[i][j];
+      }
+    }
+  }
+}
+
+// Whether positions_gemm computes fewer values than padded_gemm for `channels` output rows (A's
+// panels of kPanelRows channels) over `positions` outputs read from the padded layout pc.
+template <typename acc_t>
+bool by_positions(const PaddedConv& pc, int64_t channels, int64_t positions) {
+  const auto whole = [](int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; };
+  return pc.out_w >= kPanelRows && whole(positions, kPanelRows) * padded_cols<acc_t>(channels) <
+                                       whole(channels, kPanelRows) * padded_cols<acc_t>(pc.columns());
+}
+
+// positions_gemm's B for one group: value(q, k) for rows q < depth and channels k < channels, in
+// panels of kPanelCols channels, [panel][q][k % kPanelCols], zeros past the last channel: a
+// tile's weights are one contiguous stream.
+template <typename acc_t, typename Value>
+void pack_channel_panels(int64_t depth, int64_t channels, const Value& value, acc_t* out) {
+  constexpr int64_t width = kPanelCols<acc_t>;
+  for (int64_t k0 = 0; k0 < channels; k0 += width) {
+    for (int64_t q = 0; q < depth; ++q) {
+      acc_t* row = out + k0 * depth + q * width;  // panel k0 / width starts at k0 * depth
+      for (int64_t j = 0; j < width; ++j) row[j] = k0 + j < channels ? value(q, k0 + j) : acc_t(0);
+    }
+  }
+}
+
+// Weights as positions_gemm's B, one block per group: rows patch entries q, columns the group's
+// output channels.
+template <typename acc_t, typename scalar_t>
+std::vector<acc_t> weight_panels(const scalar_t* w, const Conv2dGeometry& g) {
+  const int64_t out_channels = g.group_out_channels(), patch = g.patch_size();
+  const int64_t per_group = patch * padded_cols<acc_t>(out_channels);
+  std::vector<acc_t> panels(g.groups * per_group);
+  for (int64_t group = 0; group < g.groups; ++group) {
+    const scalar_t* wg = w + group * out_channels * patch;
+    const auto value = [&](int64_t q, int64_t k) { return static_cast<acc_t>(wg[k * patch + q]); };
+    pack_channel_panels(patch, out_channels, value, panels.data() + group * per_group);
+  }
+  return panels;
+}
+
 // Weights as gemm's A, one block of panels per group: forward rows are the group's output
 // channels over patch entries; transposed (for grad_input) rows are patch entries over channels.
 template <typename acc_t, typename scalar_t>
@@ -199,49 +299,70 @@ std::vector<acc_t> pack_weight(const scalar_t* w, const Conv2dGeometry& g, bool 
   return packed;
 }
 
-// Weights as A of the padded grad_input: rows the group's input channels, depth (k, r', s') =
-// weight[k][c][kernel_h - 1 - r'][kernel_w - 1 - s'].
+// The weights of the padded grad_input, a convolution of the gradient with flipped kernels: input
+// channel c over depth q = (k, r', s'), weight[k][c][kernel_h - 1 - r'][kernel_w - 1 - s'];
+// by_positions: positions_gemm's B (rows q, columns c), else gemm's A panels (rows c). One block
+// per group.
 template <typename acc_t, typename scalar_t>
-std::vector<acc_t> pack_flipped_weight(const scalar_t* w, const Conv2dGeometry& g) {
+std::vector<acc_t> pack_flipped_weight(const scalar_t* w, const Conv2dGeometry& g, bool by_positions) {
   const int64_t out_channels = g.group_out_channels(), in_channels = g.group_in_channels();
   const int64_t taps = g.kernel_h * g.kernel_w, depth = out_channels * taps;
-  const int64_t per_group = panels_size(in_channels, depth);
+  const int64_t per_group = by_positions ? depth * padded_cols<acc_t>(in_channels) : panels_size(in_channels, depth);
   std::vector<acc_t> packed(per_group * g.groups);
   for (int64_t group = 0; group < g.groups; ++group) {
     const scalar_t* wg = w + group * out_channels * in_channels * taps;
-    pack_panels(in_channels, depth, [&](int64_t c, int64_t q) {
-      const int64_t k = q / taps, flipped = taps - 1 - q % taps;
-      return static_cast<acc_t>(wg[(k * in_channels + c) * taps + flipped]);
-    }, packed.data() + group * per_group);
+    const auto flipped = [&](int64_t c, int64_t q) {
+      return static_cast<acc_t>(wg[(q / taps * in_channels + c) * taps + taps - 1 - q % taps]);
+    };
+    if (by_positions) {
+      pack_channel_panels(depth, in_channels, [&](int64_t q, int64_t c) { return flipped(c, q); },
+                          packed.data() + group * per_group);
+    } else {
+      pack_panels(in_channels, depth, flipped, packed.data() + group * per_group);
+    }
   }
   return packed;
 }
 
+// The forward's weights, packed for conv2d_forward_images: as B of positions_gemm where that
+// computes less, else as A panels.
+template <typename acc_t, typename scalar_t>
+std::vector<acc_t> forward_weights(const scalar_t* w, const Conv2dGeometry& g) {
+  const bool positions = g.stride_h == 1 && g.stride_w == 1 &&
+                         by_positions<acc_t>(padded_forward(g), g.group_out_channels(), g.out_plane());
+  return positions ? weight_panels<acc_t>(w, g) : pack_weight<acc_t>(w, g, false);
+}
+
 // The forward GEMM of images [first, last): epilogue(n, group, out, ldc, row) receives the
 // group's convolution output without bias, output (oh, ow) of channel k at out[k * ldc + oh *
-// row + ow]. Stride 1 reads a padded copy of the input (row = its padded width), other strides
-// build the patch matrix (row = out_w).
+// row + ow]. Stride 1 reads a padded copy of the input (row = its padded width; out_w by
+// positions), other strides build the patch matrix (row = out_w). weights: forward_weights.
 template <typename scalar_t, typename Epilogue>
-void conv2d_forward_images(const scalar_t* x, const std::vector<at::opmath_type<scalar_t>>& weight_panels,
+void conv2d_forward_images(const scalar_t* x, const std::vector<at::opmath_type<scalar_t>>& weights,
                            const Conv2dGeometry& g, int64_t first, int64_t last, const Epilogue& epilogue) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t patch = g.patch_size(), out_channels = g.group_out_channels();
-  const int64_t per_group = panels_size(out_channels, patch);
   const bool padded_input = g.stride_h == 1 && g.stride_w == 1;
   const PaddedConv pc = padded_forward(g);
+  const bool positions = padded_input && by_positions<acc_t>(pc, out_channels, g.out_plane());
+  const int64_t per_group = positions ? patch * padded_cols<acc_t>(out_channels) : panels_size(out_channels, patch);
   const std::vector<int64_t> offsets = padded_input ? tap_offsets(pc) : std::vector<int64_t>();
-  const int64_t columns = padded_input ? pc.columns() : g.out_plane(), ldc = padded_cols<acc_t>(columns);
-  const int64_t row = padded_input ? pc.padded_w : g.out_w;
+  const int64_t columns = padded_input && !positions ? pc.columns() : g.out_plane();
+  const int64_t ldc = padded_cols<acc_t>(columns), row = padded_input && !positions ? pc.padded_w : g.out_w;
   std::vector<acc_t> source(padded_input ? pc.buffer_size<acc_t>() : patch * ldc, acc_t(0)), out(out_channels * ldc);
   for (int64_t n = first; n < last; ++n) {
     for (int64_t group = 0; group < g.groups; ++group) {
       const scalar_t* xg = x + (n * g.in_channels + group * g.group_in_channels()) * g.in_plane();
-      const acc_t* a = weight_panels.data() + group * per_group;
+      const acc_t* a = weights.data() + group * per_group;
       call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
         using Tile = GemmTileFor<acc_t, decltype(isa)::value>;
         if (padded_input) {
           fill_padded(xg, g.in_plane(), g.in_h, g.in_w, g.in_w, pc, source.data());
-          padded_gemm<Tile>(pc, out_channels, a, source.data(), offsets, out.data(), ldc);
+          if (positions) {
+            positions_gemm<Tile>(pc, out_channels, a, source.data(), offsets, out.data(), ldc);
+          } else {
+            padded_gemm<Tile>(pc, out_channels, a, source.data(), offsets, out.data(), ldc);
+          }
         } else {
           im2col<1, acc_t>(xg, g, [&](int64_t q) { return source.data() + q * ldc; });
           gemm<Tile>(out_channels, columns, patch, a, source.data(), ldc, out.data(), ldc, false);
@@ -261,7 +382,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   at::Tensor y = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastnets::conv2d", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const std::vector<acc_t> panels = pack_weight<acc_t>(w.const_data_ptr<scalar_t>(), g, false);
+    const std::vector<acc_t> panels = forward_weights<acc_t>(w.const_data_ptr<scalar_t>(), g);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
@@ -344,7 +465,7 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_pool2d_cpu(const at::Tensor& input,
   at::Tensor argmax = at::empty(y.sizes(), x.options().dtype(at::kByte));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastnets::conv_relu_pool2d", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const std::vector<acc_t> panels = pack_weight<acc_t>(w.const_data_ptr<scalar_t>(), g, false);
+    const std::vector<acc_t> panels = forward_weights<acc_t>(w.const_data_ptr<scalar_t>(), g);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
@@ -403,9 +524,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
   // col2im(W^T dy).
   const bool padded_input_grad = need_input && has_padded_grad_input(g);
   const PaddedConv pc = padded_grad_input(g);
+  const bool input_grad_by_positions = padded_input_grad && by_positions<acc_t>(pc, in_channels, g.in_plane());
   const std::vector<int64_t> offsets = padded_input_grad ? tap_offsets(pc) : std::vector<int64_t>();
-  const int64_t ldx = padded_input_grad ? padded_cols<acc_t>(pc.columns()) : 0;
-  const int64_t flipped_per_group = panels_size(in_channels, pc.depth());
+  // col holds the gradient of input (c, h, w) at col[c * ldx + h * x_row + w]
+  const int64_t ldx = padded_cols<acc_t>(input_grad_by_positions ? g.in_plane() : pc.columns());
+  const int64_t x_row = input_grad_by_positions ? g.in_w : pc.padded_w;
+  const int64_t flipped_per_group = input_grad_by_positions ? pc.depth() * padded_cols<acc_t>(in_channels)
+                                                            : panels_size(in_channels, pc.depth());
   // grad_weight^T = patches x dy^T; for stride 1 the patch rows are read in place from a padded
   // copy of the input (patch entry q, output p at offset(q) + column_of[p]), else built by im2col.
   const bool padded_weight_grad = need_weight && g.stride_h == 1 && g.stride_w == 1;
@@ -415,7 +540,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
   for (size_t p = 0; p < column_of.size(); ++p) column_of[p] = p / g.out_w * pf.padded_w + p % g.out_w;
   const std::vector<acc_t> transposed =
       !need_input ? std::vector<acc_t>()
-      : padded_input_grad ? pack_flipped_weight<acc_t>(w.const_data_ptr<scalar_t>(), g)
+      : padded_input_grad ? pack_flipped_weight<acc_t>(w.const_data_ptr<scalar_t>(), g, input_grad_by_positions)
                           : pack_weight<acc_t>(w.const_data_ptr<scalar_t>(), g, true);
 
   at::Tensor grad_input = need_input ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
@@ -446,13 +571,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
             using Tile = GemmTileFor<acc_t, decltype(isa)::value>;
             if (padded_input_grad) {
               fill_padded(dy.data(), ldc, g.out_h, g.out_w, g.out_w, pc, padded.data());
-              padded_gemm<Tile>(pc, in_channels, transposed.data() + group * flipped_per_group, padded.data(), offsets,
-                                col.data(), ldx);
+              const acc_t* flipped = transposed.data() + group * flipped_per_group;
+              if (input_grad_by_positions) {
+                positions_gemm<Tile>(pc, in_channels, flipped, padded.data(), offsets, col.data(), ldx);
+              } else {
+                padded_gemm<Tile>(pc, in_channels, flipped, padded.data(), offsets, col.data(), ldx);
+              }
               for (int64_t c = 0; c < in_channels; ++c) {
                 for (int64_t h = 0; h < g.in_h; ++h) {
                   for (int64_t w = 0; w < g.in_w; ++w) {
                     gi[x_offset + (c * g.in_h + h) * g.in_w + w] =
-                        static_cast<scalar_t>(col[c * ldx + h * pc.padded_w + w]);
+                        static_cast<scalar_t>(col[c * ldx + h * x_row + w]);
                   }
                 }
               }
