@@ -506,6 +506,22 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_pool2d_cpu(const at::Tensor& input,
   return {y, argmax};
 }
 
+// values[0] + ... + values[count - 1] in double, in kLanes interleaved partial sums (independent
+// chains of additions, which vectorize), then those in order: a fixed order for any thread count.
+template <typename acc_t>
+double plane_sum(const acc_t* values, int64_t count) {
+  constexpr int kLanes = 8;
+  double lanes[kLanes] = {};
+  int64_t p = 0;
+  for (; p + kLanes <= count; p += kLanes) {
+    for (int i = 0; i < kLanes; ++i) lanes[i] += static_cast<double>(values[p + i]);
+  }
+  double sum = 0.0;
+  for (; p < count; ++p) sum += static_cast<double>(values[p]);
+  for (double lane : lanes) sum += lane;
+  return sum;
+}
+
 // The backward of images [0, batch): conv_grad(n, group, dy) writes the gradient of the group's
 // convolution output, dy[k * ldc + oh * out_w + ow] (ldc = padded_cols(out_h * out_w)).
 template <typename scalar_t, typename ConvGrad>
@@ -549,8 +565,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
   const int64_t chunks = std::min(g.batch, kWeightGradChunks);
   const int64_t weight_chunk = need_weight ? g.groups * patch * ldk : 0, bias_chunk = need_bias ? g.out_channels : 0;
   std::vector<acc_t> weight_sums(chunks * weight_chunk, acc_t(0));
-  // The bias gradient sums whole planes one term at a time: in double, so that it stays within an
-  // ulp or so of the exact sum (as PyTorch's pairwise sum does) at a cost that the GEMMs dwarf.
+  // The bias gradient sums whole planes in double (plane_sum), so that it stays within an ulp or so
+  // of the exact sum, as PyTorch's pairwise sum does.
   std::vector<double> bias_sums(chunks * bias_chunk, 0.0);
 
   at::parallel_for(0, chunks, 1, [&](int64_t first_chunk, int64_t last_chunk) {
@@ -625,9 +641,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
           });
           if (need_bias) {
             for (int64_t k = 0; k < out_channels; ++k) {
-              double sum = 0.0;
-              for (int64_t p = 0; p < positions; ++p) sum += static_cast<double>(dy[k * ldc + p]);
-              bias_sum[group * out_channels + k] += sum;
+              bias_sum[group * out_channels + k] += plane_sum(dy.data() + k * ldc, positions);
             }
           }
         }
