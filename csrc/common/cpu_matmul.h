@@ -51,6 +51,12 @@ inline GemmRightOperand right_operand_in_place(const at::Tensor& b) {
 namespace cpu_matmul_detail {
 
 constexpr int64_t kPackDepth = 64;  // rows of a panel per task of prepare_right_operand
+constexpr int64_t kMinTaskValues = 1 << 14;  // fewer values than this per thread cost more to share than to copy
+
+// A grain (in units of `unit_work`) that gives each thread at least `min_work`.
+inline int64_t grain_for(int64_t unit_work, int64_t min_work) {
+  return std::max<int64_t>(1, (min_work + unit_work - 1) / std::max<int64_t>(unit_work, 1));
+}
 
 // b's columns [col0, col0 + width) (zeros past its last column), rows [k0, k1), into panel.
 template <typename T>
@@ -83,7 +89,9 @@ inline GemmRightOperand prepare_right_operand(const at::Tensor& b) {
   at::Tensor data = at::empty({panels, depth, width}, b.options());
   AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "fastnets::prepare_right_operand", [&] {
     scalar_t* out = data.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, panels * blocks, 16, [&](int64_t first, int64_t last) {
+    const int64_t grain = cpu_matmul_detail::grain_for(cpu_matmul_detail::kPackDepth * width,
+                                                       cpu_matmul_detail::kMinTaskValues);
+    at::parallel_for(0, panels * blocks, grain, [&](int64_t first, int64_t last) {
       for (int64_t task = first; task < last; ++task) {
         const int64_t panel = task / blocks, k0 = task % blocks * cpu_matmul_detail::kPackDepth;
         cpu_matmul_detail::pack_panel_rows(b, panel * width, width, k0,
@@ -104,12 +112,6 @@ constexpr int64_t kRowChunk = 256;  // rows of A per task when A is tall: a chun
 // runs 2-3% faster.
 constexpr int64_t kMatmulDepthBlock = 2 * kDepthBlock;
 constexpr int64_t kMinTaskFlops = 1 << 21;  // less work than this per thread costs more to share than to do
-constexpr int64_t kMinTaskValues = 1 << 14;
-
-// A grain (in units of `unit_work`) that gives each thread at least `min_work`.
-inline int64_t grain_for(int64_t unit_work, int64_t min_work) {
-  return std::max<int64_t>(1, (min_work + unit_work - 1) / std::max<int64_t>(unit_work, 1));
-}
 
 template <typename T>
 void matmul(const at::Tensor& a, const GemmRightOperand& b, T* c, int64_t ldc, bool accumulate) {
