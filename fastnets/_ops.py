@@ -100,6 +100,11 @@ def _straight_through(ctx, grad_output, _grad_seed_offset):
 torch.library.register_autograd("fastnets::fixed_point_quantize", _straight_through)
 
 
+@torch.library.register_fake("fastnets::fixed_point_in_range")
+def _fixed_point_in_range_fake(input, wl, fl, symmetric=False):
+    return input.new_empty(input.shape, dtype=torch.bool)
+
+
 # ---- maxout -------------------------------------------------------------------------------
 
 def _maxout_output_shape(shape, pieces, dim):

@@ -261,6 +261,34 @@ def test_gradient_rounding_and_range_zeroing(device):
     torch.testing.assert_close(x.grad, backward(grad * inside), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", TRAINING_DTYPES)
+@pytest.mark.parametrize("wl,fl,symmetric", [(4, 2, False), (16, 14, True), (12, -3, False), (40, 30, False)])
+def test_in_range_compares_exactly(device, dtype, wl, fl, symmetric):
+    """fixed_point_in_range against min <= x <= max in float64, on values around both ends of the
+    range (one ulp of x's dtype inside and outside, where the dtype holds them), special values
+    and random ones; (16, 14) and (40, 30) have ends that bfloat16 or float16 cannot hold."""
+    format = FixedPoint(wl, fl, "nearest", symmetric=symmetric)
+    ends = torch.tensor([format.min, format.max], dtype=torch.float64).to(dtype)
+    around = torch.cat([ends, torch.nextafter(ends, ends + 1), torch.nextafter(ends, ends - 1)])
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan")], dtype=dtype)
+    values = torch.cat([around, special, wide_input((1000,), "cpu", dtype, wl, fl)]).to(device)
+    inside = ops.fixed_point_in_range(values, wl, fl, symmetric)
+    exact = values.double()
+    assert inside.dtype == torch.bool and torch.equal(inside, (exact >= format.min) & (exact <= format.max))
+    strided = torch.stack([values, values], 1)[:, 0]  # the same values, every other one of the storage
+    assert torch.equal(ops.fixed_point_in_range(strided, wl, fl, symmetric), inside)
+
+
+def test_in_range_checks_and_opcheck(device):
+    x = torch.randn(6, 7, device=device)
+    check_opcheck(ops.fixed_point_in_range.default, (x, 8, 4, False))
+    check_opcheck(ops.fixed_point_in_range.default, (x.half(), 16, 14, True))
+    with pytest.raises(RuntimeError, match="input must be float32"):
+        ops.fixed_point_in_range(torch.ones(3, dtype=torch.int32, device=device), 8, 4)
+    with pytest.raises(RuntimeError, match="wl"):
+        ops.fixed_point_in_range(x, 0, 4)
+
+
 def test_gradcheck(device):
     # A grid far finer than gradcheck's perturbation: the straight-through Jacobian (the
     # identity) is then what finite differences see too, on both paths.

@@ -100,6 +100,18 @@ std::tuple<at::Tensor, at::Tensor> fixed_point_to_codes_cpu(const at::Tensor& in
   return {codes, cpu_seed_offset_tensor(seed, offset)};
 }
 
+at::Tensor fixed_point_in_range_cpu(const at::Tensor& input, int64_t wl, int64_t fl, bool symmetric) {
+  check_training_dtype(input, "input");
+  const FixedPointFormat format = make_fixed_point_format(wl, fl, /*clamp=*/true, symmetric);
+  const at::Tensor in = input.contiguous();
+  at::Tensor inside = at::empty(in.sizes(), in.options().dtype(at::kBool));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "fastnets::fixed_point_in_range", [&] {
+    cpu_map_with_philox<false>(in.const_data_ptr<scalar_t>(), inside.mutable_data_ptr<bool>(), in.numel(), 0, 0,
+                               FixedPointInRangeOp<scalar_t>{format});
+  });
+  return inside;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastnets, m) {
@@ -119,12 +131,17 @@ TORCH_LIBRARY_FRAGMENT(fastnets, m) {
   m.def("fixed_point_to_codes(Tensor input, int wl, int fl, str rounding=\"nearest\", bool symmetric=False, "
         "Generator? generator=None) -> (Tensor, Tensor)",
         {at::Tag::nondeterministic_seeded});
+  // Whether each value of x lies in the format's range [min, max] (compared exactly; NaN does
+  // not), as bool: where a saturating rounding keeps the gradient (quant.quantize's
+  // zero_outside_range), in one pass.
+  m.def("fixed_point_in_range(Tensor input, int wl, int fl, bool symmetric=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastnets, CPU, m) {
   m.impl("fixed_point_quantize", &fixed_point_quantize_cpu);
   m.impl("fixed_point_quantize_", &fixed_point_quantize_inplace_cpu);
   m.impl("fixed_point_to_codes", &fixed_point_to_codes_cpu);
+  m.impl("fixed_point_in_range", &fixed_point_in_range_cpu);
 }
 
 }  // namespace fastnets

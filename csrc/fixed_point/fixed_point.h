@@ -154,4 +154,17 @@ struct FixedPointCodeOp {
   }
 };
 
+// Whether x lies in the format's range [min_code, max_code] * 2^-fl, compared exactly (x * 2^fl
+// is exact in double, or overflows to +-inf, which lies outside); NaN does not. Where a saturating
+// rounding leaves x's gradient (fastnets.quant.quantize's zero_outside_range).
+template <typename scalar_t>
+struct FixedPointInRangeOp {
+  FixedPointFormat format;
+
+  FASTNETS_HOST_DEVICE bool operator()(scalar_t x, uint32_t /*word*/) const {
+    const double scaled = fixed_point_input(x) * format.scale;
+    return scaled >= format.min_code && scaled <= format.max_code;
+  }
+};
+
 }  // namespace fastnets
