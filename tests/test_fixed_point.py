@@ -279,6 +279,21 @@ def test_in_range_compares_exactly(device, dtype, wl, fl, symmetric):
     assert torch.equal(ops.fixed_point_in_range(strided, wl, fl, symmetric), inside)
 
 
+@pytest.mark.parametrize("dtype", TRAINING_DTYPES)
+@pytest.mark.parametrize("fl", [-1, -30, 0])
+def test_in_range_with_an_end_at_zero(device, dtype, fl):
+    """wl = 1: max = 0 (symmetric: min = -0 too). The smallest subnormals lie outside, although
+    x * 2^fl would underflow to 0 for fl < 0 (found by review)."""
+    tiny = torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps  # the smallest subnormal
+    values = torch.tensor([tiny, -tiny, 0.0, -0.0, 1.0, -1.0, -(2.0 ** -fl)], dtype=torch.float64).to(dtype)
+    values = values.to(device)
+    for symmetric in (False, True):
+        format = FixedPoint(1, fl, "nearest", symmetric=symmetric)
+        exact = values.double()
+        expected = (exact >= format.min) & (exact <= format.max)
+        assert torch.equal(ops.fixed_point_in_range(values, 1, fl, symmetric), expected)
+
+
 def test_in_range_checks_and_opcheck(device):
     x = torch.randn(6, 7, device=device)
     check_opcheck(ops.fixed_point_in_range.default, (x, 8, 4, False))

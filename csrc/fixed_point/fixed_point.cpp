@@ -107,7 +107,7 @@ at::Tensor fixed_point_in_range_cpu(const at::Tensor& input, int64_t wl, int64_t
   at::Tensor inside = at::empty(in.sizes(), in.options().dtype(at::kBool));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "fastnets::fixed_point_in_range", [&] {
     cpu_map_with_philox<false>(in.const_data_ptr<scalar_t>(), inside.mutable_data_ptr<bool>(), in.numel(), 0, 0,
-                               FixedPointInRangeOp<scalar_t>{format});
+                               FixedPointInRangeOp<scalar_t>(format));
   });
   return inside;
 }

@@ -154,16 +154,20 @@ struct FixedPointCodeOp {
   }
 };
 
-// Whether x lies in the format's range [min_code, max_code] * 2^-fl, compared exactly (x * 2^fl
-// is exact in double, or overflows to +-inf, which lies outside); NaN does not. Where a saturating
-// rounding leaves x's gradient (fastnets.quant.quantize's zero_outside_range).
+// Whether x lies in the format's range [min, max], compared exactly; NaN does not. Where a
+// saturating rounding leaves x's gradient (fastnets.quant.quantize's zero_outside_range). The ends
+// code * 2^-fl are exact doubles for every format (make_fixed_point_format), unlike x * 2^fl,
+// which can underflow to 0 for fl < 0 (an end of 0, wl = 1, would then take in tiny values).
 template <typename scalar_t>
 struct FixedPointInRangeOp {
-  FixedPointFormat format;
+  double min, max;
+
+  explicit FixedPointInRangeOp(const FixedPointFormat& format)
+      : min(format.min_code * format.eps), max(format.max_code * format.eps) {}
 
   FASTNETS_HOST_DEVICE bool operator()(scalar_t x, uint32_t /*word*/) const {
-    const double scaled = fixed_point_input(x) * format.scale;
-    return scaled >= format.min_code && scaled <= format.max_code;
+    const double value = fixed_point_input(x);
+    return value >= min && value <= max;
   }
 };
 

@@ -100,14 +100,15 @@ std::tuple<at::Tensor, at::Tensor> fixed_point_to_codes_cuda(const at::Tensor& i
 }
 
 at::Tensor fixed_point_in_range_cuda(const at::Tensor& input, int64_t wl, int64_t fl, bool symmetric) {
+  TORCH_CHECK(input.is_cuda(), "input must be on a CUDA device, got ", input.device());
   check_training_dtype(input, "input");
   const FixedPointFormat format = make_fixed_point_format(wl, fl, /*clamp=*/true, symmetric);
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor in = input.contiguous();
   at::Tensor inside = at::empty(in.sizes(), in.options().dtype(at::kBool));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "fastnets::fixed_point_in_range_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "fastnets::fixed_point_in_range", [&] {
     cuda_map_with_philox<false>(in.const_data_ptr<scalar_t>(), inside.mutable_data_ptr<bool>(), in.numel(),
-                                FixedPointInRangeOp<scalar_t>{format}, PhiloxSource());
+                                FixedPointInRangeOp<scalar_t>(format), PhiloxSource());
   });
   return inside;
 }

@@ -85,8 +85,9 @@ class _Quantize(torch.autograd.Function):
         ctx.backward_format = backward_format
         ctx.zero_outside_range = zero_outside_range and forward_format is not None and forward_format.clamp
         if ctx.zero_outside_range:
-            # min <= x <= max, compared exactly, kept as a 1-byte mask: one pass of the op (three
-            # torch comparisons took 4x as long, on 100 x 1000 float32 values).
+            # min <= x <= max, compared exactly, kept as a 1-byte mask, in one pass of the op
+            # (two torch comparisons and an and made quantize() of 100 x 1000 float32 values
+            # take 77 us instead of 35).
             f = forward_format
             ctx.save_for_backward(ops.fixed_point_in_range(x.detach(), f.wl, f.fl, f.symmetric))
 
