@@ -27,7 +27,7 @@ GEOMETRIES = [
     (1, 3, 5, 6, 2, (1, 1), (1, 1), (2, 1), (1, 1), 1),  # padding wider than the kernel
     # wide padding, many channels per group: forward and grad_input by output positions (partial
     # tiles of positions and of channels, float32 and float64), like the MNIST CNN's conv2
-    (2, 40, 9, 11, 40, (3, 5), (1, 1), (2, 4), (2, 2), 2),
+    (2, 40, 9, 11, 40, (3, 7), (1, 1), (2, 6), (2, 2), 2),
 ]
 
 

@@ -37,8 +37,8 @@ results["conv"] += [t for kernel, stride in ((3, 2), ((2, 3), (3, 1)), (1, 1))
                                                   list(fastnets.functional._pair(kernel, "k")),
                                                   list(fastnets.functional._pair(stride, "s")))]
 results["conv"] += [leaf.grad for leaf in leaves]
-wide = [t.requires_grad_() for t in (torch.randn(2, 40, 9, 11), torch.randn(40, 20, 3, 5))]
-by_positions = fastnets.functional.conv2d(*wide, padding=(2, 4), dilation=2, groups=2)  # tiles of output positions
+wide = [t.requires_grad_() for t in (torch.randn(2, 40, 9, 11), torch.randn(40, 20, 3, 7))]
+by_positions = fastnets.functional.conv2d(*wide, padding=(2, 6), dilation=2, groups=2)  # tiles of output positions
 by_positions.backward(torch.randn_like(by_positions))
 results["conv"] += [by_positions.detach()] + [leaf.grad for leaf in wide]
 states, weight = torch.randn(61, 37) * 2, torch.randn(53, 37)

@@ -5,7 +5,7 @@
 // in a per-thread buffer (in L2 for layers like the MNIST CNN's); only the output (for the fused
 // layer: the pooled output and a 1-byte argmax) reaches memory. Stride-1 convolutions skip
 // im2col: the GEMM reads a zero-padded copy of the input (see PaddedConv), with output channels
-// as rows, or, where that computes fewer dropped values, output positions (positions_gemm).
+// as rows, or, where that costs less, output positions (positions_gemm, by_positions).
 // Backward: grad_input = a flipped-kernel convolution of the padded gradient for stride 1
 // (channels or positions as rows, alike), else col2im(W^T dy), per image;
 // grad_weight and grad_bias are summed per image into kWeightGradChunks fixed chunks of the
@@ -184,8 +184,8 @@ std::vector<int64_t> tap_offsets(const PaddedConv& pc) {
 // positions' inputs broadcast from the padded copy (column + tap offset: no dropped columns) and
 // the weights read as rows of B (pack_channel_panels); each tile is summed in registers per depth
 // block, then in a tile buffer, and stored transposed, out[k * ldc + p]. Where a group has many
-// channels and the padding columns are many (MNIST's conv2: 64 channels, 16 padded columns per
-// 14 outputs), it computes fewer dropped values than padded_gemm (by_positions).
+// channels, the padding columns are many and the depth is not small (MNIST's conv2: 64 channels,
+// 16 padded columns per 14 outputs, depth 800), it is faster than padded_gemm (by_positions).
 // A tile's positions are at most two runs of one output row each (out_w >= kRows): the first
 // kSplit from `first`, the rest from `second`, so that the broadcasts need two base registers,
 // not one per position.
@@ -240,13 +240,21 @@ FASTNETS_ALWAYS_INLINE void positions_gemm(const PaddedConv& pc, int64_t channel
   }
 }
 
-// Whether positions_gemm computes fewer values than padded_gemm for `channels` output rows (A's
-// panels of kPanelRows channels) over `positions` outputs read from the padded layout pc.
+// positions_gemm stores each tile transposed, through a tile buffer: about the work of this many
+// depth steps of the tile. MNIST's conv1 (depth 25) ran 1.5x slower by positions than by
+// channels, though it computes 10% fewer values that way.
+constexpr int64_t kPositionsTileCost = 32;
+
+// Whether positions_gemm costs less than padded_gemm for `channels` output rows (A's panels of
+// kPanelRows channels) over `positions` outputs read from the padded layout pc: the values each
+// computes, over the depth plus positions_gemm's cost per tile.
 template <typename acc_t>
 bool by_positions(const PaddedConv& pc, int64_t channels, int64_t positions) {
   const auto whole = [](int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; };
-  return pc.out_w >= kPanelRows && whole(positions, kPanelRows) * padded_cols<acc_t>(channels) <
-                                       whole(channels, kPanelRows) * padded_cols<acc_t>(pc.columns());
+  const int64_t depth = pc.depth();
+  return pc.out_w >= kPanelRows &&
+         whole(positions, kPanelRows) * padded_cols<acc_t>(channels) * (depth + kPositionsTileCost) <
+             whole(channels, kPanelRows) * padded_cols<acc_t>(pc.columns()) * depth;
 }
 
 // positions_gemm's B for one group: value(q, k) for rows q < depth and channels k < channels, in
