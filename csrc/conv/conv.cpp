@@ -333,7 +333,7 @@ std::vector<acc_t> pack_flipped_weight(const scalar_t* w, const Conv2dGeometry& 
 }
 
 // The forward's weights, packed for conv2d_forward_images: as B of positions_gemm where that
-// computes less, else as A panels.
+// costs less (by_positions), else as A panels.
 template <typename acc_t, typename scalar_t>
 std::vector<acc_t> forward_weights(const scalar_t* w, const Conv2dGeometry& g) {
   const bool positions = g.stride_h == 1 && g.stride_w == 1 &&
