@@ -86,6 +86,15 @@ def _fixed_point_quantize_inplace_fake(self, wl, fl, rounding="stochastic", clam
     return self.new_empty(2, dtype=torch.int64)
 
 
+@torch.library.register_fake("fastnets::fixed_point_quantize_masked")
+def _fixed_point_quantize_masked_fake(input, mask, wl, fl, rounding="stochastic", clamp=True, symmetric=False,
+                                      generator=None):
+    torch._check(mask.dtype == torch.bool, lambda: f"mask must be a bool tensor, got {mask.dtype}")
+    torch._check(mask.shape == input.shape, lambda: f"mask must have input's size {input.shape}, got {mask.shape}")
+    output = torch.empty_like(input, memory_format=torch.contiguous_format)
+    return output, input.new_empty(2, dtype=torch.int64)
+
+
 @torch.library.register_fake("fastnets::fixed_point_to_codes")
 def _fixed_point_to_codes_fake(input, wl, fl, rounding="nearest", symmetric=False, generator=None):
     codes = input.new_empty(input.shape, dtype=fixed_point_code_dtype(wl))

@@ -304,6 +304,77 @@ def test_in_range_checks_and_opcheck(device):
         ops.fixed_point_in_range(x, 0, 4)
 
 
+@pytest.mark.parametrize("dtype", TRAINING_DTYPES)
+@pytest.mark.parametrize("wl,fl", [(16, 14), (8, 4), (24, 10)])
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_quantize_masked_equals_reference(device, dtype, wl, fl, rounding):
+    """fixed_point_quantize_masked: the reference rounding (the same stream) where the mask is
+    true and +0 where it is false, NaN and infinities included; on an odd size (vector loops and
+    their tail) and on non-contiguous input and mask."""
+    x = wide_input((1031,), device, dtype, wl, fl)
+    x[:4] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0], dtype=dtype)
+    mask = torch.rand(1031, device=device) < 0.7
+    mask[:4] = torch.tensor([False, False, True, False])
+    for clamp, symmetric in ((True, False), (False, True)):
+        out, seed_offset = ops.fixed_point_quantize_masked(x, mask, wl, fl, rounding, clamp, symmetric, None)
+        expected = torch.where(mask, reference(x, wl, fl, rounding, clamp, symmetric, seed_offset),
+                               torch.zeros((), dtype=dtype, device=device))
+        assert out.dtype == dtype and torch.equal(out, expected)
+        assert not torch.signbit(out[~mask]).any()
+    strided_x, strided_mask = torch.stack([x, x], 1)[:, 0], torch.stack([mask, mask], 1)[:, 1]
+    out, seed_offset = ops.fixed_point_quantize_masked(strided_x, strided_mask, wl, fl, rounding, True, False, None)
+    expected = torch.where(mask, reference(x, wl, fl, rounding, True, False, seed_offset),
+                           torch.zeros((), dtype=dtype, device=device))
+    assert torch.equal(out, expected)
+
+
+def test_quantize_masked_draws_as_quantize(device):
+    """The masked op draws the numbers of fixed_point_quantize: the same seed gives its results
+    wherever the mask is true."""
+    x = torch.randn(4099, device=device)
+    mask = torch.rand(4099, device=device) < 0.5
+    torch.manual_seed(3)
+    masked, _ = ops.fixed_point_quantize_masked(x, mask, 8, 4, "stochastic", True, False, None)
+    torch.manual_seed(3)
+    plain, _ = ops.fixed_point_quantize(x, 8, 4, "stochastic", True, False, None)
+    assert torch.equal(masked, torch.where(mask, plain, torch.zeros((), device=device)))
+
+
+def test_quantize_masked_checks_and_opcheck(device):
+    x = torch.randn(6, 7, device=device)
+    mask = torch.rand(6, 7, device=device) < 0.5
+    check_opcheck(ops.fixed_point_quantize_masked.default, (x, mask, 8, 4, "nearest", True, False, None))
+    check_opcheck(ops.fixed_point_quantize_masked.default, (x.bfloat16(), mask, 16, 14, "stochastic", True, True, None))
+    with pytest.raises(RuntimeError, match="mask must be a bool tensor"):
+        ops.fixed_point_quantize_masked(x, mask.float(), 8, 4)
+    with pytest.raises(RuntimeError, match="mask must have input's size"):
+        ops.fixed_point_quantize_masked(x, mask[:, :3], 8, 4)
+    with pytest.raises(RuntimeError, match="input must be float32"):
+        ops.fixed_point_quantize_masked(x.int(), mask, 8, 4)
+    with pytest.raises(RuntimeError, match="rounding"):
+        ops.fixed_point_quantize_masked(x, mask, 8, 4, "up")
+    if device == "cuda":
+        with pytest.raises(RuntimeError, match="mask must be on input's device"):
+            ops.fixed_point_quantize_masked(x, mask.cpu(), 8, 4)
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_range_zeroing_with_a_rounded_gradient(device, rounding):
+    """quantize(zero_outside_range=True) with a gradient format: the gradient rounded where x
+    lay inside the forward range, 0 where it saturated (the backward's one masked pass, exactly
+    as the mask then the rounding would give it, the same numbers drawn)."""
+    forward, backward = FixedPoint(6, 4, "nearest"), FixedPoint(10, 6, rounding)
+    x = (torch.randn(2001, device=device) * 2).requires_grad_()
+    grad = torch.randn(2001, device=device)
+    torch.manual_seed(11)
+    quantize(x, forward, backward, zero_outside_range=True).backward(grad)
+    inside = (x.detach() >= forward.min) & (x.detach() <= forward.max)
+    assert 0 < inside.sum() < 2001
+    torch.manual_seed(11)
+    expected = torch.where(inside, backward(grad), torch.zeros((), device=device))
+    assert torch.equal(x.grad, expected)
+
+
 def test_gradcheck(device):
     # A grid far finer than gradcheck's perturbation: the straight-through Jacobian (the
     # identity) is then what finite differences see too, on both paths.

@@ -23,8 +23,9 @@ constexpr int64_t kGrainChunks = 256;  // 32K elements: below that one thread is
 
 // Elements [begin, end), begin a multiple of 4. Without words the op sees word 0. The op is
 // taken by value: a reference could alias `out`, which would stop the loops vectorizing.
-template <int kLanes, bool kWithWords, typename in_t, typename out_t, typename Op>
-FASTNETS_ALWAYS_INLINE void map_range(const in_t* in, out_t* out, int64_t begin, int64_t end, uint64_t seed,
+// `in` and `out` are pointers, or anything indexed like them (MaskedValues: two arrays read as one).
+template <int kLanes, bool kWithWords, typename In, typename Out, typename Op>
+FASTNETS_ALWAYS_INLINE void map_range(In in, Out out, int64_t begin, int64_t end, uint64_t seed,
                                       uint64_t offset, Op op) {
   if constexpr (!kWithWords) {
     for (int64_t i = begin; i < end; ++i) out[i] = op(in[i], 0u);
@@ -48,20 +49,20 @@ FASTNETS_ALWAYS_INLINE void map_range(const in_t* in, out_t* out, int64_t begin,
 }
 
 // The same loop for three instruction sets; wider registers hold more Philox lanes.
-template <bool kWithWords, typename in_t, typename out_t, typename Op>
-FASTNETS_TARGET_AVX512 void map_range_avx512(const in_t* in, out_t* out, int64_t begin, int64_t end, uint64_t seed,
+template <bool kWithWords, typename In, typename Out, typename Op>
+FASTNETS_TARGET_AVX512 void map_range_avx512(In in, Out out, int64_t begin, int64_t end, uint64_t seed,
                                              uint64_t offset, Op op) {
   map_range<32, kWithWords>(in, out, begin, end, seed, offset, op);
 }
 
-template <bool kWithWords, typename in_t, typename out_t, typename Op>
-FASTNETS_TARGET_AVX2 void map_range_avx2(const in_t* in, out_t* out, int64_t begin, int64_t end, uint64_t seed,
+template <bool kWithWords, typename In, typename Out, typename Op>
+FASTNETS_TARGET_AVX2 void map_range_avx2(In in, Out out, int64_t begin, int64_t end, uint64_t seed,
                                          uint64_t offset, Op op) {
   map_range<8, kWithWords>(in, out, begin, end, seed, offset, op);
 }
 
-template <bool kWithWords, typename in_t, typename out_t, typename Op>
-void map_range_baseline(const in_t* in, out_t* out, int64_t begin, int64_t end, uint64_t seed, uint64_t offset,
+template <bool kWithWords, typename In, typename Out, typename Op>
+void map_range_baseline(In in, Out out, int64_t begin, int64_t end, uint64_t seed, uint64_t offset,
                         Op op) {
   map_range<4, kWithWords>(in, out, begin, end, seed, offset, op);
 }
@@ -70,8 +71,8 @@ void map_range_baseline(const in_t* in, out_t* out, int64_t begin, int64_t end, 
 
 // out[i] = op(in[i], word) for i < n, where word is word i of the stream (seed, offset) when
 // kWithWords, else 0 (and no Philox is computed).
-template <bool kWithWords, typename in_t, typename out_t, typename Op>
-void cpu_map_with_philox(const in_t* in, out_t* out, int64_t n, uint64_t seed, uint64_t offset, Op op) {
+template <bool kWithWords, typename In, typename Out, typename Op>
+void cpu_map_with_philox(In in, Out out, int64_t n, uint64_t seed, uint64_t offset, Op op) {
   using namespace cpu_detail;
   const CpuIsa isa = cpu_isa();
   at::parallel_for(0, (n + kChunk - 1) / kChunk, kGrainChunks, [&](int64_t first_chunk, int64_t last_chunk) {

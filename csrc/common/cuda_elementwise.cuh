@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 
 #include "common/cuda_utils.cuh"
 #include "common/philox.h"
@@ -55,9 +56,11 @@ namespace cuda_detail {
 
 constexpr int kThreads = 256;
 
-template <bool kWithWords, bool kVectorized, int kElems, typename in_t, typename out_t, typename Op>
+// `in` and `out` are pointers, or anything indexed like them (MaskedValues: two arrays read as
+// one); only pointers take the vectorized loads and stores.
+template <bool kWithWords, bool kVectorized, int kElems, typename In, typename Out, typename Op>
 __global__ void __launch_bounds__(kThreads)
-map_with_philox_kernel(const in_t* __restrict__ in, out_t* __restrict__ out, int64_t n, Op op, PhiloxSource source) {
+map_with_philox_kernel(In in, Out out, int64_t n, Op op, PhiloxSource source) {
   uint64_t seed = 0, offset = 0;
   if (kWithWords) source.get(seed, offset);
   const int64_t groups = (n + kElems - 1) / kElems;
@@ -73,17 +76,21 @@ map_with_philox_kernel(const in_t* __restrict__ in, out_t* __restrict__ out, int
         for (int w = 0; w < 4; ++w) words[4 * b + w] = block.w[w];
       }
     }
-    if (kVectorized && first + kElems <= n) {
-      const AlignedVector<in_t, kElems> x = *reinterpret_cast<const AlignedVector<in_t, kElems>*>(in + first);
-      AlignedVector<out_t, kElems> y;
+    if constexpr (kVectorized) {
+      if (first + kElems <= n) {
+        using in_t = std::remove_cv_t<std::remove_pointer_t<In>>;
+        using out_t = std::remove_pointer_t<Out>;
+        const AlignedVector<in_t, kElems> x = *reinterpret_cast<const AlignedVector<in_t, kElems>*>(in + first);
+        AlignedVector<out_t, kElems> y;
 #pragma unroll
-      for (int j = 0; j < kElems; ++j) y.v[j] = op(x.v[j], words[j]);
-      *reinterpret_cast<AlignedVector<out_t, kElems>*>(out + first) = y;
-    } else {
-#pragma unroll
-      for (int j = 0; j < kElems; ++j) {
-        if (first + j < n) out[first + j] = op(in[first + j], words[j]);
+        for (int j = 0; j < kElems; ++j) y.v[j] = op(x.v[j], words[j]);
+        *reinterpret_cast<AlignedVector<out_t, kElems>*>(out + first) = y;
+        continue;
       }
+    }
+#pragma unroll
+    for (int j = 0; j < kElems; ++j) {
+      if (first + j < n) out[first + j] = op(in[first + j], words[j]);
     }
   }
 }
@@ -97,15 +104,22 @@ bool is_aligned(const T* pointer) {
 
 // out[i] = op(in[i], word) for i < n on the current stream, word i of `source`'s stream when
 // kWithWords, else 0. With words the kernel runs even for n == 0, to record the stream.
-template <bool kWithWords, typename in_t, typename out_t, typename Op>
-void cuda_map_with_philox(const in_t* in, out_t* out, int64_t n, const Op& op, const PhiloxSource& source) {
+template <bool kWithWords, typename In, typename Out, typename Op>
+void cuda_map_with_philox(In in, Out out, int64_t n, const Op& op, const PhiloxSource& source) {
   using namespace cuda_detail;
-  constexpr int kElems = sizeof(in_t) >= 4 ? 4 : 16 / sizeof(in_t);
+  using in_value_t = std::decay_t<decltype(in[0])>;
+  constexpr int kElems = sizeof(in_value_t) >= 4 ? 4 : 16 / sizeof(in_value_t);
   if (!kWithWords && n == 0) return;
   const int64_t blocks = grid_size((n + kElems - 1) / kElems, kThreads);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (is_aligned<in_t, kElems>(in) && is_aligned<out_t, kElems>(out)) {
-    map_with_philox_kernel<kWithWords, true, kElems><<<blocks, kThreads, 0, stream>>>(in, out, n, op, source);
+  bool vectorized = false;
+  if constexpr (std::is_pointer_v<In> && std::is_pointer_v<Out>) {
+    vectorized = is_aligned<in_value_t, kElems>(in) && is_aligned<std::remove_pointer_t<Out>, kElems>(out);
+  }
+  if (vectorized) {
+    if constexpr (std::is_pointer_v<In> && std::is_pointer_v<Out>) {
+      map_with_philox_kernel<kWithWords, true, kElems><<<blocks, kThreads, 0, stream>>>(in, out, n, op, source);
+    }
   } else {
     map_with_philox_kernel<kWithWords, false, kElems><<<blocks, kThreads, 0, stream>>>(in, out, n, op, source);
   }

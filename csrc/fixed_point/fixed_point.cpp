@@ -22,14 +22,21 @@ std::pair<uint64_t, uint64_t> draw_for(bool stochastic, const std::optional<at::
   return stochastic ? cpu_seed_offset(generator) : std::pair<uint64_t, uint64_t>{0, 0};
 }
 
-// out (contiguous, in's dtype and size; it may be in itself) = in rounded to the format.
-void quantize_into(const at::Tensor& in, at::Tensor& out, const FixedPointFormat& format, bool stochastic,
-                   uint64_t seed, uint64_t offset) {
+// out (contiguous, in's dtype and size; it may be in itself) = in rounded to the format; with
+// `keep` (contiguous bool flags, one per element), 0 where the flag is false.
+void quantize_into(const at::Tensor& in, const bool* keep, at::Tensor& out, const FixedPointFormat& format,
+                   bool stochastic, uint64_t seed, uint64_t offset) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "fastnets::fixed_point_quantize", [&] {
     const scalar_t* x = in.const_data_ptr<scalar_t>();
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
     const auto map = [&](auto op) {
-      cpu_map_with_philox<decltype(op)::kStochastic>(x, y, in.numel(), seed, offset, op);
+      using Op = decltype(op);
+      if (keep == nullptr) {
+        cpu_map_with_philox<Op::kStochastic>(x, y, in.numel(), seed, offset, op);
+      } else {
+        cpu_map_with_philox<Op::kStochastic>(MaskedValues<scalar_t>{x, keep}, y, in.numel(), seed, offset,
+                                             FixedPointQuantizeMaskedOp<Op>{op});
+      }
     };
     if constexpr (!std::is_same_v<scalar_t, double>) {
       if (format.float_exact) {
@@ -52,7 +59,25 @@ std::tuple<at::Tensor, at::Tensor> fixed_point_quantize_cpu(const at::Tensor& in
   const at::Tensor in = input.contiguous();
   at::Tensor out = at::empty_like(in);
   prefault_huge_pages(out.data_ptr(), out.nbytes());
-  quantize_into(in, out, format, stochastic, seed, offset);
+  quantize_into(in, nullptr, out, format, stochastic, seed, offset);
+  return {out, cpu_seed_offset_tensor(seed, offset)};
+}
+
+// fixed_point_quantize where mask is true, 0 where it is false, in one pass; the numbers drawn
+// are those of fixed_point_quantize.
+std::tuple<at::Tensor, at::Tensor> fixed_point_quantize_masked_cpu(const at::Tensor& input, const at::Tensor& mask,
+                                                                   int64_t wl, int64_t fl, c10::string_view rounding,
+                                                                   bool clamp, bool symmetric,
+                                                                   const std::optional<at::Generator>& generator) {
+  check_training_dtype(input, "input");
+  check_quantize_mask(input, mask);
+  const FixedPointFormat format = make_fixed_point_format(wl, fl, clamp, symmetric);
+  const bool stochastic = is_stochastic_rounding(rounding);
+  const auto [seed, offset] = draw_for(stochastic, generator);
+  const at::Tensor in = input.contiguous();
+  const at::Tensor keep = mask.contiguous();
+  at::Tensor out = at::empty_like(in);
+  quantize_into(in, keep.const_data_ptr<bool>(), out, format, stochastic, seed, offset);
   return {out, cpu_seed_offset_tensor(seed, offset)};
 }
 
@@ -65,10 +90,10 @@ at::Tensor fixed_point_quantize_inplace_cpu(at::Tensor& self, int64_t wl, int64_
   const bool stochastic = is_stochastic_rounding(rounding);
   const auto [seed, offset] = draw_for(stochastic, generator);
   if (self.is_contiguous()) {
-    quantize_into(self, self, format, stochastic, seed, offset);
+    quantize_into(self, nullptr, self, format, stochastic, seed, offset);
   } else {
     at::Tensor out = self.contiguous();
-    quantize_into(out, out, format, stochastic, seed, offset);
+    quantize_into(out, nullptr, out, format, stochastic, seed, offset);
     self.copy_(out);
   }
   return cpu_seed_offset_tensor(seed, offset);
@@ -126,6 +151,12 @@ TORCH_LIBRARY_FRAGMENT(fastnets, m) {
   m.def("fixed_point_quantize_(Tensor(a!) self, int wl, int fl, str rounding=\"stochastic\", bool clamp=True, "
         "bool symmetric=False, Generator? generator=None) -> Tensor",
         {at::Tag::nondeterministic_seeded});
+  // fixed_point_quantize(input) where mask (bool, input's size) is true and 0 where it is false,
+  // in one pass (the backward of quant.quantize with zero_outside_range). Returns (output,
+  // seed_offset); the numbers drawn are those of fixed_point_quantize.
+  m.def("fixed_point_quantize_masked(Tensor input, Tensor mask, int wl, int fl, str rounding=\"stochastic\", "
+        "bool clamp=True, bool symmetric=False, Generator? generator=None) -> (Tensor, Tensor)",
+        {at::Tag::nondeterministic_seeded});
   // The integer codes of x in the format (always saturated): int8, int16 or int32, the smallest
   // that holds wl bits; x = code * 2^-fl on the grid. Returns (codes, seed_offset).
   m.def("fixed_point_to_codes(Tensor input, int wl, int fl, str rounding=\"nearest\", bool symmetric=False, "
@@ -140,6 +171,7 @@ TORCH_LIBRARY_FRAGMENT(fastnets, m) {
 TORCH_LIBRARY_IMPL(fastnets, CPU, m) {
   m.impl("fixed_point_quantize", &fixed_point_quantize_cpu);
   m.impl("fixed_point_quantize_", &fixed_point_quantize_inplace_cpu);
+  m.impl("fixed_point_quantize_masked", &fixed_point_quantize_masked_cpu);
   m.impl("fixed_point_to_codes", &fixed_point_to_codes_cpu);
   m.impl("fixed_point_in_range", &fixed_point_in_range_cpu);
 }

@@ -22,17 +22,23 @@ PhiloxSource source_for(bool stochastic, const std::optional<at::Generator>& gen
                     : PhiloxSource();
 }
 
-// out (contiguous, in's dtype and size; it may be in itself) = in rounded to the format.
-void quantize_into(const at::Tensor& in, at::Tensor& out, const FixedPointFormat& format, bool stochastic,
-                   const PhiloxSource& source) {
+// out (contiguous, in's dtype and size; it may be in itself) = in rounded to the format; with
+// `keep` (contiguous bool flags, one per element), 0 where the flag is false.
+void quantize_into(const at::Tensor& in, const bool* keep, at::Tensor& out, const FixedPointFormat& format,
+                   bool stochastic, const PhiloxSource& source) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "fastnets::fixed_point_quantize_cuda", [&] {
     const scalar_t* x = in.const_data_ptr<scalar_t>();
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
-    if (stochastic) {
-      cuda_map_with_philox<true>(x, y, in.numel(), FixedPointQuantizeOp<scalar_t, true>{format}, source);
-    } else {
-      cuda_map_with_philox<false>(x, y, in.numel(), FixedPointQuantizeOp<scalar_t, false>{format}, source);
-    }
+    const auto map = [&](auto op) {
+      using Op = decltype(op);
+      if (keep == nullptr) {
+        cuda_map_with_philox<Op::kStochastic>(x, y, in.numel(), op, source);
+      } else {
+        cuda_map_with_philox<Op::kStochastic>(MaskedValues<scalar_t>{x, keep}, y, in.numel(),
+                                              FixedPointQuantizeMaskedOp<Op>{op}, source);
+      }
+    };
+    stochastic ? map(FixedPointQuantizeOp<scalar_t, true>{format}) : map(FixedPointQuantizeOp<scalar_t, false>{format});
   });
 }
 
@@ -47,7 +53,26 @@ std::tuple<at::Tensor, at::Tensor> fixed_point_quantize_cuda(const at::Tensor& i
   const at::Tensor in = input.contiguous();
   at::Tensor out = at::empty_like(in);
   at::Tensor seed_offset = at::zeros({2}, in.options().dtype(at::kLong));
-  quantize_into(in, out, format, stochastic, source_for(stochastic, generator, seed_offset));
+  quantize_into(in, nullptr, out, format, stochastic, source_for(stochastic, generator, seed_offset));
+  return {out, seed_offset};
+}
+
+std::tuple<at::Tensor, at::Tensor> fixed_point_quantize_masked_cuda(const at::Tensor& input, const at::Tensor& mask,
+                                                                    int64_t wl, int64_t fl, c10::string_view rounding,
+                                                                    bool clamp, bool symmetric,
+                                                                    const std::optional<at::Generator>& generator) {
+  TORCH_CHECK(input.is_cuda(), "input must be on the generator's device (cuda), got ", input.device());
+  check_training_dtype(input, "input");
+  check_quantize_mask(input, mask);
+  const FixedPointFormat format = make_fixed_point_format(wl, fl, clamp, symmetric);
+  const bool stochastic = is_stochastic_rounding(rounding);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor in = input.contiguous();
+  const at::Tensor keep = mask.contiguous();
+  at::Tensor out = at::empty_like(in);
+  at::Tensor seed_offset = at::zeros({2}, in.options().dtype(at::kLong));
+  quantize_into(in, keep.const_data_ptr<bool>(), out, format, stochastic,
+                source_for(stochastic, generator, seed_offset));
   return {out, seed_offset};
 }
 
@@ -61,10 +86,10 @@ at::Tensor fixed_point_quantize_inplace_cuda(at::Tensor& self, int64_t wl, int64
   at::Tensor seed_offset = at::zeros({2}, self.options().dtype(at::kLong));
   const PhiloxSource source = source_for(stochastic, generator, seed_offset);
   if (self.is_contiguous()) {
-    quantize_into(self, self, format, stochastic, source);
+    quantize_into(self, nullptr, self, format, stochastic, source);
   } else {
     at::Tensor out = self.contiguous();
-    quantize_into(out, out, format, stochastic, source);
+    quantize_into(out, nullptr, out, format, stochastic, source);
     self.copy_(out);
   }
   return seed_offset;
@@ -118,6 +143,7 @@ at::Tensor fixed_point_in_range_cuda(const at::Tensor& input, int64_t wl, int64_
 TORCH_LIBRARY_IMPL(fastnets, CUDA, m) {
   m.impl("fixed_point_quantize", &fixed_point_quantize_cuda);
   m.impl("fixed_point_quantize_", &fixed_point_quantize_inplace_cuda);
+  m.impl("fixed_point_quantize_masked", &fixed_point_quantize_masked_cuda);
   m.impl("fixed_point_to_codes", &fixed_point_to_codes_cuda);
   m.impl("fixed_point_in_range", &fixed_point_in_range_cuda);
 }

@@ -1,5 +1,6 @@
 #pragma once
 // Host-side checks and set-up of a fixed-point format, shared by the CPU and CUDA entry points.
+#include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
@@ -23,6 +24,14 @@ inline FixedPointFormat make_fixed_point_format(int64_t wl, int64_t fl, bool cla
   return FixedPointFormat{std::ldexp(1.0, static_cast<int>(fl)), std::ldexp(1.0, static_cast<int>(-fl)),
                           symmetric ? 1.0 - half_range : -half_range, half_range - 1.0, clamp,
                           fixed_point_float_exact(wl, fl, clamp)};
+}
+
+// fixed_point_quantize_masked's mask: one bool per element of input, on its device.
+inline void check_quantize_mask(const at::Tensor& input, const at::Tensor& mask) {
+  TORCH_CHECK(mask.scalar_type() == c10::kBool, "mask must be a bool tensor, got ", mask.scalar_type());
+  TORCH_CHECK(mask.sizes() == input.sizes(), "mask must have input's size ", input.sizes(), ", got ", mask.sizes());
+  TORCH_CHECK(mask.device() == input.device(), "mask must be on input's device (", input.device(), "), got ",
+              mask.device());
 }
 
 // Integer codes come in int8, int16 or int32.
