@@ -95,6 +95,13 @@ def _fixed_point_quantize_masked_fake(input, mask, wl, fl, rounding="stochastic"
     return output, input.new_empty(2, dtype=torch.int64)
 
 
+@torch.library.register_fake("fastnets::fixed_point_sgd_")
+def _fixed_point_sgd_fake(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                          nesterov=False, maximize=False, first_step=False, grad_format=(), weight_format=(),
+                          state_format=(), generator=None):
+    return param.new_empty((3, 2), dtype=torch.int64)
+
+
 @torch.library.register_fake("fastnets::fixed_point_to_codes")
 def _fixed_point_to_codes_fake(input, wl, fl, rounding="nearest", symmetric=False, generator=None):
     codes = input.new_empty(input.shape, dtype=fixed_point_code_dtype(wl))

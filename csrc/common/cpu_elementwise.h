@@ -21,6 +21,16 @@ namespace cpu_detail {
 constexpr int64_t kChunk = 128;
 constexpr int64_t kGrainChunks = 256;  // 32K elements: below that one thread is faster
 
+// Words [first, first + 4 * kLanes) of the stream (seed, offset), in order; first a multiple of 4.
+template <int kLanes>
+FASTNETS_ALWAYS_INLINE void philox_words(uint64_t seed, uint64_t offset, int64_t first, uint32_t* words) {
+  typename PhiloxLanes<kLanes>::u32 lanes[4];
+  philox_blocks<kLanes>(seed, offset, static_cast<uint64_t>(first / 4), lanes);
+  for (int lane = 0; lane < kLanes; ++lane) {
+    for (int w = 0; w < 4; ++w) words[4 * lane + w] = lanes[w][lane];
+  }
+}
+
 // Elements [begin, end), begin a multiple of 4. Without words the op sees word 0. The op is
 // taken by value: a reference could alias `out`, which would stop the loops vectorizing.
 // `in` and `out` are pointers, or anything indexed like them (MaskedValues: two arrays read as one).
@@ -33,12 +43,8 @@ FASTNETS_ALWAYS_INLINE void map_range(In in, Out out, int64_t begin, int64_t end
     constexpr int64_t kGroup = 4 * kLanes;
     int64_t i = begin;
     for (; i + kGroup <= end; i += kGroup) {
-      typename PhiloxLanes<kLanes>::u32 lanes[4];
-      philox_blocks<kLanes>(seed, offset, static_cast<uint64_t>(i / 4), lanes);
       uint32_t words[kGroup];
-      for (int lane = 0; lane < kLanes; ++lane) {
-        for (int w = 0; w < 4; ++w) words[4 * lane + w] = lanes[w][lane];
-      }
+      philox_words<kLanes>(seed, offset, i, words);
       for (int j = 0; j < kGroup; ++j) out[i + j] = op(in[i + j], words[j]);
     }
     for (; i < end; i += 4) {

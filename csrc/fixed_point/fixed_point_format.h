@@ -2,6 +2,7 @@
 // Host-side checks and set-up of a fixed-point format, shared by the CPU and CUDA entry points.
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
+#include <c10/util/ArrayRef.h>
 #include <c10/util/Exception.h>
 #include <c10/util/string_view.h>
 
@@ -32,6 +33,28 @@ inline void check_quantize_mask(const at::Tensor& input, const at::Tensor& mask)
   TORCH_CHECK(mask.sizes() == input.sizes(), "mask must have input's size ", input.sizes(), ", got ", mask.sizes());
   TORCH_CHECK(mask.device() == input.device(), "mask must be on input's device (", input.device(), "), got ",
               mask.device());
+}
+
+// A rounding that an op may or may not apply, given as [] (none) or [wl, fl, stochastic, clamp,
+// symmetric] (the flags 0 or 1), as fixed_point_sgd_ takes its three.
+struct OptionalFixedPointFormat {
+  bool enabled = false;
+  bool stochastic = false;
+  FixedPointFormat format{1.0, 1.0, -1.0, 0.0, true, true};
+};
+
+inline OptionalFixedPointFormat parse_optional_format(c10::IntArrayRef spec, const char* name) {
+  OptionalFixedPointFormat result;
+  if (spec.empty()) return result;
+  TORCH_CHECK(spec.size() == 5, name, " must be [] or [wl, fl, stochastic, clamp, symmetric], got ", spec);
+  for (size_t flag = 2; flag < 5; ++flag) {
+    TORCH_CHECK(spec[flag] == 0 || spec[flag] == 1, name, " = [wl, fl, stochastic, clamp, symmetric] takes flags 0 or 1, got ",
+                spec);
+  }
+  result.enabled = true;
+  result.stochastic = spec[2] == 1;
+  result.format = make_fixed_point_format(spec[0], spec[1], spec[3] == 1, spec[4] == 1);
+  return result;
 }
 
 // Integer codes come in int8, int16 or int32.

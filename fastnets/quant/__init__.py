@@ -7,10 +7,11 @@ optimizer state in fixed point.
     y = quantize(x, forward=fmt, backward=FixedPoint(16, 12)) # gradient rounded too
     codes = to_fixed(x, 16, 14); x_again = from_fixed(codes, 14)
     optimizer = FixedPointOptimizer(torch.optim.SGD(...), weight=fmt, grad=..., state=...)
+    optimizer = FixedPointSGD(model.parameters(), lr=0.1, momentum=0.9, weight=fmt, ...)  # fused
 """
 from fastnets.quant.format import (FixedPoint, from_fixed, quantize, quantize_activations_, quantize_parameters_,
                                    to_fixed)
-from fastnets.quant.optim import FixedPointOptimizer
+from fastnets.quant.optim import FixedPointOptimizer, FixedPointSGD
 
 __all__ = ["FixedPoint", "quantize", "to_fixed", "from_fixed", "quantize_parameters_", "quantize_activations_",
-           "FixedPointOptimizer"]
+           "FixedPointOptimizer", "FixedPointSGD"]

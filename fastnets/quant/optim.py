@@ -1,9 +1,12 @@
-"""An optimizer wrapper that trains in fixed point."""
-from typing import Callable, Dict, Mapping, Optional, Union
+"""Optimizers that train in fixed point: a wrapper for any torch.optim optimizer, and SGD with
+the roundings fused into its step."""
+from typing import Callable, Dict, List, Mapping, Optional, Union
 
 import torch
 
 from fastnets.quant.format import FixedPoint
+
+ops = torch.ops.fastnets
 
 StateFormats = Union[FixedPoint, Mapping[str, FixedPoint], None]
 
@@ -109,3 +112,83 @@ class FixedPointOptimizer:
     def __repr__(self) -> str:
         return (f"FixedPointOptimizer(weight={self.weight}, grad={self.grad}, state={self.state_format},\n"
                 f"{self.optimizer})")
+
+
+def _format_spec(format: Optional[FixedPoint]) -> List[int]:
+    # fixed_point_sgd_'s encoding of an optional rounding.
+    if format is None:
+        return []
+    return [format.wl, format.fl, int(format.rounding == "stochastic"), int(format.clamp), int(format.symmetric)]
+
+
+class FixedPointSGD(torch.optim.Optimizer):
+    """``torch.optim.SGD`` with the fixed-point roundings of :class:`FixedPointOptimizer` fused
+    into its step: one kernel call per parameter reads and writes the parameter, its gradient and
+    its momentum buffer once, where torch's step and three separate roundings take seven passes.
+
+    Each step rounds the gradient to ``grad`` (in place), takes torch.optim.SGD's step, then
+    rounds the parameter to ``weight`` and the momentum buffer to ``state``; any format may be
+    None. In float32 and float64, with round-to-nearest or no rounding, the results are those of
+    ``FixedPointOptimizer(torch.optim.SGD(...), weight, grad, state)`` bit for bit (without
+    formats, torch.optim.SGD's). Stochastic roundings draw per parameter, in the order gradient,
+    weight, state, so other numbers than FixedPointOptimizer's, which rounds every gradient
+    first. In float16 and bfloat16 the step is computed in float32 and only its results are
+    stored in the parameter's dtype (torch's SGD stores each intermediate).
+
+    Args:
+        params, lr, momentum, dampening, weight_decay, nesterov, maximize: as torch.optim.SGD
+            (lr may be a float or a 0-dim tensor).
+        weight: format of the parameters after each step.
+        grad: format of the gradients before each step.
+        state: format of the momentum buffers after each step.
+        generator: for stochastic rounding; default: torch's generator for each device.
+
+    The state_dict is torch.optim.SGD's (``momentum_buffer`` per parameter), so a checkpoint
+    loads into either optimizer. Sparse gradients are not supported.
+    """
+
+    def __init__(self, params, lr: Union[float, torch.Tensor] = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
+                 weight: Optional[FixedPoint] = None, grad: Optional[FixedPoint] = None,
+                 state: Optional[FixedPoint] = None, generator: Optional[torch.Generator] = None) -> None:
+        for name, value in (("lr", float(lr)), ("momentum", momentum), ("weight_decay", weight_decay)):
+            if not value >= 0.0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError(f"nesterov needs momentum > 0 and dampening = 0, got momentum = {momentum} and "
+                             f"dampening = {dampening}")
+        for name, value in (("weight", weight), ("grad", grad), ("state", state)):
+            if value is not None and not isinstance(value, FixedPoint):
+                raise TypeError(f"{name} must be a FixedPoint or None, got {type(value).__name__}")
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+                        maximize=maximize)
+        super().__init__(params, defaults)
+        self.weight_format, self.grad_format, self.state_format = weight, grad, state
+        self.generator = generator
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None):
+        """One step; a closure, if given, recomputes the loss (with gradients) first."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        formats = (_format_spec(self.grad_format), _format_spec(self.weight_format), _format_spec(self.state_format))
+        for group in self.param_groups:
+            momentum = group["momentum"]
+            for parameter in group["params"]:
+                if parameter.grad is None:
+                    continue
+                if parameter.grad.is_sparse:
+                    raise RuntimeError("FixedPointSGD does not support sparse gradients")
+                buffer, first_step = None, False
+                if momentum != 0:
+                    state = self.state[parameter]
+                    buffer = state.get("momentum_buffer")
+                    if buffer is None:
+                        buffer = state["momentum_buffer"] = torch.empty_like(parameter)
+                        first_step = True
+                ops.fixed_point_sgd_(parameter, parameter.grad, buffer, float(group["lr"]), momentum,
+                                     group["dampening"], group["weight_decay"], group["nesterov"], group["maximize"],
+                                     first_step, *formats, self.generator)
+        return loss
