@@ -95,6 +95,20 @@ def _fixed_point_quantize_masked_fake(input, mask, wl, fl, rounding="stochastic"
     return output, input.new_empty(2, dtype=torch.int64)
 
 
+def _masked_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+
+def _masked_straight_through(ctx, grad_output, _grad_seed_offset):
+    # Straight through where the mask holds, 0 elsewhere (as the forward).
+    (mask,) = ctx.saved_tensors
+    return grad_output * mask, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("fastnets::fixed_point_quantize_masked", _masked_straight_through,
+                                setup_context=_masked_setup_context)
+
+
 @torch.library.register_fake("fastnets::fixed_point_sgd_")
 def _fixed_point_sgd_fake(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
                           nesterov=False, maximize=False, first_step=False, grad_format=(), weight_format=(),

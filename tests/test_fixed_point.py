@@ -375,6 +375,19 @@ def test_range_zeroing_with_a_rounded_gradient(device, rounding):
     assert torch.equal(x.grad, expected)
 
 
+def test_second_derivative_through_range_zeroing():
+    """quantize's backward (masked and rounded in one op) is itself differentiable: straight
+    through where x lay inside the range, 0 outside."""
+    forward, backward = FixedPoint(6, 4, "nearest"), FixedPoint(10, 6, "nearest")
+    x = (torch.randn(500, dtype=torch.float64) * 2).requires_grad_()
+    grad_output = torch.randn(500, dtype=torch.float64, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(quantize(x, forward, backward, zero_outside_range=True), x, grad_output,
+                                    create_graph=True)
+    grad_x.sum().backward()
+    inside = (x.detach() >= forward.min) & (x.detach() <= forward.max)
+    assert torch.equal(grad_output.grad, inside.double())
+
+
 def test_gradcheck(device):
     # A grid far finer than gradcheck's perturbation: the straight-through Jacobian (the
     # identity) is then what finite differences see too, on both paths.

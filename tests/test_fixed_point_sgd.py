@@ -16,7 +16,7 @@ ops = torch.ops.fastnets
 SHAPES = [(37, 11), (1001,), (3,), (0,), (130, 129)]  # odd sizes: vector loops and their tails
 # (momentum, dampening, weight_decay, nesterov, maximize)
 OPTIONS = [(0.0, 0.0, 0.0, False, False), (0.9, 0.0, 0.0, False, False), (0.9, 0.1, 0.01, False, True),
-           (0.8, 0.0, 0.001, True, False), (0.0, 0.0, 0.05, False, True)]
+           (0.8, 0.0, 0.001, True, False), (0.0, 0.0, 0.05, False, True), (0.7, 0.0, 0.02, True, True)]
 NEAREST_FORMATS = [None, FixedPoint(16, 12, "nearest"), FixedPoint(8, 4, "nearest", symmetric=True),
                    FixedPoint(40, 30, "nearest"), FixedPoint(12, 6, "nearest", clamp=False)]
 
@@ -59,16 +59,16 @@ def assert_all_equal(actual, expected):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("format", NEAREST_FORMATS)
-def test_equals_torch_sgd_with_rounding(dtype, options, format):
+def test_equals_torch_sgd_with_rounding(device, dtype, options, format):
     """Four steps (the first creates the momentum buffer) equal FixedPointOptimizer around
-    torch.optim.SGD bit for bit: parameters, rounded gradients and momentum buffers. Without a
-    format that is torch.optim.SGD itself."""
+    torch.optim.SGD (its single-tensor step, the CPU default) bit for bit: parameters, rounded
+    gradients and momentum buffers. Without a format that is torch.optim.SGD itself."""
     momentum, dampening, weight_decay, nesterov, maximize = options
     hyper = dict(lr=0.05, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
                  maximize=maximize)
-    reference_parameters, parameters = make_parameters(dtype), make_parameters(dtype)
-    reference = FixedPointOptimizer(torch.optim.SGD(reference_parameters, **hyper), weight=format, grad=format,
-                                    state=format)
+    reference_parameters, parameters = make_parameters(dtype, device), make_parameters(dtype, device)
+    reference = FixedPointOptimizer(torch.optim.SGD(reference_parameters, **hyper, foreach=False), weight=format,
+                                    grad=format, state=format)
     fused = FixedPointSGD(parameters, **hyper, weight=format, grad=format, state=format)
     step_both(fused, parameters, reference, reference_parameters, 4)
 
@@ -103,27 +103,28 @@ def test_16_bit_step_is_the_float32_step_cast(device, dtype, format, first_step)
     assert_all_equal(results[0], results[1])
 
 
-def test_stochastic_equals_the_roundings_one_by_one():
+def test_stochastic_equals_the_roundings_one_by_one(device):
     """Stochastic roundings draw per parameter in the order gradient, weight, state: the fused
     step equals, for each parameter in turn, fixed_point_quantize_ of its gradient, torch's SGD
-    step, then fixed_point_quantize_ of the parameter and of the buffer, from a generator in the
-    same state."""
+    step, then fixed_point_quantize_ of the parameter and of the buffer, from torch's generator
+    in the same state (each call draws one stream, so the words are the same)."""
     fmt = FixedPoint(12, 8, "stochastic")
-    parameters, reference_parameters = make_parameters(torch.float32), make_parameters(torch.float32)
-    fused = FixedPointSGD(parameters, lr=0.1, momentum=0.9, weight=fmt, grad=fmt, state=fmt,
-                          generator=torch.Generator().manual_seed(9))
-    singles = [torch.optim.SGD([p], lr=0.1, momentum=0.9) for p in reference_parameters]
-    generator = torch.Generator().manual_seed(9)
+    parameters = make_parameters(torch.float32, device)
+    reference_parameters = make_parameters(torch.float32, device)
+    fused = FixedPointSGD(parameters, lr=0.1, momentum=0.9, weight=fmt, grad=fmt, state=fmt)
+    singles = [torch.optim.SGD([p], lr=0.1, momentum=0.9, foreach=False) for p in reference_parameters]
     for step in range(3):
         set_gradients(parameters, step)
         set_gradients(reference_parameters, step)
+        torch.manual_seed(step)
         fused.step()
+        torch.manual_seed(step)
         with torch.no_grad():
             for parameter, single in zip(reference_parameters, singles):
-                fmt.quantize_(parameter.grad, generator)
+                fmt.quantize_(parameter.grad)
                 single.step()
-                fmt.quantize_(parameter, generator)
-                fmt.quantize_(single.state[parameter]["momentum_buffer"], generator)
+                fmt.quantize_(parameter)
+                fmt.quantize_(single.state[parameter]["momentum_buffer"])
     reference_buffers = [s.state[p]["momentum_buffer"] for p, s in zip(reference_parameters, singles)]
     assert_all_equal(state_of(fused, parameters),
                      [p.detach() for p in reference_parameters] + [p.grad for p in reference_parameters]
@@ -256,6 +257,54 @@ def test_closure_and_parameters_without_gradients():
     assert all(torch.equal(p.detach(), b) for p, b in zip(parameters[1:], before[1:]))
 
 
+def test_parameters_without_gradients_are_rounded_like_fixed_point_optimizer():
+    fmt = FixedPoint(8, 4, "nearest")
+    values = torch.tensor([0.03, 0.51, -1.27])
+    fused_parameters = [torch.nn.Parameter(values.clone()), torch.nn.Parameter(values.clone())]
+    reference_parameters = [torch.nn.Parameter(values.clone()), torch.nn.Parameter(values.clone())]
+    fused = FixedPointSGD(fused_parameters, lr=0.1, momentum=0.9, weight=fmt, state=fmt)
+    reference = FixedPointOptimizer(torch.optim.SGD(reference_parameters, lr=0.1, momentum=0.9), weight=fmt, state=fmt)
+    for parameters, optimizer in ((fused_parameters, fused), (reference_parameters, reference)):
+        parameters[1].grad = torch.full((3,), 0.25)
+        optimizer.step()
+    assert_all_equal([p.detach() for p in fused_parameters], [p.detach() for p in reference_parameters])
+    assert torch.equal(fused_parameters[0].detach(), torch.tensor([0.0, 0.5, -1.25]))
+    assert "momentum_buffer" not in fused.state.get(fused_parameters[0], {})
+
+
+def test_overlapping_tensors_are_refused_before_anything_is_written():
+    param = torch.randn(8)
+    before = param.clone()
+    with pytest.raises(RuntimeError, match="memory location"):  # the buffer is param's memory
+        ops.fixed_point_sgd_(param, torch.randn(8), param.view(2, 4).view(8), 0.1, 0.9)
+    with pytest.raises(RuntimeError, match="memory location"):
+        ops.fixed_point_sgd_(param, param[:], None, 0.1)
+    expanded = torch.ones(1).expand(8)  # read only: fine; rounded in place: refused
+    ops.fixed_point_sgd_(param, expanded, None, 0.1)
+    assert torch.equal(param, before - 0.1)
+    with pytest.raises(RuntimeError, match="more than one element of the written-to tensor"):
+        ops.fixed_point_sgd_(param, expanded, None, 0.1, grad_format=[8, 4, 0, 1, 0])
+    assert torch.equal(param, before - 0.1)
+    parameter = torch.nn.Parameter(torch.randn(8))
+    parameter.grad = parameter.detach()  # the parameter's own memory
+    optimizer = FixedPointSGD([parameter], lr=0.1, momentum=0.9)
+    with pytest.raises(RuntimeError, match="memory location"):
+        optimizer.step()
+    assert "momentum_buffer" not in optimizer.state[parameter]  # no half-made state
+
+
+def test_loads_a_state_dict_without_newer_options():
+    parameters = make_parameters(torch.float32)
+    optimizer = FixedPointSGD(parameters, lr=0.1, momentum=0.9)
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:
+        del group["maximize"], group["nesterov"]
+    optimizer.load_state_dict(state)
+    set_gradients(parameters, 0)
+    optimizer.step()
+    assert optimizer.param_groups[0]["maximize"] is False
+
+
 def test_opcheck(device):
     param = torch.randn(5, 7, device=device)
     grad = torch.randn(5, 7, device=device)
@@ -298,8 +347,6 @@ def test_bad_arguments_are_named(device):
         call(b=None)
     with pytest.raises(RuntimeError, match="momentum_buffer must be given exactly when momentum != 0"):
         call(momentum=0.0)
-    with pytest.raises(RuntimeError, match="grad must not be param itself"):
-        call(g=param)
     with pytest.raises(RuntimeError, match="param must be float32"):
         call(p=param.int(), g=grad.int(), b=buffer.int())
     with pytest.raises(RuntimeError, match="lr must be finite"):
@@ -308,7 +355,7 @@ def test_bad_arguments_are_named(device):
         call(grad_format=(16, 14))
     with pytest.raises(RuntimeError, match="weight_format .* takes flags 0 or 1"):
         call(weight_format=(16, 14, 2, 1, 0))
-    with pytest.raises(RuntimeError, match="wl"):
+    with pytest.raises(RuntimeError, match="weight_format: wl"):
         call(weight_format=(0, 14, 0, 1, 0))
     if device == "cuda":
         with pytest.raises(RuntimeError, match="grad must be on param's device"):

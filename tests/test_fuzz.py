@@ -255,3 +255,64 @@ def test_lstm_layer(steps, batch, n_in, hidden, bias, reverse, kind, seed):
         return torch.cat([output.flatten(), h_n.flatten(), c_n.flatten()])
 
     same_results(ours, reference, tensors, kind)
+
+
+@FUZZ
+@given(shape=st.lists(st.integers(0, 9), min_size=0, max_size=3), momentum=st.sampled_from([0.0, 0.5, 0.9]),
+       dampening=st.sampled_from([0.0, 0.3]), weight_decay=st.sampled_from([0.0, 1e-3, 0.1]),
+       nesterov=st.booleans(), maximize=st.booleans(), lr=st.sampled_from([0.0, 1e-3, 0.1, 2.5]),
+       fmt=st.sampled_from([None, (16, 14), (8, 4), (6, -1), (30, 20)]), steps=st.integers(1, 3),
+       kind=st.integers(0, 2), seed=st.integers(0, 2**16))
+def test_fixed_point_sgd_step(shape, momentum, dampening, weight_decay, nesterov, maximize, lr, fmt, steps, kind, seed):
+    """fixed_point_sgd_ (through FixedPointSGD) against torch.optim.SGD's step with each
+    round-to-nearest done as in the formula: bit for bit in float64, on any layout of the
+    gradient, or both refuse the options."""
+    from fastnets.quant import FixedPoint, FixedPointSGD
+
+    def rounded(t):
+        if fmt is None:
+            return t
+        wl, fl = fmt
+        return torch.round(t * 2.0**fl).clamp(-(2 ** (wl - 1)), 2 ** (wl - 1) - 1) * 2.0**-fl
+
+    options = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+                   maximize=maximize)
+    ours = torch.nn.Parameter(values(shape, seed))
+    theirs = torch.nn.Parameter(values(shape, seed))
+    try:
+        reference = torch.optim.SGD([theirs], **options)
+    except ValueError:
+        with pytest.raises(ValueError):
+            FixedPointSGD([ours], **options)
+        return
+    format = None if fmt is None else FixedPoint(*fmt, "nearest")
+    optimizer = FixedPointSGD([ours], **options, weight=format, grad=format, state=format)
+    for step in range(steps):
+        grad = values(shape, seed + 1 + step)
+        ours.grad = layout(grad.clone(), kind)
+        theirs.grad = rounded(grad)
+        optimizer.step()
+        reference.step()
+        with torch.no_grad():
+            theirs.copy_(rounded(theirs))
+            if momentum:
+                buffer = reference.state[theirs]["momentum_buffer"]
+                buffer.copy_(rounded(buffer))
+        assert torch.equal(ours.detach(), theirs.detach())
+        assert torch.equal(ours.grad, theirs.grad)
+        if momentum:
+            assert torch.equal(optimizer.state[ours]["momentum_buffer"], reference.state[theirs]["momentum_buffer"])
+
+
+@FUZZ
+@given(shape=st.lists(st.integers(0, 9), min_size=0, max_size=3), wl=st.integers(2, 24), fl=st.integers(-4, 20),
+       kind=st.integers(0, 2), seed=st.integers(0, 2**16))
+def test_fixed_point_quantize_masked(shape, wl, fl, kind, seed):
+    """The rounding where the mask holds and +0 elsewhere, on any layout of input and mask."""
+    x = values(shape, seed) * 2.0 ** (wl - 1 - fl)
+    mask = values(shape, seed + 1) > 0
+    code = torch.round(x * 2.0**fl).clamp(-(2 ** (wl - 1)), 2 ** (wl - 1) - 1)
+    expected = torch.where(mask, code * 2.0**-fl, torch.zeros((), dtype=torch.float64))
+    out, _ = torch.ops.fastnets.fixed_point_quantize_masked(layout(x, kind), layout(mask, kind), wl, fl, "nearest",
+                                                            True, False, None)
+    assert torch.equal(out, expected)

@@ -61,9 +61,9 @@ std::tuple<at::Tensor, at::Tensor> fixed_point_quantize_masked_cuda(const at::Te
                                                                     int64_t wl, int64_t fl, c10::string_view rounding,
                                                                     bool clamp, bool symmetric,
                                                                     const std::optional<at::Generator>& generator) {
-  TORCH_CHECK(input.is_cuda(), "input must be on the generator's device (cuda), got ", input.device());
   check_training_dtype(input, "input");
   check_quantize_mask(input, mask);
+  TORCH_CHECK(input.is_cuda(), "input must be on the generator's device (cuda), got ", input.device());
   const FixedPointFormat format = make_fixed_point_format(wl, fl, clamp, symmetric);
   const bool stochastic = is_stochastic_rounding(rounding);
   const c10::cuda::CUDAGuard guard(input.device());

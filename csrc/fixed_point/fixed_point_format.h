@@ -53,7 +53,11 @@ inline OptionalFixedPointFormat parse_optional_format(c10::IntArrayRef spec, con
   }
   result.enabled = true;
   result.stochastic = spec[2] == 1;
-  result.format = make_fixed_point_format(spec[0], spec[1], spec[3] == 1, spec[4] == 1);
+  try {
+    result.format = make_fixed_point_format(spec[0], spec[1], spec[3] == 1, spec[4] == 1);
+  } catch (const c10::Error& error) {
+    TORCH_CHECK(false, name, ": ", error.msg());
+  }
   return result;
 }
 

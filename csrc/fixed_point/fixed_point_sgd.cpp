@@ -139,7 +139,7 @@ at::Tensor fixed_point_sgd_cpu(at::Tensor& param, at::Tensor& grad, const std::o
       seed_offsets.mutable_data_ptr<int64_t>()[2 * s + 1] = static_cast<int64_t>(streams.offset[s]);
     }
   }
-  with_contiguous(param, grad, momentum_buffer, [&](at::Tensor& p, at::Tensor& g, at::Tensor& b) {
+  with_contiguous(param, grad, momentum_buffer, args, [&](at::Tensor& p, at::Tensor& g, at::Tensor& b) {
     step_contiguous(p, g, b.defined() ? &b : nullptr, args, streams);
   });
   return seed_offsets;

@@ -1,6 +1,7 @@
 #pragma once
 // The host side shared by the CPU and CUDA fixed_point_sgd_ kernels: argument checks and the
 // per-element step (fixed_point_sgd.h) built from the arguments.
+#include <ATen/MemoryOverlap.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
@@ -47,7 +48,21 @@ inline void check_like_param(const at::Tensor& tensor, const at::Tensor& param, 
               tensor.sizes());
   TORCH_CHECK(tensor.device() == param.device(), name, " must be on param's device ", param.device(), ", got ",
               tensor.device());
-  TORCH_CHECK(!tensor.is_same(param), name, " must not be param itself");
+}
+
+// The tensors written (param, the buffer, grad when it is rounded) must not overlap themselves
+// or each other, and grad read must not overlap them: checked before anything is written, so
+// that a step is never half applied.
+inline void check_no_overlap(const at::Tensor& param, const at::Tensor& grad,
+                             const std::optional<at::Tensor>& momentum_buffer, bool grad_written) {
+  at::assert_no_internal_overlap(param);
+  at::assert_no_overlap(param, grad);
+  if (grad_written) at::assert_no_internal_overlap(grad);
+  if (momentum_buffer.has_value()) {
+    at::assert_no_internal_overlap(*momentum_buffer);
+    at::assert_no_overlap(param, *momentum_buffer);
+    at::assert_no_overlap(grad, *momentum_buffer);
+  }
 }
 
 inline SgdArgs parse_sgd_args(const at::Tensor& param, const at::Tensor& grad,
@@ -60,10 +75,7 @@ inline SgdArgs parse_sgd_args(const at::Tensor& param, const at::Tensor& grad,
   TORCH_CHECK(momentum_buffer.has_value() == (momentum != 0.0),
               "momentum_buffer must be given exactly when momentum != 0, got momentum = ", momentum, " and ",
               momentum_buffer.has_value() ? "a buffer" : "None");
-  if (momentum_buffer.has_value()) {
-    check_like_param(*momentum_buffer, param, "momentum_buffer");
-    TORCH_CHECK(!momentum_buffer->is_same(grad), "momentum_buffer must not be grad itself");
-  }
+  if (momentum_buffer.has_value()) check_like_param(*momentum_buffer, param, "momentum_buffer");
   for (const auto& [value, name] : {std::pair{lr, "lr"}, std::pair{momentum, "momentum"},
                                     std::pair{dampening, "dampening"}, std::pair{weight_decay, "weight_decay"}}) {
     TORCH_CHECK(std::isfinite(value), name, " must be finite, got ", value);
@@ -72,6 +84,7 @@ inline SgdArgs parse_sgd_args(const at::Tensor& param, const at::Tensor& grad,
   args.roundings[0] = parse_optional_format(grad_format, "grad_format");
   args.roundings[1] = parse_optional_format(weight_format, "weight_format");
   args.roundings[2] = parse_optional_format(state_format, "state_format");
+  check_no_overlap(param, grad, momentum_buffer, args.roundings[0].enabled);
   return args;
 }
 
@@ -88,10 +101,10 @@ void dispatch_sgd_mode(SgdRoundingMode mode, const Fn& fn) {
 }
 
 // fn(param, grad, buffer) on contiguous tensors (buffer undefined without momentum): the tensors
-// themselves, or contiguous copies that are copied back afterwards.
+// themselves, or contiguous copies that are copied back afterwards (grad only when it is rounded).
 template <typename Fn>
 void with_contiguous(at::Tensor& param, at::Tensor& grad, const std::optional<at::Tensor>& momentum_buffer,
-                     const Fn& fn) {
+                     const SgdArgs& args, const Fn& fn) {
   at::Tensor buffer = momentum_buffer.has_value() ? *momentum_buffer : at::Tensor();
   if (param.is_contiguous() && grad.is_contiguous() && (!buffer.defined() || buffer.is_contiguous())) {
     fn(param, grad, buffer);
@@ -100,7 +113,7 @@ void with_contiguous(at::Tensor& param, at::Tensor& grad, const std::optional<at
   at::Tensor p = param.contiguous(), g = grad.contiguous(), b = buffer.defined() ? buffer.contiguous() : buffer;
   fn(p, g, b);
   param.copy_(p);
-  grad.copy_(g);
+  if (args.roundings[0].enabled) grad.copy_(g);
   if (b.defined()) buffer.copy_(b);
 }
 

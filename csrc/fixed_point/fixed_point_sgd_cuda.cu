@@ -57,9 +57,9 @@ at::Tensor fixed_point_sgd_cuda(at::Tensor& param, at::Tensor& grad, const std::
                                 bool maximize, bool first_step, c10::IntArrayRef grad_format,
                                 c10::IntArrayRef weight_format, c10::IntArrayRef state_format,
                                 const std::optional<at::Generator>& generator) {
-  TORCH_CHECK(param.is_cuda(), "param must be on the generator's device (cuda), got ", param.device());
   const SgdArgs args = parse_sgd_args(param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov,
                                       maximize, first_step, grad_format, weight_format, state_format);
+  TORCH_CHECK(param.is_cuda(), "param must be on the generator's device (cuda), got ", param.device());
   const c10::cuda::CUDAGuard guard(param.device());
   at::Tensor seed_offsets = at::zeros({3, 2}, param.options().dtype(at::kLong));
   SgdSources sources{};
@@ -70,7 +70,7 @@ at::Tensor fixed_point_sgd_cuda(at::Tensor& param, at::Tensor& grad, const std::
           philox_from_generator(generator, param.get_device(), seed_offsets.mutable_data_ptr<int64_t>() + 2 * s);
     }
   }
-  with_contiguous(param, grad, momentum_buffer, [&](at::Tensor& p, at::Tensor& g, at::Tensor& b) {
+  with_contiguous(param, grad, momentum_buffer, args, [&](at::Tensor& p, at::Tensor& g, at::Tensor& b) {
     const int64_t n = p.numel();
     if (n == 0 && args.mode() != SgdRoundingMode::kStochastic && args.mode() != SgdRoundingMode::kAny) return;
     const int64_t blocks = grid_size((n + 3) / 4, kThreads);

@@ -70,8 +70,8 @@ class FixedPoint:
         return F.fixed_point_quantize(x, self.wl, self.fl, self.rounding, self.clamp, self.symmetric, generator)
 
     def _round(self, x: Tensor) -> Tensor:
-        # The op itself, without the autograd wrapper of F.fixed_point_quantize (for _Quantize,
-        # which runs it where no graph is recorded).
+        # The op itself, without the Python layers of F.fixed_point_quantize (for _Quantize, which
+        # pays them once per layer and step); its straight-through gradient is the op's.
         return ops.fixed_point_quantize(x, self.wl, self.fl, self.rounding, self.clamp, self.symmetric, None)[0]
 
     def quantize_(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:

@@ -143,8 +143,10 @@ class FixedPointSGD(torch.optim.Optimizer):
         state: format of the momentum buffers after each step.
         generator: for stochastic rounding; default: torch's generator for each device.
 
-    The state_dict is torch.optim.SGD's (``momentum_buffer`` per parameter), so a checkpoint
-    loads into either optimizer. Sparse gradients are not supported.
+    Parameters without a gradient are not stepped, but their weights and momentum buffers are
+    rounded, as FixedPointOptimizer rounds them. The state_dict is torch.optim.SGD's
+    (``momentum_buffer`` per parameter), so a checkpoint loads into either optimizer. Sparse
+    gradients are not supported.
     """
 
     def __init__(self, params, lr: Union[float, torch.Tensor] = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
@@ -178,17 +180,34 @@ class FixedPointSGD(torch.optim.Optimizer):
             momentum = group["momentum"]
             for parameter in group["params"]:
                 if parameter.grad is None:
+                    self._round_without_step(parameter)
                     continue
                 if parameter.grad.is_sparse:
                     raise RuntimeError("FixedPointSGD does not support sparse gradients")
-                buffer, first_step = None, False
-                if momentum != 0:
-                    state = self.state[parameter]
-                    buffer = state.get("momentum_buffer")
-                    if buffer is None:
-                        buffer = state["momentum_buffer"] = torch.empty_like(parameter)
-                        first_step = True
+                buffer = self.state[parameter].get("momentum_buffer") if momentum != 0 else None
+                first_step = momentum != 0 and buffer is None
+                if first_step:
+                    buffer = torch.zeros_like(parameter)  # written whole by the step
                 ops.fixed_point_sgd_(parameter, parameter.grad, buffer, float(group["lr"]), momentum,
                                      group["dampening"], group["weight_decay"], group["nesterov"], group["maximize"],
                                      first_step, *formats, self.generator)
+                if first_step:  # kept only once the step has succeeded
+                    self.state[parameter]["momentum_buffer"] = buffer
         return loss
+
+    def _round_without_step(self, parameter: torch.Tensor) -> None:
+        # As FixedPointOptimizer: a parameter without a gradient is not stepped, but its weights
+        # and momentum stay on their grids.
+        if self.weight_format is not None:
+            self.weight_format.quantize_(parameter, self.generator)
+        buffer = self.state[parameter].get("momentum_buffer") if parameter in self.state else None
+        if self.state_format is not None and buffer is not None:
+            self.state_format.quantize_(buffer, self.generator)
+
+    def __setstate__(self, state: Dict) -> None:
+        # A state_dict saved by an older torch.optim.SGD may lack these options.
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for name, default in (("momentum", 0.0), ("dampening", 0.0), ("weight_decay", 0.0), ("nesterov", False),
+                                  ("maximize", False)):
+                group.setdefault(name, default)
