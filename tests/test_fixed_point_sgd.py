@@ -272,12 +272,54 @@ def test_parameters_without_gradients_are_rounded_like_fixed_point_optimizer():
     assert "momentum_buffer" not in fused.state.get(fused_parameters[0], {})
 
 
+def test_buffers_of_parameters_without_gradients_stay_on_the_grid():
+    """A parameter that had a gradient (so a momentum buffer) and then has none: its buffer is
+    rounded as FixedPointOptimizer rounds it (given here off the grid, as after a format change)."""
+    fmt = FixedPoint(8, 4, "nearest")
+    parameters = [torch.nn.Parameter(torch.zeros(3)) for _ in range(2)]
+    fused = FixedPointSGD(parameters[:1], lr=0.1, momentum=0.9, state=fmt)
+    reference = FixedPointOptimizer(torch.optim.SGD(parameters[1:], lr=0.1, momentum=0.9), state=fmt)
+    for parameter, optimizer in zip(parameters, (fused, reference)):
+        parameter.grad = torch.full((3,), 0.25)
+        optimizer.step()
+        optimizer.state[parameter]["momentum_buffer"].copy_(torch.tensor([0.03, 0.51, -1.27]))
+        parameter.grad = None
+        optimizer.step()
+    buffers = [fused.state[parameters[0]]["momentum_buffer"], reference.state[parameters[1]]["momentum_buffer"]]
+    assert torch.equal(buffers[0], torch.tensor([0.0, 0.5, -1.25])) and torch.equal(buffers[0], buffers[1])
+
+
+def test_copies_keep_the_formats_and_an_explicit_generator_draws():
+    """deepcopy and pickling keep the formats; an explicit generator decides the stochastic draws
+    (the same seed gives the same step, torch's default generator is not touched)."""
+    fmt = FixedPoint(8, 4, "stochastic")
+
+    def run(seed):
+        parameters = make_parameters(torch.float32)
+        optimizer = FixedPointSGD(parameters, lr=0.1, momentum=0.9, weight=fmt, grad=fmt, state=fmt,
+                                  generator=torch.Generator().manual_seed(seed))
+        set_gradients(parameters, 0)
+        optimizer.step()
+        return optimizer, parameters
+
+    torch.manual_seed(0)
+    default_state = torch.get_rng_state()
+    (first, first_parameters), (_, again), (_, other) = run(1), run(1), run(2)
+    assert torch.equal(torch.get_rng_state(), default_state)
+    assert all(torch.equal(a, b) for a, b in zip(first_parameters, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first_parameters, other))
+    copied = copy.deepcopy(first)
+    assert (copied.weight_format, copied.grad_format, copied.state_format) == (fmt, fmt, fmt)
+    set_gradients(copied.param_groups[0]["params"], 1)
+    copied.step()
+
+
 def test_overlapping_tensors_are_refused_before_anything_is_written():
     param = torch.randn(8)
     before = param.clone()
-    with pytest.raises(RuntimeError, match="memory location"):  # the buffer is param's memory
+    with pytest.raises(RuntimeError, match="param and momentum_buffer must not share memory"):
         ops.fixed_point_sgd_(param, torch.randn(8), param.view(2, 4).view(8), 0.1, 0.9)
-    with pytest.raises(RuntimeError, match="memory location"):
+    with pytest.raises(RuntimeError, match="param and grad must not share memory"):
         ops.fixed_point_sgd_(param, param[:], None, 0.1)
     expanded = torch.ones(1).expand(8)  # read only: fine; rounded in place: refused
     ops.fixed_point_sgd_(param, expanded, None, 0.1)
@@ -285,10 +327,19 @@ def test_overlapping_tensors_are_refused_before_anything_is_written():
     with pytest.raises(RuntimeError, match="more than one element of the written-to tensor"):
         ops.fixed_point_sgd_(param, expanded, None, 0.1, grad_format=[8, 4, 0, 1, 0])
     assert torch.equal(param, before - 0.1)
+    base = torch.randn(8, 2)  # strided views of one storage: torch cannot tell, so refused
+    with pytest.raises(RuntimeError, match="param and grad must not share memory"):
+        ops.fixed_point_sgd_(base[:, 0], base.view(16)[::2], None, 0.1, grad_format=[8, 4, 0, 1, 0])
+    with pytest.raises(RuntimeError, match="param and momentum_buffer must not share memory"):
+        ops.fixed_point_sgd_(base[:, 0], torch.randn(8), base[:, 1], 0.1, 0.9)
+    flat = torch.zeros(20)  # parameters and grads as views of flat buffers, as DDP's buckets: fine
+    flat_grads = torch.ones(20)
+    ops.fixed_point_sgd_(flat[:8], flat_grads[:8], flat[10:18], 0.5, 0.9, first_step=True)
+    assert torch.equal(flat[:8], torch.full((8,), -0.5)) and torch.equal(flat[10:18], torch.ones(8))
     parameter = torch.nn.Parameter(torch.randn(8))
     parameter.grad = parameter.detach()  # the parameter's own memory
     optimizer = FixedPointSGD([parameter], lr=0.1, momentum=0.9)
-    with pytest.raises(RuntimeError, match="memory location"):
+    with pytest.raises(RuntimeError, match="must not share memory"):
         optimizer.step()
     assert "momentum_buffer" not in optimizer.state[parameter]  # no half-made state
 

@@ -50,18 +50,28 @@ inline void check_like_param(const at::Tensor& tensor, const at::Tensor& param, 
               tensor.device());
 }
 
-// The tensors written (param, the buffer, grad when it is rounded) must not overlap themselves
-// or each other, and grad read must not overlap them: checked before anything is written, so
-// that a step is never half applied.
+// Two of the step's tensors share no element. Where torch cannot tell (strided views of one
+// storage), they are refused too: one written over the other would silently undo part of a step.
+inline void check_apart(const at::Tensor& a, const char* a_name, const at::Tensor& b, const char* b_name) {
+  const at::MemOverlapStatus status = at::get_overlap_status(a, b);
+  const bool apart = status == at::MemOverlapStatus::No ||
+                     (status == at::MemOverlapStatus::TooHard && !a.storage().is_alias_of(b.storage()));
+  TORCH_CHECK(apart, a_name, " and ", b_name, " must not share memory (", b_name, " is written or read while ", a_name,
+              " is written)");
+}
+
+// The tensors written (param, the buffer, grad when it is rounded) must not overlap themselves,
+// nor each other or grad: checked before anything is written, so that a step is never half
+// applied.
 inline void check_no_overlap(const at::Tensor& param, const at::Tensor& grad,
                              const std::optional<at::Tensor>& momentum_buffer, bool grad_written) {
   at::assert_no_internal_overlap(param);
-  at::assert_no_overlap(param, grad);
+  check_apart(param, "param", grad, "grad");
   if (grad_written) at::assert_no_internal_overlap(grad);
   if (momentum_buffer.has_value()) {
     at::assert_no_internal_overlap(*momentum_buffer);
-    at::assert_no_overlap(param, *momentum_buffer);
-    at::assert_no_overlap(grad, *momentum_buffer);
+    check_apart(param, "param", *momentum_buffer, "momentum_buffer");
+    check_apart(*momentum_buffer, "momentum_buffer", grad, "grad");
   }
 }
 

@@ -204,6 +204,14 @@ class FixedPointSGD(torch.optim.Optimizer):
         if self.state_format is not None and buffer is not None:
             self.state_format.quantize_(buffer, self.generator)
 
+    def __getstate__(self) -> Dict:
+        # torch's Optimizer keeps only defaults, state and param_groups: copies and pickles need
+        # the formats too.
+        state = super().__getstate__()
+        state.update(weight_format=self.weight_format, grad_format=self.grad_format, state_format=self.state_format,
+                     generator=self.generator)
+        return state
+
     def __setstate__(self, state: Dict) -> None:
         # A state_dict saved by an older torch.optim.SGD may lack these options.
         super().__setstate__(state)
