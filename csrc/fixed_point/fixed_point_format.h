@@ -48,8 +48,8 @@ inline OptionalFixedPointFormat parse_optional_format(c10::IntArrayRef spec, con
   if (spec.empty()) return result;
   TORCH_CHECK(spec.size() == 5, name, " must be [] or [wl, fl, stochastic, clamp, symmetric], got ", spec);
   for (size_t flag = 2; flag < 5; ++flag) {
-    TORCH_CHECK(spec[flag] == 0 || spec[flag] == 1, name, " = [wl, fl, stochastic, clamp, symmetric] takes flags 0 or 1, got ",
-                spec);
+    TORCH_CHECK(spec[flag] == 0 || spec[flag] == 1, name,
+                " = [wl, fl, stochastic, clamp, symmetric] takes flags 0 or 1, got ", spec);
   }
   result.enabled = true;
   result.stochastic = spec[2] == 1;

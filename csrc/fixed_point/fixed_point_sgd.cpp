@@ -34,25 +34,68 @@ FASTNETS_ALWAYS_INLINE void sgd_words(const SgdStreams& streams, int s, int64_t 
   if (streams.draws[s]) cpu_detail::philox_words<kLanes>(streams.seed[s], streams.offset[s], first, words);
 }
 
-// Elements [begin, end) of one parameter, begin a multiple of 4, in groups of 4 * kLanes. With
-// stochastic rounding, the gradient's rounding and the step, then each of the two other
-// roundings, are loops of their own over the group, each after drawing its words: one loop for
-// all three spills registers and runs slower than the three (without Philox it is the faster).
-// Words are drawn for whole groups; the last group's extra words go unused.
+// One of the step's roundings on data[begin, end) in place (begin a multiple of 4): the loop
+// and op of fixed_point_quantize_, so the same words and bits.
+template <int kLanes, typename scalar_t, typename format_t>
+FASTNETS_ALWAYS_INLINE void round_in_place(scalar_t* data, int64_t begin, int64_t end,
+                                           const SgdRounding<format_t>& rounding, uint64_t seed, uint64_t offset) {
+  using cpu_detail::map_range;
+  if (!rounding.enabled) return;
+  if constexpr (std::is_same_v<format_t, FixedPointFormatFloat>) {
+    if (rounding.stochastic) {
+      map_range<kLanes, true>(data, data, begin, end, seed, offset,
+                                FixedPointQuantizeFloatOp<scalar_t, true>{rounding.format});
+    } else {
+      map_range<kLanes, false>(data, data, begin, end, seed, offset,
+                                FixedPointQuantizeFloatOp<scalar_t, false>{rounding.format});
+    }
+  } else {
+    if (rounding.stochastic) {
+      map_range<kLanes, true>(data, data, begin, end, seed, offset,
+                                FixedPointQuantizeOp<scalar_t, true>{rounding.format});
+    } else {
+      map_range<kLanes, false>(data, data, begin, end, seed, offset,
+                                FixedPointQuantizeOp<scalar_t, false>{rounding.format});
+    }
+  }
+}
+
+// Elements [begin, end) of one parameter, begin a multiple of 4.
+//  - Without stochastic rounding: one loop, the whole step per element.
+//  - With it, float and double: per block of kBlock elements (in cache), the gradient's rounding,
+//    the step, then the weights' and the buffer's roundings, each a pass of fixed_point_quantize_'s
+//    loop (Philox-bound; one loop for all of it spills registers and ran 20-30% slower).
+//  - With it, half and bfloat16, whose moved weights must be rounded before they are stored: the
+//    same passes per group of 4 * kLanes, rounding from the step's float values.
 template <int kLanes, bool kMomentum, SgdRoundingMode kMode, typename scalar_t, typename Step>
 FASTNETS_ALWAYS_INLINE void sgd_range(scalar_t* param, scalar_t* grad, scalar_t* buffer, int64_t begin, int64_t end,
                                       const SgdStreams& streams, Step step) {
   using real_t = typename Step::real_t;
-  constexpr int64_t kGroup = 4 * kLanes;
-  uint32_t words[kGroup] = {};
-  real_t moved[kGroup], next[kGroup];
-  for (int64_t i = begin; i < end; i += kGroup) {
-    const int64_t count = std::min(kGroup, end - i);
-    if constexpr (kMode == SgdRoundingMode::kNone || kMode == SgdRoundingMode::kNearest) {
-      for (int64_t j = 0; j < count; ++j) {
-        step.template update<kMomentum, kMode>(param[i + j], grad[i + j], buffer[i + j], 0u, 0u, 0u);
+  if constexpr (kMode == SgdRoundingMode::kNone || kMode == SgdRoundingMode::kNearest) {
+    for (int64_t i = begin; i < end; ++i) {
+      step.template update<kMomentum, kMode>(param[i], grad[i], buffer[i], 0u, 0u, 0u);
+    }
+  } else if constexpr (std::is_same_v<scalar_t, real_t>) {
+    constexpr int64_t kBlock = 4096;
+    for (int64_t first = begin; first < end; first += kBlock) {
+      const int64_t last = std::min(first + kBlock, end);
+      round_in_place<kLanes>(grad, first, last, step.round_grad, streams.seed[0], streams.offset[0]);
+      for (int64_t i = first; i < last; ++i) {
+        real_t next = kMomentum ? buffer[i] : real_t(0);
+        param[i] = step.template move<kMomentum>(grad[i], param[i], next);
+        if constexpr (kMomentum) buffer[i] = next;
       }
-    } else {
+      round_in_place<kLanes>(param, first, last, step.round_weight, streams.seed[1], streams.offset[1]);
+      if constexpr (kMomentum) {
+        round_in_place<kLanes>(buffer, first, last, step.round_state, streams.seed[2], streams.offset[2]);
+      }
+    }
+  } else {
+    constexpr int64_t kGroup = 4 * kLanes;
+    uint32_t words[kGroup] = {};
+    real_t moved[kGroup], next[kGroup];
+    for (int64_t i = begin; i < end; i += kGroup) {
+      const int64_t count = std::min(kGroup, end - i);
       sgd_words<kLanes>(streams, 0, i, words);
       for (int64_t j = 0; j < count; ++j) {
         grad[i + j] = step.template round<kMode>(step.round_grad, static_cast<real_t>(grad[i + j]), words[j]);
@@ -84,7 +127,8 @@ void sgd_cpu(scalar_t* param, scalar_t* grad, scalar_t* buffer, int64_t n, const
     const int64_t begin = first * kChunk;
     const int64_t end = std::min(last * kChunk, n);
     call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
-      constexpr int kLanes = decltype(isa)::value == CpuIsa::kAvx512 ? 32 : (decltype(isa)::value == CpuIsa::kAvx2 ? 8 : 4);
+      constexpr CpuIsa kIsa = decltype(isa)::value;
+      constexpr int kLanes = kIsa == CpuIsa::kAvx512 ? 32 : (kIsa == CpuIsa::kAvx2 ? 8 : 4);
       sgd_range<kLanes, kMomentum, kMode>(param, grad, buffer, begin, end, streams, step);
     });
   });

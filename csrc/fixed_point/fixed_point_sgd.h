@@ -115,7 +115,9 @@ struct FixedPointSgdStep {
   template <bool kMomentum, SgdRoundingMode kMode>
   FASTNETS_HOST_DEVICE void update(scalar_t& param, scalar_t& grad, scalar_t& buffer, uint32_t grad_word,
                                    uint32_t weight_word, uint32_t state_word) const {
-    if constexpr (kMode != SgdRoundingMode::kNone) grad = round<kMode>(round_grad, static_cast<real_t>(grad), grad_word);
+    if constexpr (kMode != SgdRoundingMode::kNone) {
+      grad = round<kMode>(round_grad, static_cast<real_t>(grad), grad_word);
+    }
     real_t next = static_cast<real_t>(buffer);
     const real_t moved = move<kMomentum>(static_cast<real_t>(grad), static_cast<real_t>(param), next);
     if constexpr (kMomentum) buffer = round<kMode>(round_state, next, state_word);
