@@ -124,7 +124,7 @@ def _format_spec(format: Optional[FixedPoint]) -> List[int]:
 class FixedPointSGD(torch.optim.Optimizer):
     """``torch.optim.SGD`` with the fixed-point roundings of :class:`FixedPointOptimizer` fused
     into its step: one kernel call per parameter reads and writes the parameter, its gradient and
-    its momentum buffer once, where torch's step and three separate roundings take seven passes.
+    its momentum buffer once, where torch's step and three separate roundings take six passes.
 
     Each step rounds the gradient to ``grad`` (in place), takes torch.optim.SGD's step, then
     rounds the parameter to ``weight`` and the momentum buffer to ``state``; any format may be
