@@ -7,15 +7,18 @@ layer::
     compare(my_layer, {"torch": reference_layer}, inputs=(x,), name="my layer")
 
 prints one table row per reference: both median times, the speed-up (reference time /
-candidate time, above 1 when the candidate is faster) and, given ``bytes_moved`` or ``flops``,
-GB/s or TFLOP/s.
+candidate time, above 1 when the candidate is faster; the median of the per-round ratios) and,
+given ``bytes_moved`` or ``flops``, GB/s or TFLOP/s.
 
 Timing. On CUDA every round is bracketed by CUDA events on the current stream (a host timer
 without a synchronize would measure only the launches); on CPU by ``time.perf_counter`` with a
 fixed thread count. Each implementation is warmed up (compilation, allocator, caches of code)
-before its rounds, a round repeats calls until it lasts ``min_round_s``, and the median over
-rounds is reported. Inputs smaller than the cache are replicated and the calls rotate over the
-copies, so that repeated calls do not just measure the cache.
+before the rounds, a round repeats calls until it lasts ``min_round_s``, and the median over
+rounds is reported. The implementations of a case take turns round by round (see
+:func:`measure_together`) and the speed-up is the median of the per-round ratios: a machine whose
+speed drifts during a run slows a round of the candidate and the reference's next to it alike.
+Inputs smaller than the cache are replicated and the calls rotate over the copies, so that
+repeated calls do not just measure the cache.
 
 Regressions are judged on the same-run speed-up, not on absolute time: a noisy or different
 machine slows the candidate and its reference alike (see :func:`compare_runs`).
@@ -93,12 +96,13 @@ def training_step(forward: Callable[[torch.Tensor], torch.Tensor]) -> Binder:
 
 @dataclass
 class Timing:
-    """Seconds per call: the median and interquartile range over rounds."""
+    """Seconds per call: the median and interquartile range over rounds, and each round's value."""
 
     median_s: float
     iqr_s: float
     rounds: int
     calls_per_round: int
+    samples_s: Tuple[float, ...] = ()
 
 
 def synchronize(device: Union[str, torch.device]) -> None:
@@ -117,46 +121,95 @@ def measure(calls: Sequence[Callable[[], Any]], device: Union[str, torch.device]
     ``timeit``'s)."""
     if not calls:
         raise ValueError("calls must hold at least one callable")
+    return measure_together({"": calls}, device, rounds=rounds, warmup=warmup, min_round_s=min_round_s,
+                            timer=timer)[""]
+
+
+def _quartiles(values: Sequence[float]) -> Tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    first, _, third = statistics.quantiles(values, n=4)
+    return first, third
+
+
+def measure_together(impls: Mapping[str, Sequence[Callable[[], Any]]], device: Union[str, torch.device] = "cpu", *,
+                     rounds: int = 10, warmup: int = 1, min_round_s: float = 2e-3,
+                     timer: Callable[[], float] = time.perf_counter,
+                     on_error: Optional[Callable[[str, BaseException], None]] = None) -> Dict[str, Timing]:
+    """Times several implementations of one computation (name -> callables, as :func:`measure`
+    takes them) round by round, and returns each one's :class:`Timing`.
+
+    Each implementation is warmed up and its rounds sized as :func:`measure` does; then every
+    round times each implementation once, in an order that rotates by one place per round, so
+    that a machine whose speed drifts (clock boost, a busy neighbour, a library's thread pool
+    waking up) slows them alike, and ``samples_s[r]`` of two implementations can be compared
+    round by round. ``on_error(name, error)``: where given, an implementation that raises is
+    left out from then on (and from the result) and reported there while the others go on;
+    otherwise the error propagates."""
     if rounds < 1 or warmup < 0:
         raise ValueError(f"rounds must be >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
+    for name, calls in impls.items():
+        if not calls:
+            raise ValueError(f"the calls of {name!r} must hold at least one callable")
     device = torch.device(device)
     on_cuda = device.type == "cuda"
-    position = 0
+    positions = dict.fromkeys(impls, 0)
+    active = list(impls)
+    inner: Dict[str, int] = {}
+    samples: Dict[str, List[float]] = {name: [] for name in impls}
 
-    def run(count: int) -> None:
-        nonlocal position
+    def run(name: str, count: int) -> None:
+        calls = impls[name]
         for _ in range(count):
-            calls[position % len(calls)]()
-            position += 1
+            calls[positions[name] % len(calls)]()
+            positions[name] += 1
 
-    run(warmup * len(calls))
-    synchronize(device)
-    start = timer()
-    run(len(calls))
-    synchronize(device)
-    per_call = (timer() - start) / len(calls)
-    inner = min(10_000, max(1, math.ceil(min_round_s / max(per_call, 1e-9))))
+    def attempt(action: Callable[[str], None], name: str) -> None:
+        try:
+            action(name)
+        except Exception as error:  # noqa: BLE001  (reported through on_error, or raised again)
+            if on_error is None:
+                raise
+            active.remove(name)
+            on_error(name, error)
 
-    samples = []
+    def size(name: str) -> None:
+        count = len(impls[name])
+        run(name, warmup * count)
+        synchronize(device)
+        start = timer()
+        run(name, count)
+        synchronize(device)
+        per_call = (timer() - start) / count
+        inner[name] = min(10_000, max(1, math.ceil(min_round_s / max(per_call, 1e-9))))
+
+    def time_round(name: str) -> None:
+        if on_cuda:
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            run(name, inner[name])
+            end.record()
+            end.synchronize()
+            samples[name].append(begin.elapsed_time(end) / 1e3 / inner[name])
+        else:
+            begin_s = timer()
+            run(name, inner[name])
+            samples[name].append((timer() - begin_s) / inner[name])
+
+    for name in list(active):
+        attempt(size, name)
     with torch.cuda.device(device) if on_cuda else contextlib.nullcontext():
-        for _ in range(rounds):
-            if on_cuda:
-                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                begin.record()
-                run(inner)
-                end.record()
-                end.synchronize()
-                samples.append(begin.elapsed_time(end) / 1e3 / inner)
-            else:
-                begin_s = timer()
-                run(inner)
-                samples.append((timer() - begin_s) / inner)
-    if len(samples) > 1:
-        quartiles = statistics.quantiles(samples, n=4)
-        iqr = quartiles[2] - quartiles[0]
-    else:
-        iqr = 0.0
-    return Timing(statistics.median(samples), iqr, rounds, inner)
+        for round_index in range(rounds):
+            turn = round_index % max(len(active), 1)
+            for name in active[turn:] + active[:turn]:
+                if name in active:
+                    attempt(time_round, name)
+    timings = {}
+    for name in active:
+        first, third = _quartiles(samples[name])
+        timings[name] = Timing(statistics.median(samples[name]), third - first, rounds, inner[name],
+                               tuple(samples[name]))
+    return timings
 
 
 def cache_bytes(device: Union[str, torch.device]) -> int:
@@ -217,7 +270,10 @@ def run_cases(cases: Sequence[Case], *, rounds: Union[int, Mapping[str, int]] = 
               threads: Optional[int] = None, progress: bool = True,
               timer: Callable[[], float] = time.perf_counter) -> List[Dict[str, Any]]:
     """Times every implementation of every case and returns one result row (a dict) per
-    implementation, with the reference rows' ``speedup`` over the candidate.
+    implementation, with the reference rows' ``speedup`` over the candidate: the median over
+    rounds of the reference's time / the candidate's, the implementations of a case taking
+    turns round by round (:func:`measure_together`), and its interquartile range
+    ``speedup_iqr``.
 
     ``rounds``: one count, or one per device type ({"cpu": 20, "cuda": 30}). ``threads``: the CPU
     thread count for the whole run (default: torch's current one). An implementation that
@@ -228,6 +284,12 @@ def run_cases(cases: Sequence[Case], *, rounds: Union[int, Mapping[str, int]] = 
     bar = Progress(sum(len(case.impls) for case in cases), enabled=progress)
     copy_gbps: Dict[Tuple[str, str], float] = {}
     rows: List[Dict[str, Any]] = []
+    errors: Dict[str, BaseException] = {}  # of the case at hand
+
+    def failed(impl: str, error: BaseException) -> None:  # one broken implementation must not end the run
+        traceback.print_exception(type(error), error, error.__traceback__)
+        errors[impl] = error
+
     try:
         for case in cases:
             if case.candidate not in case.impls:
@@ -239,24 +301,35 @@ def run_cases(cases: Sequence[Case], *, rounds: Union[int, Mapping[str, int]] = 
                 if isinstance(dtype, torch.dtype):
                     copy_gbps[(case.device, case.dtype)] = copy_bandwidth(case.device, dtype, rounds=case_rounds,
                                                                           warmup=warmup)
-            case_rows = []
+            errors.clear()
             with case.context():
                 sets = input_sets(case.make_inputs, case.device)
+                calls = {}
                 for impl, bind in case.impls.items():
                     try:
-                        timing = measure([bind(inputs) for inputs in sets], case.device, rounds=case_rounds,
-                                         warmup=warmup, timer=timer)
-                        row = result_row(case, impl, timing, copy_gbps.get((case.device, case.dtype)))
-                    except Exception as error:  # noqa: BLE001  (one broken implementation must not end the run)
-                        traceback.print_exc()
-                        row = error_row(case, impl, error)
-                    case_rows.append(row)
-                    bar.step(f"{case.name} {impl}")
-                del sets
-            candidate = next(row for row in case_rows if row["impl"] == case.candidate)
+                        calls[impl] = [bind(inputs) for inputs in sets]
+                    except Exception as error:  # noqa: BLE001
+                        failed(impl, error)
+                timings = measure_together(calls, case.device, rounds=case_rounds, warmup=warmup, timer=timer,
+                                           on_error=failed)
+                del sets, calls
+            case_rows = []
+            for impl in case.impls:
+                if impl in timings:
+                    case_rows.append(result_row(case, impl, timings[impl], copy_gbps.get((case.device, case.dtype))))
+                else:
+                    case_rows.append(error_row(case, impl, errors[impl]))
+                bar.step(f"{case.name} {impl}")
+            candidate = timings.get(case.candidate)
             for row in case_rows:
-                if row is not candidate and candidate["median_ms"] and row["median_ms"]:
-                    row["speedup"] = row["median_ms"] / candidate["median_ms"]
+                if row["candidate"] or candidate is None or row["impl"] not in timings:
+                    continue
+                # Round by round: the reference's time over the candidate's next to it.
+                ratios = [theirs / ours for theirs, ours in zip(timings[row["impl"]].samples_s, candidate.samples_s)
+                          if ours > 0]
+                if ratios:
+                    row["speedup"] = statistics.median(ratios)
+                    row["speedup_iqr"] = list(_quartiles(ratios))
             rows.extend(case_rows)
             if device_type == "cuda":
                 torch.cuda.empty_cache()

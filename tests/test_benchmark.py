@@ -87,11 +87,68 @@ def test_measure_rotates_over_the_input_sets():
     assert counts == [5, 4, 4]  # two warm-up passes and a sizing pass over all three, then four rounds of one call
 
 
+def test_implementations_take_turns_round_by_round():
+    log = []
+
+    def named(name):
+        return lambda: log.append(name)
+
+    timings = benchmark.measure_together({name: [named(name)] for name in "abc"}, "cpu", rounds=4, warmup=0,
+                                         min_round_s=0)
+    assert "".join(log) == "abc" + "abc" + "bca" + "cab" + "abc"  # the sizing passes, then the rounds
+    assert set(timings) == set("abc") and all(len(t.samples_s) == 4 for t in timings.values())
+
+
+def test_speed_up_pairs_the_rounds_when_the_machine_slows_down():
+    """The machine gets three times slower after the second round. Timed one after the other,
+    the candidate would have run fast and the reference slow (4.5x); in turns, each round's
+    ratio is the true 1.5x."""
+    clock = FakeClock()
+    calls = [0]
+
+    def costing(seconds):
+        def call():
+            clock.now += seconds * (3 if calls[0] >= 6 else 1)  # calls 0-1 size the rounds, then two a round
+            calls[0] += 1
+        return call
+
+    case = benchmark.Case(op="drift", shape="1", direction="forward", device="cpu", dtype="float32",
+                          make_inputs=lambda: (), impls={"fastnets": lambda _: costing(2.0**-8),
+                                                         "reference": lambda _: costing(1.5 * 2.0**-8)})
+    ours, theirs = benchmark.run_cases([case], rounds=5, warmup=0, progress=False, timer=clock)
+    assert ours["calls_per_round"] == theirs["calls_per_round"] == 1  # calls longer than a round's 2 ms
+    assert theirs["speedup"] == 1.5 and theirs["speedup_iqr"] == [1.5, 1.5]
+    assert ours["median_ms"] == 3e3 * 2.0**-8  # three of five rounds slow
+
+
+def test_an_implementation_failing_within_the_rounds_is_left_out():
+    clock = FakeClock()
+    count = [0]
+
+    def fails_on_third_call():
+        count[0] += 1
+        clock.now += 2.0**-10
+        if count[0] == 3:
+            raise RuntimeError("flaky kernel")
+
+    impls = {"good": [clock.costing(2.0**-10)], "flaky": [fails_on_third_call]}
+    reported = []
+    timings = benchmark.measure_together(impls, "cpu", rounds=4, warmup=0, min_round_s=0, timer=clock,
+                                         on_error=lambda name, error: reported.append((name, str(error))))
+    assert list(timings) == ["good"] and len(timings["good"].samples_s) == 4
+    assert reported == [("flaky", "flaky kernel")]
+    count[0] = 0
+    with pytest.raises(RuntimeError, match="flaky kernel"):
+        benchmark.measure_together(impls, "cpu", rounds=4, warmup=0, min_round_s=0, timer=clock)
+
+
 def test_measure_rejects_bad_arguments():
     with pytest.raises(ValueError, match="calls"):
         benchmark.measure([], "cpu")
     with pytest.raises(ValueError, match="rounds"):
         benchmark.measure([busy(0)], "cpu", rounds=0)
+    with pytest.raises(ValueError, match="the calls of 'b'"):
+        benchmark.measure_together({"a": [busy(0)], "b": []}, "cpu")
 
 
 def test_input_sets_fill_twice_the_cache():
