@@ -14,6 +14,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import fastnets.functional as F  # noqa: E402
 from fastnets import random as frandom  # noqa: E402
+from harness import assert_close_to_reference  # noqa: E402
 
 EXAMPLES = int(os.environ.get("FASTNETS_FUZZ", "0")) or 200
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="FASTNETS_FUZZ" not in os.environ,
@@ -316,3 +317,18 @@ def test_fixed_point_quantize_masked(shape, wl, fl, kind, seed):
     out, _ = torch.ops.fastnets.fixed_point_quantize_masked(layout(x, kind), layout(mask, kind), wl, fl, "nearest",
                                                             True, False, None)
     assert torch.equal(out, expected) and not torch.signbit(out[~mask]).any()
+
+
+@FUZZ
+@given(m=st.integers(0, 70) | st.integers(500, 560), k=st.integers(0, 40) | st.integers(505, 530),
+       n=st.integers(0, 70), kind_a=st.integers(0, 2), kind_b=st.integers(0, 2), seed=st.integers(0, 2**31 - 1))
+def test_matmul(m, k, n, kind_a, kind_b, seed):
+    """fastnets' CPU GEMM (the LSTM layer's) against the float64 product: both operands in any
+    layout (a contiguous B with whole panels is read in place, others are packed), tall A (row
+    chunks) and depths past one depth block; float32 within 3x torch.mm's own error."""
+    a, b = values((m, k), seed), values((k, n), seed + 1)
+    reference = a @ b
+    a_in, b_in = layout(a, kind_a), layout(b, kind_b)
+    torch.testing.assert_close(torch.ops.fastnets.matmul(a_in, b_in), reference, rtol=1e-12, atol=1e-11)
+    assert_close_to_reference(torch.ops.fastnets.matmul(a_in.float(), b_in.float()), reference,
+                              torch.mm(a.float(), b.float()), factor=3.0)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as torch_F
 
 import fastnets.functional as F
+from fastnets import quant
 from harness import DEVICES
 
 
@@ -20,6 +21,15 @@ def three_ops(x, w, b):
 
 def fixed_point_reference(x):
     return torch.clamp(torch.round(x.double() * 16), -128, 127).div(16).to(x.dtype)
+
+
+def quantize_with_range_mask(x):
+    """quant.quantize with stochastic rounding both ways and the gradient zeroed where x
+    saturated (fixed_point_in_range, then fixed_point_quantize_masked in backward), from a
+    fresh seed: a second call draws the same words."""
+    torch.manual_seed(3)
+    fmt = quant.FixedPoint(8, 4, rounding="stochastic")
+    return quant.quantize(x, fmt, fmt, zero_outside_range=True)
 
 
 def torch_lstm(x, h, c, w_ih, w_hh, b):
@@ -58,6 +68,11 @@ OPS = {
                   [(3, 6, 5, 4)], ["input"], bad_ranks=()),
     "fixed_point_quantize": Op(lambda x: F.fixed_point_quantize(x, 8, 4, "nearest"), fixed_point_reference,
                                [(3, 6, 5, 4)], ["input"], bad_ranks=(), differentiable=False),
+    # The same words, rounding and mask on a contiguous copy.
+    "quant.quantize (range mask)": Op(quantize_with_range_mask, lambda x: quantize_with_range_mask(x.contiguous()),
+                                      [(3, 6, 5, 4)], ["input"], bad_ranks=()),
+    "matmul": Op(torch.ops.fastnets.matmul, torch.mm, [(5, 7), (7, 4)], ["a", "b"], bad_ranks=(1, 3),
+                 differentiable=False),
     "rbm_sample": Op(lambda x, w, b: F.rbm_sample(x, w, b, sample=False)[0],
                      lambda x, w, b: torch.sigmoid(torch_F.linear(x, w, b)), [(5, 7), (4, 7), (4,)],
                      ["input", "weight", "bias"], bad_ranks=(0, 3)),
