@@ -148,6 +148,52 @@ def test_fused_matches_three_ops_float64(device, geometry, pool_kernel, pool_str
         torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-11)
 
 
+# The CPU's weight and bias gradients by the pool's winners (16+ input channels per group, a pool
+# of several outputs per window): stride, dilation, groups, a channel count with a scalar tail,
+# overlapping windows.
+WINNER_CASES = [
+    ((2, 16, 11, 13, 8, (3, 3), (2, 1), (1, 2), (1, 2), 1), (2, 2), None),
+    ((3, 36, 9, 8, 4, (2, 3), (1, 2), (1, 1), (2, 1), 2), (3, 2), (2, 1)),
+    ((2, 32, 14, 14, 64, (5, 5), (1, 1), (2, 2), (1, 1), 1), (3, 3), (2, 2)),
+]
+
+
+@pytest.mark.parametrize("geometry,pool_kernel,pool_stride", WINNER_CASES)
+@pytest.mark.parametrize("needs", [(True, True, True), (False, True, True), (True, False, True), (False, True, False)])
+def test_fused_weight_gradient_by_winners(geometry, pool_kernel, pool_stride, needs):
+    """Every combination of the gradients asked for: float64 against the three ops, float32
+    within twice PyTorch's error against them; an empty batch gives zero weight and bias gradients."""
+    x, weight, bias = make(geometry)
+    stride, padding, dilation, groups = arguments(geometry)
+    pool_args = (pool_kernel, pool_stride if pool_stride is not None else pool_kernel)
+
+    def fused(*t):
+        return F.conv_relu_pool2d(*t, stride, padding, dilation, groups, pool_kernel, pool_stride)
+
+    def reference(*t):
+        return three_ops(*t, stride, padding, dilation, groups, *pool_args)
+
+    def grads(fn, dtype, batch=None):
+        values = [x[:batch], weight, bias]
+        leaves = [t.detach().to(dtype).clone().requires_grad_(need) for t, need in zip(values, needs)]
+        out = fn(*leaves)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape))
+        return [leaf.grad for leaf in leaves]
+
+    exact = grads(reference, torch.float64)
+    assert [g is None for g in exact] == [not need for need in needs]
+    for ours, expected in zip(grads(fused, torch.float64), exact):
+        assert (ours is None) == (expected is None)
+        if ours is not None:
+            torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-11)
+    for ours, baseline, expected in zip(grads(fused, torch.float32), grads(reference, torch.float32), exact):
+        if ours is not None:
+            assert_close_to_reference(ours, expected, baseline)
+    for ours, expected in zip(grads(fused, torch.float64, batch=0), grads(reference, torch.float64, batch=0)):
+        if ours is not None:
+            assert ours.shape == expected.shape and torch.equal(ours, expected)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", TRAINING_DTYPES)
 def test_fused_ties_and_inactive_windows(device, dtype):
