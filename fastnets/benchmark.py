@@ -128,7 +128,7 @@ def measure(calls: Sequence[Callable[[], Any]], device: Union[str, torch.device]
 def _quartiles(values: Sequence[float]) -> Tuple[float, float]:
     if len(values) < 2:
         return values[0], values[0]
-    first, _, third = statistics.quantiles(values, n=4)
+    first, _, third = statistics.quantiles(values, n=4, method="inclusive")  # within the values seen
     return first, third
 
 

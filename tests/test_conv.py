@@ -189,9 +189,31 @@ def test_fused_weight_gradient_by_winners(geometry, pool_kernel, pool_stride, ne
     for ours, baseline, expected in zip(grads(fused, torch.float32), grads(reference, torch.float32), exact):
         if ours is not None:
             assert_close_to_reference(ours, expected, baseline)
+    for dtype in (torch.float16, torch.bfloat16):
+        for ours, baseline, expected in zip(grads(fused, dtype), grads(reference, dtype), exact):
+            if ours is not None:
+                assert_close_to_reference(ours, expected, baseline)
     for ours, expected in zip(grads(fused, torch.float64, batch=0), grads(reference, torch.float64, batch=0)):
         if ours is not None:
             assert ours.shape == expected.shape and torch.equal(ours, expected)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_fused_gradients_of_an_input_with_nan_or_inf(bad):
+    """Where the input holds NaN or inf, the gradients' zeros times it are NaN, in PyTorch's
+    three ops as in the fused layer (which then sums the weight gradient densely)."""
+    geometry, pool_kernel, pool_stride = WINNER_CASES[0]
+    x, weight, bias = make(geometry)
+    x[0, 3, 4, 5] = bad
+    stride, padding, dilation, groups = arguments(geometry)
+    out, grads = grads_of(lambda *t: F.conv_relu_pool2d(*t, stride, padding, dilation, groups, pool_kernel,
+                                                        pool_stride), x, weight, bias)
+    ref_out, ref_grads = grads_of(lambda *t: three_ops(*t, stride, padding, dilation, groups, pool_kernel,
+                                                       pool_kernel), x, weight, bias)
+    torch.testing.assert_close(out, ref_out, equal_nan=True)
+    assert ref_grads[1].isnan().any()
+    for ours, theirs in zip(grads, ref_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-11, equal_nan=True)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -71,7 +71,7 @@ OPS = {
     # The same words, rounding and mask on a contiguous copy.
     "quant.quantize (range mask)": Op(quantize_with_range_mask, lambda x: quantize_with_range_mask(x.contiguous()),
                                       [(3, 6, 5, 4)], ["input"], bad_ranks=()),
-    "matmul": Op(torch.ops.fastnets.matmul, torch.mm, [(5, 7), (7, 4)], ["a", "b"], bad_ranks=(1, 3),
+    "matmul": Op(torch.ops.fastnets.matmul, torch.mm, [(5, 7), (7, 4)], [r"\ba\b", r"\bb\b"], bad_ranks=(1, 3),
                  differentiable=False),
     "rbm_sample": Op(lambda x, w, b: F.rbm_sample(x, w, b, sample=False)[0],
                      lambda x, w, b: torch.sigmoid(torch_F.linear(x, w, b)), [(5, 7), (4, 7), (4,)],

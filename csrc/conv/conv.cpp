@@ -16,7 +16,9 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/all.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/isfinite.h>
 #include <ATen/ops/zeros.h>
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -423,7 +425,7 @@ constexpr bool kHaveVectorPooling = true;
 // relu_max_pool_window over one channel for float, 16 pooled outputs of a row at a time, their
 // window taps gathered from conv[oh * row_stride + ow] (without the bias, shift). The rule of
 // conv.h (relu keeping NaN; greater or NaN takes; argmax | kReluInactive unless the maximum is
-// positive) as AVX-512 compare masks: GCC lowers the selects of generic vectors lane by lane
+// positive or NaN) as AVX-512 compare masks: GCC lowers the selects of generic vectors lane by lane
 // outside a function compiled for AVX-512, hence intrinsics.
 FASTNETS_TARGET_AVX512 void relu_max_pool_avx512(const float* conv, int64_t row_stride, float shift,
                                                  const ConvPoolGeometry& pool, float* out, uint8_t* argmax) {
@@ -449,7 +451,8 @@ FASTNETS_TARGET_AVX512 void relu_max_pool_avx512(const float* conv, int64_t row_
                                            _mm512_set1_epi32(static_cast<int>(i * pool.kernel_w + j)));
         }
       }
-      const __mmask16 inactive = static_cast<__mmask16>(~_mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ));
+      const __mmask16 inactive = static_cast<__mmask16>(
+          ~(_mm512_cmp_ps_mask(best, zero, _CMP_GT_OQ) | _mm512_cmp_ps_mask(best, best, _CMP_UNORD_Q)));
       position = _mm512_mask_or_epi32(position, inactive, position, _mm512_set1_epi32(kReluInactive));
       _mm512_mask_storeu_ps(out + ph * pool.out_w + pw0, lanes, best);
       _mm512_mask_cvtepi32_storeu_epi8(argmax + ph * pool.out_w + pw0, lanes, position);
@@ -765,8 +768,8 @@ struct Winners {
 };
 
 // sums[tap][c] += sum over the winners i of grad_i x input[start_i + offsets[tap] + c], for the
-// kTaps taps from `first_tap` and the kLanes channels from c: each tap's sum in a register of its
-// own, kTaps independent chains of fmas (one register would wait out each fma's latency).
+// kTaps taps of `offsets` and the kLanes channels from c: each tap's sum in an accumulator of its
+// own, kTaps independent chains of fmas (one accumulator would wait out each fma's latency).
 template <int kTaps, int kLanes, typename acc_t>
 FASTNETS_ALWAYS_INLINE void add_winner_taps(const Winners<acc_t>& winners, const acc_t* input, const int64_t* offsets,
                                             int64_t channels, int64_t c, acc_t* sums) {
@@ -912,9 +915,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool2d_backward_cpu(
     const int64_t pooled = pool.out_h * pool.out_w, out_channels = g.group_out_channels();
     const int64_t taps = pool.kernel_h * pool.kernel_w;
     const int64_t ldc = padded_cols<acc_t>(g.out_plane());
-    // The weight and bias gradients by winners where that pays; the input gradient always densely
-    // (by winners, its scattered sums spent more time storing than the dense product computing).
-    const bool sums_by_winners = by_winners(g, pool);
+    // The weight and bias gradients by winners where that pays; the input gradient always densely.
+    // An input that is not finite goes densely too: the products of its gradient's zeros with inf
+    // or NaN are NaN, as PyTorch's are, where the sums by winners would leave those products out.
+    const bool sums_by_winners =
+        by_winners(g, pool) && (!output_mask[1] || at::isfinite(x).all().item<bool>());
     const std::array<bool, 3> dense_mask =
         sums_by_winners ? std::array<bool, 3>{output_mask[0], false, false} : output_mask;
     if (sums_by_winners) {
@@ -943,8 +948,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool2d_backward_cpu(
         }
       }
     });
-    std::get<0>(grads) = std::get<0>(dense);
-    if (!sums_by_winners) grads = dense;
+    grads = sums_by_winners ? std::make_tuple(std::get<0>(dense), std::get<1>(grads), std::get<2>(grads)) : dense;
   });
   return grads;
 }
@@ -959,7 +963,7 @@ TORCH_LIBRARY_FRAGMENT(fastnets, m) {
   m.def("conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[2] padding, "
         "int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   // max_pool2d(relu(conv2d(...)), pool_kernel, pool_stride) in one pass. Returns (output, argmax):
-  // the winner's position in its window, | 0x80 when its pre-activation was not positive.
+  // the winner's position in its window, | 0x80 when its pre-activation was neither positive nor NaN.
   m.def("conv_relu_pool2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
         "int[2] dilation, int groups, int[2] pool_kernel, int[2] pool_stride) -> (Tensor, Tensor)");
   m.def("conv_relu_pool2d_backward(Tensor grad_output, Tensor argmax, Tensor input, Tensor weight, int[2] stride, "

@@ -89,11 +89,12 @@ FASTNETS_HOST_DEVICE auto relu_pool_takes(T value, T best) {
 }
 
 // The argmax byte of a winner at `position` with pooled value `best` = relu(pre-activation):
-// positive exactly when the pre-activation was (NaN is not).
+// active where the pre-activation was positive or NaN (torch.relu's gradient passes a NaN's, as
+// max_pool2d's goes to a NaN winner), | kReluInactive elsewhere.
 // (Position and value may be SIMD vectors too.)
 template <typename Position, typename T>
 FASTNETS_HOST_DEVICE Position relu_pool_argmax(Position position, T best) {
-  return position | ((best > T{}) ? Position{} : Position{} + kReluInactive);
+  return position | (((best > T{}) | (best != best)) ? Position{} : Position{} + kReluInactive);
 }
 
 // Pooled output (ph, pw) of relu(conv) from one channel's convolution output, addressed as
@@ -118,7 +119,7 @@ FASTNETS_HOST_DEVICE acc_t relu_max_pool_window(const acc_t* plane, int64_t row_
 }
 
 // Gradient of the convolution output (oh, ow) in the fused layer: the sum, in row-major order of
-// the pooled outputs, of the gradients of the windows it won with a positive pre-activation.
+// the pooled outputs, of the gradients of the windows it won with a positive (or NaN) pre-activation.
 template <typename scalar_t, typename acc_t>
 FASTNETS_HOST_DEVICE acc_t relu_max_pool_conv_grad(const scalar_t* grad_plane, const uint8_t* argmax_plane,
                                                           const ConvPoolGeometry& pool, int64_t oh, int64_t ow) {
