@@ -535,8 +535,6 @@ double plane_sum(const acc_t* values, int64_t count) {
   return sum;
 }
 
-// The backward of images [0, batch): conv_grad(n, group, dy) writes the gradient of the group's
-// convolution output, dy[k * ldc + oh * out_w + ow] (ldc = padded_cols(out_h * out_w)).
 // The weight gradient (w's shape) and the bias gradient from per-chunk sums, each value's chunks
 // added in chunk order (either empty when not needed): value q of output channel `channel` of
 // chunk i at weight_sums[i * weight_chunk + weight_index(channel, q)], the bias of chunk i at
@@ -575,6 +573,8 @@ std::pair<at::Tensor, at::Tensor> grads_from_chunks(const at::Tensor& w, int64_t
   return {grad_weight, grad_bias};
 }
 
+// The backward of images [0, batch): conv_grad(n, group, dy) writes the gradient of the group's
+// convolution output, dy[k * ldc + oh * out_w + ow] (ldc = padded_cols(out_h * out_w)).
 template <typename scalar_t, typename ConvGrad>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::Tensor& x, const at::Tensor& w,
                                                                      const Conv2dGeometry& g,
