@@ -749,8 +749,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(const at::Ten
 // order, as in conv2d_backward_images: the same bits for any thread count. The input gradient
 // stays dense: by winners, its sums scattered over the input stored more than the dense product
 // computes (MNIST's conv2, N=64: a backward of 7.0 ms, against 5.2 with the dense input gradient
-// and 6.7 all dense), and gathered per input value from the winners listed by output position it
-// was still about 0.5 ms slower than dense (its weights, scattered over channels, came from L2).
+// and 6.7 all dense); gathered per input value from the winners listed by output position it was
+// still about 0.5 ms slower than dense (its weights, scattered over channels, came from L2), and
+// gathered tap by tap, with a tap's weights and the image's sums in L1, no faster than dense.
 // Where it pays: at least kMinWinnerChannels input channels per group, and at most one pooled
 // output per kWinnerSparsity convolution outputs.
 constexpr int64_t kMinWinnerChannels = 16;
