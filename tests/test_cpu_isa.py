@@ -41,6 +41,10 @@ wide = [t.requires_grad_() for t in (torch.randn(2, 40, 9, 11), torch.randn(40, 
 by_positions = fastnets.functional.conv2d(*wide, padding=(2, 6), dilation=2, groups=2)  # tiles of output positions
 by_positions.backward(torch.randn_like(by_positions))
 results["conv"] += [by_positions.detach()] + [leaf.grad for leaf in wide]
+winners = [t.requires_grad_() for t in (torch.randn(2, 20, 10, 9), torch.randn(6, 20, 3, 3), torch.randn(6))]
+by_winners = fastnets.functional.conv_relu_pool2d(*winners, padding=1)  # weight gradient by the pool's winners
+by_winners.backward(torch.randn_like(by_winners))
+results["conv"] += [leaf.grad for leaf in winners]
 states, weight = torch.randn(61, 37) * 2, torch.randn(53, 37)
 results["rbm"] = [t for dtype in (torch.float32, torch.float64, torch.bfloat16) for unit in ("bernoulli", "gaussian")
                   for t in ops.rbm_sample(states.to(dtype), weight.to(dtype), None, unit, generator=g())[:2]]
