@@ -161,8 +161,9 @@ WINNER_CASES = [
 @pytest.mark.parametrize("geometry,pool_kernel,pool_stride", WINNER_CASES)
 @pytest.mark.parametrize("needs", [(True, True, True), (False, True, True), (True, False, True), (False, True, False)])
 def test_fused_weight_gradient_by_winners(geometry, pool_kernel, pool_stride, needs):
-    """Every combination of the gradients asked for: float64 against the three ops, float32
-    within twice PyTorch's error against them; an empty batch gives zero weight and bias gradients."""
+    """Every combination of the gradients asked for: float64 against the three ops; float32,
+    float16 and bfloat16 within twice PyTorch's error in that dtype; an empty batch gives the
+    three ops' (zero) gradients."""
     x, weight, bias = make(geometry)
     stride, padding, dilation, groups = arguments(geometry)
     pool_args = (pool_kernel, pool_stride if pool_stride is not None else pool_kernel)
