@@ -60,7 +60,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the regression threshold of --compare: how much more the fastnets/reference "
                              "time ratio may grow (default 10%%)")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="draw the speed-ups (needs matplotlib)")
-    parser.add_argument("--load", type=Path, metavar="FILE", help="take the results from FILE instead of running")
+    parser.add_argument("--load", type=Path, metavar="FILE", action="append",
+                        help="take the results from FILE instead of running (repeatable: the files' rows together)")
     parser.add_argument("--list", action="store_true", help="list the selected cases and exit")
 
 
@@ -78,9 +79,9 @@ def bench(args: argparse.Namespace) -> int:
     from fastnets import benchmark
 
     baseline = benchmark.load_results(baseline_path(args.compare)) if args.compare else None
-    settings = {"loaded_from": str(args.load)} if args.load else {}
+    settings = {"loaded_from": [str(path) for path in args.load]} if args.load else {}
     if args.load:
-        rows = benchmark.load_results(args.load)
+        rows = [row for path in args.load for row in benchmark.load_results(path)]
     else:
         bench_dir = REPO / "bench"
         if not bench_dir.is_dir():

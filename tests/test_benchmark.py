@@ -233,6 +233,17 @@ def test_cli_compare_fails_on_an_injected_regression(tmp_path, capsys):
     assert main(["bench", "--load", str(slower), "--compare", str(baseline)]) == 0
 
 
+def test_cli_loads_several_files_as_one_run(tmp_path, capsys):
+    # make gpu-check runs the suites one by one under a time limit and joins their results.
+    first = write_results(tmp_path / "first.json", rows_with_speedup(2.0))
+    second = write_results(tmp_path / "second.json", rows_with_speedup(3.0, op="other"))
+    joined = tmp_path / "joined.json"
+    assert main(["bench", "--load", str(first), "--load", str(second), "--save", str(joined)]) == 0
+    table = capsys.readouterr().out
+    assert "spin" in table and "other" in table
+    assert [row["op"] for row in benchmark.load_results(joined)] == ["spin", "spin", "other", "other"]
+
+
 def test_cli_reports_bad_files_and_arguments(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"benchmarks": []}))
