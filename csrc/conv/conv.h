@@ -41,15 +41,31 @@ struct ConvPoolGeometry {
 constexpr uint8_t kReluInactive = 0x80;
 constexpr int64_t kMaxFusedPoolWindow = 128;  // positions below kReluInactive
 
-// Offset of the input element that patch entry q = (c, r, s) reads for output (oh, ow), relative
-// to the group's first input channel, or -1 when it falls in the zero padding.
-FASTNETS_HOST_DEVICE int64_t conv_input_offset(const Conv2dGeometry& g, int64_t q, int64_t oh, int64_t ow) {
+// Patch entry q = (c, r, s): the offset of its input channel (relative to the group's first) and
+// where its tap reads relative to an output's window origin (oh * stride_h, ow * stride_w). Split
+// from conv_entry_offset so that GPU loaders divide once per q, not once per output.
+struct ConvPatchEntry {
+  int64_t channel_offset, dh, dw;
+};
+
+FASTNETS_HOST_DEVICE ConvPatchEntry conv_patch_entry(const Conv2dGeometry& g, int64_t q) {
   const int64_t taps = g.kernel_h * g.kernel_w;
   const int64_t c = q / taps, r = q % taps / g.kernel_w, s = q % g.kernel_w;
-  const int64_t ih = oh * g.stride_h - g.pad_h + r * g.dilation_h;
-  const int64_t iw = ow * g.stride_w - g.pad_w + s * g.dilation_w;
+  return {c * g.in_h * g.in_w, r * g.dilation_h - g.pad_h, s * g.dilation_w - g.pad_w};
+}
+
+// Offset of the input element that `entry` reads for the output with window origin (ih0, iw0),
+// relative to the group's first input channel, or -1 when it falls in the zero padding.
+FASTNETS_HOST_DEVICE int64_t conv_entry_offset(const Conv2dGeometry& g, const ConvPatchEntry& entry, int64_t ih0,
+                                               int64_t iw0) {
+  const int64_t ih = ih0 + entry.dh, iw = iw0 + entry.dw;
   if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) return -1;
-  return (c * g.in_h + ih) * g.in_w + iw;
+  return entry.channel_offset + ih * g.in_w + iw;
+}
+
+// The same for patch entry q and output (oh, ow).
+FASTNETS_HOST_DEVICE int64_t conv_input_offset(const Conv2dGeometry& g, int64_t q, int64_t oh, int64_t ow) {
+  return conv_entry_offset(g, conv_patch_entry(g, q), oh * g.stride_h, ow * g.stride_w);
 }
 
 // Outputs o in [first, last) read input o * stride + offset inside [0, in_size): the range of
@@ -69,7 +85,8 @@ FASTNETS_HOST_DEVICE int64_t conv_output_position(const Conv2dGeometry& g, int64
                                                          int64_t iw) {
   const int64_t row = ih + g.pad_h - r * g.dilation_h, col = iw + g.pad_w - s * g.dilation_w;
   if (row < 0 || col < 0) return -1;
-  const int64_t oh = row / g.stride_h, ow = col / g.stride_w;
+  // Stride 1 (the common case) skips the divisions, which GPUs pay for per element.
+  const int64_t oh = g.stride_h == 1 ? row : row / g.stride_h, ow = g.stride_w == 1 ? col : col / g.stride_w;
   if (oh * g.stride_h != row || ow * g.stride_w != col || oh >= g.out_h || ow >= g.out_w) return -1;
   return oh * g.out_w + ow;
 }

@@ -109,6 +109,7 @@ struct TileConfig {
 template <typename T>
 struct FmaConfig : TileConfig<T, T, sizeof(T) == 8 ? 32 : 64, 128, 16, 1, 1, sizeof(T) == 8 ? 8 : 16> {
   static constexpr bool kTensorCores = false;
+  static constexpr int kMinBlocks = 1;  // its register tiles need more than 128 registers
 };
 
 // WMMA: 8 warps as 2 x 4, each a 32 x 32 tile of 16 x 16 fragments. Fragment pointers must be
@@ -116,6 +117,9 @@ struct FmaConfig : TileConfig<T, T, sizeof(T) == 8 ? 32 : 64, 128, 16, 1, 1, siz
 template <typename T>  // __half, __nv_bfloat16, or float for TF32
 struct WmmaConfig : TileConfig<T, float, 64, 128, 16, 16 / sizeof(T), 16 / sizeof(T), 16> {
   static constexpr bool kTensorCores = true;
+  // Blocks per multiprocessor that ops whose state allows it ask __launch_bounds__ room for (at
+  // most 128 registers a thread): one block of 8 warps leaves the tensor cores waiting on loads.
+  static constexpr int kMinBlocks = 2;
   static constexpr int kFragK = sizeof(T) == 2 ? 16 : 8;  // m16n16k16 (half, bf16), m16n16k8 (tf32)
   static constexpr int kBytes = static_cast<int>(sizeof(T));
   static_assert(WmmaConfig::kBM % 32 == 0 && WmmaConfig::kBN % 64 == 0 && WmmaConfig::kBK % kFragK == 0, "warps");
@@ -259,13 +263,16 @@ struct WmmaTile {
 // (blockIdx.y, blockIdx.x) of batch z = blockIdx.z, then op.epilogue on the tile.
 //
 // The op provides Row a_row(z, m) and Col b_col(z, col_block, j) (per-thread state for a row of A
-// and a column of B, fixed for the whole loop), a_at(z, row, k) and b_at(z, col, k) (the elements,
-// zero for rows or columns past the matrix; the kernel masks k), and kBAlongK: whether B is
-// contiguous along k (load it like A) or along columns (a warp loads 32 consecutive columns).
+// and a column of B, fixed for the whole loop), a_k(z, k) and b_k(z, k) (what the elements of
+// reduction index k have in common: computed once per k for all of a thread's rows or columns, since
+// the index math, with its divisions, costs more than the loads), a_at(z, row, a_k) and
+// b_at(z, col, b_k) (the elements, zero for rows or columns past the matrix; the kernel masks k),
+// and kBAlongK: whether B is contiguous along k (load it like A) or along columns (a warp loads 32
+// consecutive columns).
 // Each thread holds its share of the next k-tile in registers while the block multiplies the
 // current one.
 template <class Cfg, class Op>
-__global__ void __launch_bounds__(kThreads) conv_gemm_kernel(const Op op) {
+__global__ void __launch_bounds__(kThreads, Op::kMinBlocks) conv_gemm_kernel(const Op op) {
   using mma_t = typename Cfg::mma_t;
   using acc_t = typename Cfg::acc_t;
   using Tile = std::conditional_t<Cfg::kTensorCores, WmmaTile<Cfg>, FmaTile<Cfg>>;
@@ -300,13 +307,15 @@ __global__ void __launch_bounds__(kThreads) conv_gemm_kernel(const Op op) {
   mma_t a_next[kARows], b_next[kBRows][kBCols];
   const auto load = [&](int64_t k0) {
     const int64_t ka = k0 + a_k;
+    const auto a_shared = op.a_k(z, ka);
 #pragma unroll
-    for (int i = 0; i < kARows; ++i) a_next[i] = ka < k_end ? op.a_at(z, rows[i], ka) : zero;
+    for (int i = 0; i < kARows; ++i) a_next[i] = ka < k_end ? op.a_at(z, rows[i], a_shared) : zero;
 #pragma unroll
     for (int r = 0; r < kBRows; ++r) {
       const int64_t kb = k0 + b_k + r * kBRowStep;
+      const auto b_shared = op.b_k(z, kb);
 #pragma unroll
-      for (int j = 0; j < kBCols; ++j) b_next[r][j] = kb < k_end ? op.b_at(z, cols[j], kb) : zero;
+      for (int j = 0; j < kBCols; ++j) b_next[r][j] = kb < k_end ? op.b_at(z, cols[j], b_shared) : zero;
     }
   };
   const auto store = [&]() {
@@ -340,10 +349,12 @@ struct PoolTile {
   int64_t tile_h, tile_w, region_h, region_w, tiles_h, tiles_w;
 };
 
-// The tile with the most pooled outputs whose region fits in `columns` (ties: the wider, for longer
-// input rows), no larger than the pooled plane.
+// The tile whose region fits in `columns` with the fewest tiles per pooled plane (each tile is a
+// block's full GEMM, however many of its columns the plane's edge leaves unused), then the most
+// pooled outputs, then the wider (longer input rows); no larger than the pooled plane.
 inline PoolTile choose_pool_tile(const ConvPoolGeometry& pool, int64_t columns) {
   PoolTile best{0, 0, 0, 0, 0, 0};
+  int64_t best_tiles = 0;
   for (int64_t th = 1; th <= pool.out_h; ++th) {
     if (th > 1 && pool.stride_h > columns) break;
     const int64_t rh = (th - 1) * pool.stride_h + pool.kernel_h;
@@ -352,8 +363,13 @@ inline PoolTile choose_pool_tile(const ConvPoolGeometry& pool, int64_t columns) 
       if (tw > 1 && pool.stride_w > columns) break;
       const int64_t rw = (tw - 1) * pool.stride_w + pool.kernel_w;
       if (rh * rw > columns) break;
-      if (th * tw > best.tile_h * best.tile_w || (th * tw == best.tile_h * best.tile_w && tw > best.tile_w)) {
+      const int64_t tiles = ceil_div(pool.out_h, th) * ceil_div(pool.out_w, tw);
+      const bool better = best_tiles == 0 || tiles < best_tiles ||
+                          (tiles == best_tiles && (th * tw > best.tile_h * best.tile_w ||
+                                                   (th * tw == best.tile_h * best.tile_w && tw > best.tile_w)));
+      if (better) {
         best = {th, tw, rh, rw, 0, 0};
+        best_tiles = tiles;
       }
     }
   }
@@ -371,6 +387,7 @@ struct ForwardOp {
   using mma_t = typename Cfg::mma_t;
   using acc_t = typename Cfg::acc_t;
   static constexpr bool kBAlongK = false;
+  static constexpr int kMinBlocks = Cfg::kMinBlocks;
   Conv2dGeometry g;
   const scalar_t* x;
   const scalar_t* w;
@@ -386,11 +403,13 @@ struct ForwardOp {
   };
   struct Col {
     const scalar_t* x;  // the image's group of input channels; nullptr for masked columns
-    int64_t oh, ow;
+    int64_t ih0, iw0;   // the output's window origin (oh * stride_h, ow * stride_w)
   };
 
   __device__ __forceinline__ int64_t k_begin(int64_t) const { return 0; }
   __device__ __forceinline__ int64_t k_end(int64_t) const { return g.patch_size(); }
+  __device__ __forceinline__ int64_t a_k(int64_t, int64_t q) const { return q; }
+  __device__ __forceinline__ ConvPatchEntry b_k(int64_t, int64_t q) const { return conv_patch_entry(g, q); }
 
   __device__ __forceinline__ Row a_row(int64_t group, int64_t m) const {
     const int64_t kg = g.group_out_channels();
@@ -417,11 +436,12 @@ struct ForwardOp {
       oh = p / g.out_w;
       ow = p % g.out_w;
     }
-    return {x + (n * g.in_channels + group * g.group_in_channels()) * g.in_plane(), oh, ow};
+    return {x + (n * g.in_channels + group * g.group_in_channels()) * g.in_plane(), oh * g.stride_h,
+            ow * g.stride_w};
   }
-  __device__ __forceinline__ mma_t b_at(int64_t, const Col& col, int64_t q) const {
+  __device__ __forceinline__ mma_t b_at(int64_t, const Col& col, const ConvPatchEntry& entry) const {
     if (col.x == nullptr) return MmaCast<mma_t>::zero();
-    const int64_t offset = conv_input_offset(g, q, col.oh, col.ow);
+    const int64_t offset = conv_entry_offset(g, entry, col.ih0, col.iw0);
     return offset < 0 ? MmaCast<mma_t>::zero() : MmaCast<mma_t>::of(col.x[offset]);
   }
 
@@ -475,6 +495,7 @@ struct GradInputOp {
   using mma_t = typename Cfg::mma_t;
   using acc_t = typename Cfg::acc_t;
   static constexpr bool kBAlongK = false;
+  static constexpr int kMinBlocks = Cfg::kMinBlocks;
   Conv2dGeometry g;
   const scalar_t* w;
   const scalar_t* dconv;  // (N, K, OH, OW)
@@ -487,17 +508,26 @@ struct GradInputOp {
     const scalar_t* d;  // the image's group of dconv channels; nullptr for masked columns
     int64_t ih, iw;
   };
+  struct KTap {  // reduction index (channel k, tap)
+    int64_t k, tap;
+  };
 
   __device__ __forceinline__ int64_t k_begin(int64_t) const { return 0; }
   __device__ __forceinline__ int64_t k_end(int64_t) const {
     return g.group_out_channels() * g.kernel_h * g.kernel_w;
   }
+  __device__ __forceinline__ KTap a_k(int64_t, int64_t index) const {
+    const int64_t taps = g.kernel_h * g.kernel_w;
+    return {index / taps, index % taps};
+  }
+  __device__ __forceinline__ ChannelTap b_k(int64_t, int64_t index) const { return split_channel_tap(g, index); }
 
   __device__ __forceinline__ Row a_row(int64_t, int64_t m) const { return {m < g.group_in_channels() ? m : -1}; }
-  __device__ __forceinline__ mma_t a_at(int64_t group, const Row& row, int64_t index) const {
+  __device__ __forceinline__ mma_t a_at(int64_t group, const Row& row, const KTap& kt) const {
     if (row.c < 0) return MmaCast<mma_t>::zero();
-    const int64_t taps = g.kernel_h * g.kernel_w, k = index / taps, tap = index % taps;
-    return MmaCast<mma_t>::of(w[((group * g.group_out_channels() + k) * g.group_in_channels() + row.c) * taps + tap]);
+    const int64_t taps = g.kernel_h * g.kernel_w;
+    return MmaCast<mma_t>::of(
+        w[((group * g.group_out_channels() + kt.k) * g.group_in_channels() + row.c) * taps + kt.tap]);
   }
 
   __device__ __forceinline__ Col b_col(int64_t group, int64_t col_block, int j) const {
@@ -507,9 +537,8 @@ struct GradInputOp {
     return {dconv + (n * g.out_channels + group * g.group_out_channels()) * g.out_plane(), position / g.in_w,
             position % g.in_w};
   }
-  __device__ __forceinline__ mma_t b_at(int64_t, const Col& col, int64_t index) const {
+  __device__ __forceinline__ mma_t b_at(int64_t, const Col& col, const ChannelTap& t) const {
     if (col.d == nullptr) return MmaCast<mma_t>::zero();
-    const ChannelTap t = split_channel_tap(g, index);
     const int64_t p = conv_output_position(g, t.r, t.s, col.ih, col.iw);
     return p < 0 ? MmaCast<mma_t>::zero() : MmaCast<mma_t>::of(col.d[t.channel * g.out_plane() + p]);
   }
@@ -537,6 +566,9 @@ struct GradWeightOp {
   using mma_t = typename Cfg::mma_t;
   using acc_t = typename Cfg::acc_t;
   static constexpr bool kBAlongK = true;  // B (the input at (n, oh, ow)) is contiguous along k
+  // One block per multiprocessor: the patch entries of a thread's 8 columns (kept to spare the loads
+  // their divisions) take more than 128 registers, and fewer spill.
+  static constexpr int kMinBlocks = 1;
   Conv2dGeometry g;
   const scalar_t* x;
   const scalar_t* dconv;  // (N, K, OH, OW)
@@ -547,7 +579,11 @@ struct GradWeightOp {
     const scalar_t* d;  // image 0's plane of the channel; nullptr past the group's channels
   };
   struct Col {
-    int64_t q;  // -1 past the patch
+    ConvPatchEntry entry;  // of patch entry q
+    bool inside;           // q is inside the patch
+  };
+  struct Output {  // reduction index (n, oh, ow)
+    int64_t n, p, ih0, iw0;
   };
 
   __device__ __forceinline__ int64_t k_begin(int64_t z) const { return z % splits * chunk; }
@@ -560,22 +596,28 @@ struct GradWeightOp {
     const int64_t kg = g.group_out_channels();
     return {m < kg ? dconv + (z / splits * kg + m) * g.out_plane() : nullptr};
   }
-  __device__ __forceinline__ mma_t a_at(int64_t, const Row& row, int64_t index) const {
-    if (row.d == nullptr) return MmaCast<mma_t>::zero();
+  __device__ __forceinline__ Output output_of(int64_t index) const {
     const int64_t n = index / g.out_plane(), p = index % g.out_plane();
-    return MmaCast<mma_t>::of(row.d[n * g.out_channels * g.out_plane() + p]);
+    return {n, p, p / g.out_w * g.stride_h, p % g.out_w * g.stride_w};
+  }
+  __device__ __forceinline__ Output a_k(int64_t, int64_t index) const { return output_of(index); }
+  __device__ __forceinline__ Output b_k(int64_t, int64_t index) const { return output_of(index); }
+
+  __device__ __forceinline__ mma_t a_at(int64_t, const Row& row, const Output& o) const {
+    if (row.d == nullptr) return MmaCast<mma_t>::zero();
+    return MmaCast<mma_t>::of(row.d[o.n * g.out_channels * g.out_plane() + o.p]);
   }
 
   __device__ __forceinline__ Col b_col(int64_t, int64_t col_block, int j) const {
     const int64_t q = col_block * Cfg::kBN + j;
-    return {q < g.patch_size() ? q : -1};
+    const bool inside = q < g.patch_size();
+    return {conv_patch_entry(g, inside ? q : 0), inside};
   }
-  __device__ __forceinline__ mma_t b_at(int64_t z, const Col& col, int64_t index) const {
-    if (col.q < 0) return MmaCast<mma_t>::zero();
-    const int64_t n = index / g.out_plane(), p = index % g.out_plane();
-    const int64_t offset = conv_input_offset(g, col.q, p / g.out_w, p % g.out_w);
+  __device__ __forceinline__ mma_t b_at(int64_t z, const Col& col, const Output& o) const {
+    if (!col.inside) return MmaCast<mma_t>::zero();
+    const int64_t offset = conv_entry_offset(g, col.entry, o.ih0, o.iw0);
     if (offset < 0) return MmaCast<mma_t>::zero();
-    return MmaCast<mma_t>::of(x[(n * g.in_channels + z / splits * g.group_in_channels()) * g.in_plane() + offset]);
+    return MmaCast<mma_t>::of(x[(o.n * g.in_channels + z / splits * g.group_in_channels()) * g.in_plane() + offset]);
   }
 
   __device__ __forceinline__ void epilogue(int64_t z, int64_t row_block, int64_t col_block, acc_t* tile,
