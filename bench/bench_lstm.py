@@ -4,8 +4,15 @@ of the input and every parameter). Shapes: shared/ANCHORS.md's, batch 64 and hid
 (the layer over 50 steps on CPU, 100 on CUDA, where also batch 256 and hidden 1024). FLOPs: 2 x
 batch x 8 x H^2 per step (the two GEMMs); forward+backward counts three times that.
 
+CUDA float32 comes in three settings, since the two sides follow different TF32 switches: "float32"
+with TF32 off everywhere; "tf32" with it on everywhere (torch.backends.cudnn.allow_tf32 for cuDNN's
+LSTM, torch.backends.cuda.matmul.allow_tf32 for the cuBLAS GEMMs of fastnets and of nn.LSTMCell);
+"float32 defaults" as PyTorch starts: cuDNN in TF32, matmuls in full float32.
+
 Also fastnets' CPU GEMM (fastnets::matmul, the layer's) against torch.mm on the layer's shapes.
 """
+import contextlib
+
 import torch
 
 import fastnets
@@ -13,8 +20,28 @@ from fastnets.benchmark import Case
 from fastnets.benchmark import pytest_benchmark_case as bench_case  # noqa: F401  (the entry of `pytest bench/`)
 
 LAYERS = {"cpu": [(50, 64, 512, "float32")],
-          "cuda": [(100, 64, 512, "float32"), (100, 256, 1024, "float32"), (100, 256, 1024, "bfloat16")]}
+          "cuda": [(100, 64, 512, precision) for precision in ("float32", "tf32", "float32 defaults")]
+          + [(100, 256, 1024, precision) for precision in ("float32", "tf32", "float32 defaults", "bfloat16")]}
 CELLS = {"cpu": [(64, 512, "float32")], "cuda": [(64, 512, "float32")]}
+
+
+@contextlib.contextmanager
+def tf32(precision):
+    """The TF32 switches of a precision label, set for a block and restored after it."""
+    if precision not in ("float32", "tf32"):
+        yield
+        return
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=precision == "tf32"):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
+def dtype_of(precision):
+    return torch.bfloat16 if precision == "bfloat16" else torch.float32
 
 
 def make_modules(kind, hidden, device, dtype):
@@ -60,7 +87,7 @@ def forward_backward(module, cell):
 def cases(device: str) -> list:
     result = []
     for batch, hidden, dtype_name in CELLS[device]:
-        dtype = getattr(torch, dtype_name)
+        dtype = dtype_of(dtype_name)
         modules = make_modules("LSTMCell", hidden, device, dtype)
         flops = 2 * batch * 8 * hidden * hidden
         common = dict(op="lstm_cell", shape=f"B{batch} H{hidden}", device=device, dtype=dtype_name)
@@ -71,10 +98,11 @@ def cases(device: str) -> list:
                  impls={name: forward_backward(m, True) for name, m in modules.items()}, flops=3 * flops),
         ]
     for steps, batch, hidden, dtype_name in LAYERS[device]:
-        dtype = getattr(torch, dtype_name)
+        dtype = dtype_of(dtype_name)
         modules = make_modules("LSTM", hidden, device, dtype)
         flops = steps * 2 * batch * 8 * hidden * hidden
-        common = dict(op="lstm", shape=f"T{steps} B{batch} H{hidden}", device=device, dtype=dtype_name)
+        common = dict(op="lstm", shape=f"T{steps} B{batch} H{hidden}", device=device, dtype=dtype_name,
+                      context=lambda precision=dtype_name: tf32(precision))
         result += [
             Case(**common, direction="forward", make_inputs=inputs((steps, batch), hidden, device, dtype, False),
                  impls={name: forward(m, False) for name, m in modules.items()}, flops=flops),

@@ -95,9 +95,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   at::Tensor gates = at::empty({steps * batch, 4 * hidden}, input.options());
   // The bias is added in each step's pointwise kernel, not copied into all the gates first; the
   // two are summed in the kernel's arithmetic (float for 16-bit types), as torch's cell does.
-  at::Tensor bias = at::zeros({4 * hidden}, input.options().dtype(at::toOpMathType(input.scalar_type())));
-  for (const auto& b : {b_ih, b_hh}) {
-    if (b.has_value()) bias.add_(*b);
+  // One kernel or none where there are biases (a cell's whole step is a handful of launches).
+  const at::ScalarType opmath = at::toOpMathType(input.scalar_type());
+  at::Tensor bias;
+  if (b_ih.has_value() && b_hh.has_value()) {
+    bias = at::add(b_ih->to(opmath), *b_hh);
+  } else if (b_ih.has_value() || b_hh.has_value()) {
+    bias = (b_ih.has_value() ? *b_ih : *b_hh).to(opmath).contiguous();
+  } else {
+    bias = at::zeros({4 * hidden}, input.options().dtype(opmath));
   }
   const at::Tensor flat_input = input.contiguous().view({steps * batch, input.size(2)});
   Device::multiply(flat_input, Device::prepare(w_ih.t(), steps * batch), gates, false);
