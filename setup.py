@@ -64,11 +64,43 @@ if os.environ.get("FASTNETS_SANITIZE") == "1":
     cxx_flags += sanitize + ["-O1", "-g"]
     link_flags += sanitize
 extra_compile_args = {"cxx": cxx_flags}
+
+
+def find_cublas():
+    """cuBLAS's headers (with the others ATen/cuda/CUDAContextLight.h includes) and library: the
+    toolkit's, else those of the nvidia/cu* wheels a pip torch brings; None if either is missing."""
+    roots = [Path(CUDA_HOME)] if CUDA_HOME else []
+    try:
+        import nvidia  # the wheels' namespace package
+
+        roots += sorted(path for base in nvidia.__path__ for path in Path(base).glob("cu[0-9]*"))
+    except ImportError:
+        pass
+    headers = ("cublas_v2.h", "cublasLt.h", "cusparse.h", "cusolverDn.h")
+    include = next((root / "include" for root in roots if all((root / "include" / h).exists() for h in headers)), None)
+    for root in roots:
+        for lib in (root / "lib64", root / "lib"):
+            found = sorted(lib.glob("libcublas.so*"))  # libcublas.so before libcublas.so.13
+            if include is not None and found:
+                return include, lib, found[0].name
+    return None
+
+
+cublas = None
 if with_cuda:
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
     archs = os.environ["TORCH_CUDA_ARCH_LIST"]
     define_macros += [("FASTNETS_WITH_CUDA", None), ("FASTNETS_CUDA_ARCHS", f'"{archs}"')]
     extra_compile_args["nvcc"] = ["-O3", "-lineinfo"]
+    # The LSTM's per-step GEMMs call cuBLAS directly where it is found (else through ATen). Its
+    # headers come after the toolkit's (-isystem), so that they never shadow the toolkit's own.
+    cublas = find_cublas()
+    if cublas is not None:
+        include, lib, name = cublas
+        define_macros.append(("FASTNETS_WITH_CUBLAS", None))
+        for compiler in ("cxx", "nvcc"):
+            extra_compile_args[compiler] += ["-isystem", str(include)]
+        link_flags += [f"-L{lib}", f"-l:{name}", f"-Wl,-rpath,{lib}"]
     extension = CUDAExtension
     files = sources("*.cpp") + sources("*.cu")
 else:

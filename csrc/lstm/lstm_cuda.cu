@@ -11,6 +11,14 @@
 #include "lstm/lstm.h"
 #include "lstm/lstm_layer.h"
 
+#if defined(FASTNETS_WITH_CUBLAS)  // setup.py: where cuBLAS's headers and library were found
+#include <ATen/Context.h>
+#include <ATen/cuda/CUDAContextLight.h>
+
+#include <algorithm>
+#include <limits>
+#endif
+
 namespace fastnets {
 namespace {
 
@@ -92,13 +100,83 @@ void lstm_pointwise_backward_cuda(const at::Tensor& grad_output, const at::Tenso
   });
 }
 
-// The CUDA side of lstm_layer.h: cuBLAS GEMMs (at::mm) on the current stream.
+#if defined(FASTNETS_WITH_CUBLAS)
+// A row-major GEMM operand x (rows x cols) as cuBLAS reads it. cuBLAS is column-major, so c = a b
+// is computed as c^T = b^T a^T: x^T is x's memory as stored when x's columns are contiguous (N),
+// and x's memory transposed when its rows are (T).
+struct BlasOperand {
+  cublasOperation_t op;
+  int64_t ld;  // 0: neither layout
+};
+
+BlasOperand blas_operand(const at::Tensor& x) {
+  const int64_t rows = x.size(0), cols = x.size(1);
+  if (x.stride(1) == 1 && x.stride(0) >= std::max<int64_t>(1, cols)) return {CUBLAS_OP_N, x.stride(0)};
+  if (x.stride(0) == 1 && x.stride(1) >= std::max<int64_t>(1, rows)) return {CUBLAS_OP_T, x.stride(1)};
+  return {CUBLAS_OP_N, 0};
+}
+
+// c (+)= a b by one cublasGemmEx on the current stream: at::mm's arithmetic (float32 in TF32 where
+// torch.backends.cuda.matmul.allow_tf32 allows it, 16-bit types accumulated in float) without its
+// per-call overhead, which the step loop pays every step. False (nothing done) for what it does
+// not take: empty or huge sizes, layouts with neither unit stride.
+bool cublas_multiply(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bool accumulate) {
+  constexpr int64_t kMax = std::numeric_limits<int>::max();
+  const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
+  if (m == 0 || n == 0 || k == 0 || m > kMax || n > kMax || k > kMax) return false;
+  const BlasOperand ob = blas_operand(b), oa = blas_operand(a);
+  const int64_t ldc = c.stride(0);
+  if (ob.ld == 0 || oa.ld == 0 || ob.ld > kMax || oa.ld > kMax || c.stride(1) != 1 || ldc < n || ldc > kMax) {
+    return false;
+  }
+  const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  const double one_double = 1.0, beta_double = accumulate ? 1.0 : 0.0;
+  const void* alpha_ptr = &one;
+  const void* beta_ptr = &beta;
+  cudaDataType_t type;
+  cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+  switch (a.scalar_type()) {
+    case at::kFloat:
+      type = CUDA_R_32F;
+      if (at::globalContext().allowTF32CuBLAS()) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+      break;
+    case at::kDouble:
+      type = CUDA_R_64F;
+      compute = CUBLAS_COMPUTE_64F;
+      alpha_ptr = &one_double;
+      beta_ptr = &beta_double;
+      break;
+    case at::kHalf:
+      type = CUDA_R_16F;
+      break;
+    case at::kBFloat16:
+      type = CUDA_R_16BF;
+      break;
+    default:
+      return false;
+  }
+  const cublasStatus_t status = cublasGemmEx(
+      at::cuda::getCurrentCUDABlasHandle(), ob.op, oa.op, static_cast<int>(n), static_cast<int>(m),
+      static_cast<int>(k), alpha_ptr, b.const_data_ptr(), type, static_cast<int>(ob.ld), a.const_data_ptr(), type,
+      static_cast<int>(oa.ld), beta_ptr, c.mutable_data_ptr(), type, static_cast<int>(ldc), compute,
+      CUBLAS_GEMM_DEFAULT);
+  TORCH_CHECK(status == CUBLAS_STATUS_SUCCESS, "fastnets LSTM: cublasGemmEx failed with status ",
+              static_cast<int>(status));
+  return true;
+}
+#endif
+
+// The CUDA side of lstm_layer.h: cuBLAS GEMMs on the current stream (directly where setup.py
+// found cuBLAS, else through at::mm).
 struct CudaLstm {
   using Right = at::Tensor;
 
   static Right prepare(const at::Tensor& b, int64_t /*rows*/) { return b; }
 
   static void multiply(const at::Tensor& a, const Right& b, at::Tensor& c, bool accumulate) {
+#if defined(FASTNETS_WITH_CUBLAS)
+    if (cublas_multiply(a, b, c, accumulate)) return;
+#endif
     aten_multiply(a, b, c, accumulate);
   }
 
