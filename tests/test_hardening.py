@@ -34,11 +34,13 @@ def quantize_with_range_mask(x):
 
 def torch_lstm(x, h, c, w_ih, w_hh, b):
     """torch's one-layer LSTM output; for no time steps (which it refuses) an empty one. In
-    training mode, since cuDNN's backward refuses any other; cuDNN also wants contiguous states."""
+    training mode, since cuDNN's backward refuses any other; cuDNN also wants contiguous tensors
+    (the layouts are ours to handle, not the reference's)."""
     if x.shape[0] == 0:
         return x.new_empty(0, x.shape[1], h.shape[1])
     states = (h[None].contiguous(), c[None].contiguous())
-    return torch.lstm(x, states, [w_ih, w_hh, b, b], True, 1, 0.0, True, False, False)[0]
+    weights = [t.contiguous() for t in (w_ih, w_hh, b, b)]
+    return torch.lstm(x.contiguous(), states, weights, True, 1, 0.0, True, False, False)[0]
 
 
 @dataclass
