@@ -68,13 +68,16 @@ extra_compile_args = {"cxx": cxx_flags}
 
 def find_cublas():
     """cuBLAS's headers (with the others ATen/cuda/CUDAContextLight.h includes) and library: the
-    toolkit's, else those of the nvidia/cu* wheels a pip torch brings; None if either is missing."""
+    toolkit's, else those of the nvidia/cu13-style wheels a pip torch brings (not the per-library
+    nvidia/cublas layout of CUDA 12 wheels); None if either is missing or FASTNETS_CUBLAS=0."""
+    if os.environ.get("FASTNETS_CUBLAS") == "0":
+        return None
     roots = [Path(CUDA_HOME)] if CUDA_HOME else []
     try:
         import nvidia  # the wheels' namespace package
 
         roots += sorted(path for base in nvidia.__path__ for path in Path(base).glob("cu[0-9]*"))
-    except ImportError:
+    except Exception:  # noqa: BLE001  (no wheels, or a broken namespace package: no cuBLAS path)
         pass
     headers = ("cublas_v2.h", "cublasLt.h", "cusparse.h", "cusolverDn.h")
     include = next((root / "include" for root in roots if all((root / "include" / h).exists() for h in headers)), None)
@@ -92,8 +95,9 @@ if with_cuda:
     archs = os.environ["TORCH_CUDA_ARCH_LIST"]
     define_macros += [("FASTNETS_WITH_CUDA", None), ("FASTNETS_CUDA_ARCHS", f'"{archs}"')]
     extra_compile_args["nvcc"] = ["-O3", "-lineinfo"]
-    # The LSTM's per-step GEMMs call cuBLAS directly where it is found (else through ATen). Its
-    # headers come after the toolkit's (-isystem), so that they never shadow the toolkit's own.
+    # The LSTM's per-step GEMMs call cuBLAS directly where it is found (else through ATen;
+    # FASTNETS_CUBLAS=0 forces that). Its headers come after the toolkit's (-isystem), so that
+    # they never shadow the toolkit's own.
     cublas = find_cublas()
     if cublas is not None:
         include, lib, name = cublas

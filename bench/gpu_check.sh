@@ -14,10 +14,13 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 OUT=${OUT:-gpu-check-logs}
 mkdir -p "$OUT"
+rm -f "$OUT"/{env,build,tests,bench,tools,sanitize}.log "$OUT"/{bench.json,summary.md}  # never an earlier run's
 export OUT
 export PYTHONUNBUFFERED=1
 deadline=$((SECONDS + ${GPU_CHECK_SECONDS:-480}))
 status=0
+skipped=()  # steps the clock left out or stopped: listed in the summary
+
 
 left() { echo $((deadline - SECONDS)); }
 # step NAME CAP COMMAND...: runs COMMAND for at most CAP seconds (and no later than the
@@ -28,15 +31,19 @@ step() {
   [ "$cap" -lt "$limit" ] && limit=$cap
   if [ "$limit" -lt 20 ]; then
     echo "== $name SKIPPED: $(left) s left of GPU_CHECK_SECONDS" | tee -a "$OUT/$name.log"
-    status=1; return 1
+    skipped+=("$name: $*"); return 1
   fi
   echo "== $name (at most $limit s): $*" | tee -a "$OUT/$name.log"
   local start=$SECONDS
   timeout --kill-after 10 "$limit" "$@" 2>&1 | tee -a "$OUT/$name.log"
   local rc=${PIPESTATUS[0]}
   echo "== $name took $((SECONDS - start)) s" | tee -a "$OUT/$name.log"
-  [ "$rc" -eq 124 ] && echo "== $name STOPPED after $limit s" | tee -a "$OUT/$name.log"
-  [ "$rc" -eq 0 ] || { echo "== $name FAILED (exit $rc)"; status=1; }
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    echo "== $name STOPPED after $limit s" | tee -a "$OUT/$name.log"
+    skipped+=("$name (stopped): $*")
+  elif [ "$rc" -ne 0 ]; then
+    echo "== $name FAILED (exit $rc)"; status=1
+  fi
   return "$rc"
 }
 
@@ -91,12 +98,15 @@ fi
 if command -v compute-sanitizer >/dev/null; then
   step sanitize 120 compute-sanitizer --tool memcheck --error-exitcode 1 "$PY" -m pytest tests -q -x \
     -p no:cacheprovider -m cuda -k "not ($slow)"
+else
+  echo "== sanitize SKIPPED: no compute-sanitizer on PATH" | tee -a "$OUT/sanitize.log"
 fi
 
 echo
 echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), $(left) s left)"
-grep -E "passed|failed|error" "$OUT/tests.log" | grep -v "^==" | tail -2
-[ -f "$OUT/sanitize.log" ] && grep -E "ERROR SUMMARY|passed|failed|STOPPED|SKIPPED" "$OUT/sanitize.log" | tail -2
+grep -E '^=* ?[0-9]+ (passed|failed|errors?|skipped)' "$OUT/tests.log"
+grep -hE 'ERROR SUMMARY|^=* ?[0-9]+ (passed|failed)|SKIPPED|STOPPED' "$OUT/sanitize.log" 2>/dev/null | tail -2
+for entry in "${skipped[@]}"; do echo "not run to the end (time): $entry"; done
 loads=()
 for file in "$results"/*.json; do [ -f "$file" ] && loads+=(--load "$file"); done
 [ ${#loads[@]} -gt 0 ] && "$PY" -m fastnets bench "${loads[@]}" --save "$OUT/bench.json" 2>/dev/null \

@@ -219,6 +219,9 @@ def test_bad_arguments_are_named(device):
         F.max_pool2d(x, 2, padding=2)
     with pytest.raises(RuntimeError, match="larger than the padded input"):
         F.max_pool2d(x, 7)
+    # A window of 2^32 positions (over a tiny input thanks to the padding) has no int32 argmax.
+    with pytest.raises(RuntimeError, match=r"kernel_size must have at most 2\^31 - 1 positions"):
+        F.max_pool2d(torch.randn(1, 1, 1, 1, device=device), 65536, padding=32768)
     with pytest.raises(RuntimeError, match=r"input must be \(N, C, H, W\) or \(C, H, W\)"):
         F.max_pool2d(torch.randn(6, 6, device=device), 2)
     with pytest.raises(RuntimeError, match="input must be float32"):

@@ -53,7 +53,7 @@ constexpr int kThreads = 256;  // every kernel here; the GEMM's thread mappings 
 
 FASTNETS_HOST_DEVICE int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// A GEMM reduction index over (channel, r, s), as conv_input_offset splits its patch entry q.
+// A GEMM reduction index over (channel, r, s), as conv_patch_entry splits its patch entry q.
 struct ChannelTap {
   int64_t channel, r, s;
 };

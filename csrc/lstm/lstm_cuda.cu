@@ -1,5 +1,5 @@
-// LSTM layer: CUDA pointwise kernels (the loop and GEMMs: lstm_layer.h, cuBLAS on the current
-// stream). Schemas and CPU kernels: lstm.cpp; the cell's math: lstm.h.
+// LSTM layer: CUDA pointwise kernels and GEMMs (cuBLAS on the current stream); the loop:
+// lstm_layer.h. Schemas and CPU kernels: lstm.cpp; the cell's math: lstm.h.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -116,10 +116,12 @@ BlasOperand blas_operand(const at::Tensor& x) {
   return {CUBLAS_OP_N, 0};
 }
 
-// c (+)= a b by one cublasGemmEx on the current stream: at::mm's arithmetic (float32 in TF32 where
-// torch.backends.cuda.matmul.allow_tf32 allows it, 16-bit types accumulated in float) without its
-// per-call overhead, which the step loop pays every step. False (nothing done) for what it does
-// not take: empty or huge sizes, layouts with neither unit stride.
+// c (+)= a b by one cublasGemmEx on the current stream: at::mm's arithmetic at PyTorch's default
+// settings (float32 in TF32 where torch.backends.cuda.matmul.allow_tf32 allows it, 16-bit types
+// accumulated in float) without its per-call overhead, which the step loop pays every step. False
+// (nothing done) for what it does not take: empty or huge sizes, layouts with neither unit stride,
+// and settings whose checks or math modes at::mm applies (deterministic algorithms, reduced-
+// precision reductions of 16-bit types disallowed, a NoTF32Guard).
 bool cublas_multiply(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bool accumulate) {
   constexpr int64_t kMax = std::numeric_limits<int>::max();
   const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
@@ -127,6 +129,14 @@ bool cublas_multiply(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bo
   const BlasOperand ob = blas_operand(b), oa = blas_operand(a);
   const int64_t ldc = c.stride(0);
   if (ob.ld == 0 || oa.ld == 0 || ob.ld > kMax || oa.ld > kMax || c.stride(1) != 1 || ldc < n || ldc > kMax) {
+    return false;
+  }
+  const at::Context& context = at::globalContext();
+  constexpr auto kDefaultReduction = at::CuBLASReductionOption::AllowReducedPrecisionWithSplitK;
+  if (context.deterministicAlgorithms() ||
+      (a.scalar_type() == at::kHalf && context.allowFP16ReductionCuBLAS() != kDefaultReduction) ||
+      (a.scalar_type() == at::kBFloat16 && context.allowBF16ReductionCuBLAS() != kDefaultReduction) ||
+      (a.scalar_type() == at::kFloat && at::NoTF32Guard::should_disable_tf32())) {
     return false;
   }
   const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
@@ -138,7 +148,7 @@ bool cublas_multiply(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bo
   switch (a.scalar_type()) {
     case at::kFloat:
       type = CUDA_R_32F;
-      if (at::globalContext().allowTF32CuBLAS()) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+      if (context.allowTF32CuBLAS()) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
       break;
     case at::kDouble:
       type = CUDA_R_64F;

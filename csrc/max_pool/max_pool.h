@@ -29,7 +29,8 @@ struct MaxPool2dGeometryOf {
                             int64_t(in_h), int64_t(in_w), int64_t(out_h), int64_t(out_w)}) {
       if (v >= kLimit) return false;
     }
-    return int64_t(kernel_h) * dilation_h < kLimit && int64_t(kernel_w) * dilation_w < kLimit &&
+    return int64_t(kernel_h) * kernel_w < kLimit &&  // window positions i * kernel_w + j
+           int64_t(kernel_h) * dilation_h < kLimit && int64_t(kernel_w) * dilation_w < kLimit &&
            int64_t(out_h) * stride_h < kLimit && int64_t(out_w) * stride_w < kLimit;
   }
 

@@ -31,6 +31,8 @@ inline MaxPool2dGeometry max_pool2d_geometry(int64_t in_h, int64_t in_w, at::Int
   check_pair(stride, "stride", 1);
   check_pair(padding, "padding", 0);
   check_pair(dilation, "dilation", 1);
+  TORCH_CHECK(kernel_size[0] <= std::numeric_limits<int32_t>::max() / kernel_size[1],
+              "kernel_size must have at most 2^31 - 1 positions (the argmax is int32), got ", kernel_size);
   TORCH_CHECK(padding[0] <= kernel_size[0] / 2 && padding[1] <= kernel_size[1] / 2,
               "padding should be at most half of kernel_size, got padding ", padding, " and kernel_size ", kernel_size);
   MaxPool2dGeometry g{kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1],
