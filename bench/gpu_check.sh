@@ -41,6 +41,7 @@ step() {
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
     echo "== $name STOPPED after $limit s" | tee -a "$OUT/$name.log"
     skipped+=("$name (stopped): $*")
+    [ "$name" = sanitize ] || status=1  # the sanitizer only ever gets the time left over
   elif [ "$rc" -ne 0 ]; then
     echo "== $name FAILED (exit $rc)"; status=1
   fi
