@@ -81,29 +81,29 @@ def find_cublas():
         pass
     headers = ("cublas_v2.h", "cublasLt.h", "cusparse.h", "cusolverDn.h")
     include = next((root / "include" for root in roots if all((root / "include" / h).exists() for h in headers)), None)
+    if include is None:
+        return None
     for root in roots:
         for lib in (root / "lib64", root / "lib"):
             found = sorted(lib.glob("libcublas.so*"))  # libcublas.so before libcublas.so.13
-            if include is not None and found:
+            if found:
                 return include, lib, found[0].name
     return None
 
 
-cublas = None
 if with_cuda:
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
     archs = os.environ["TORCH_CUDA_ARCH_LIST"]
     define_macros += [("FASTNETS_WITH_CUDA", None), ("FASTNETS_CUDA_ARCHS", f'"{archs}"')]
     extra_compile_args["nvcc"] = ["-O3", "-lineinfo"]
     # The LSTM's per-step GEMMs call cuBLAS directly where it is found (else through ATen;
-    # FASTNETS_CUBLAS=0 forces that). Its headers come after the toolkit's (-isystem), so that
-    # they never shadow the toolkit's own.
+    # FASTNETS_CUBLAS=0 forces that). Only nvcc includes its headers, after the toolkit's
+    # (-isystem), so that they never shadow the toolkit's own.
     cublas = find_cublas()
     if cublas is not None:
         include, lib, name = cublas
         define_macros.append(("FASTNETS_WITH_CUBLAS", None))
-        for compiler in ("cxx", "nvcc"):
-            extra_compile_args[compiler] += ["-isystem", str(include)]
+        extra_compile_args["nvcc"] += ["-isystem", str(include)]
         link_flags += [f"-L{lib}", f"-l:{name}", f"-Wl,-rpath,{lib}"]
     extension = CUDAExtension
     files = sources("*.cpp") + sources("*.cu")
