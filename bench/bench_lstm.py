@@ -4,10 +4,10 @@ of the input and every parameter). Shapes: shared/ANCHORS.md's, batch 64 and hid
 (the layer over 50 steps on CPU, 100 on CUDA, where also batch 256 and hidden 1024). FLOPs: 2 x
 batch x 8 x H^2 per step (the two GEMMs); forward+backward counts three times that.
 
-CUDA float32 comes in three settings, since the two sides follow different TF32 switches: "float32"
-with TF32 off everywhere; "tf32" with it on everywhere (torch.backends.cudnn.allow_tf32 for cuDNN's
-LSTM, torch.backends.cuda.matmul.allow_tf32 for the cuBLAS GEMMs of fastnets and of nn.LSTMCell);
-"float32 defaults" as PyTorch starts: cuDNN in TF32, matmuls in full float32.
+CUDA float32 comes in three settings: "float32" with TF32 off everywhere; "tf32" with it on
+everywhere; "float32 defaults" as PyTorch starts, where torch.backends.cudnn.allow_tf32 is on and
+torch.backends.cuda.matmul.allow_tf32 off. nn.LSTM (cuDNN) and fastnets.nn.LSTM follow the first
+switch, nn.LSTMCell and fastnets.nn.LSTMCell the second.
 
 Also fastnets' CPU GEMM (fastnets::matmul, the layer's) against torch.mm on the layer's shapes.
 """

@@ -347,7 +347,8 @@ def lstm_cell(
     The gates' pre-activations are two GEMMs accumulated into one buffer (BLAS or fastnets' tiled
     GEMM on CPU, cuBLAS on CUDA); adding the biases, the activations and the state update are one
     fused pass, and the backward is one fused pass and the GEMMs. Besides the inputs and weights,
-    autograd keeps the activated gates, c' and h' (no pre-activations).
+    autograd keeps the activated gates, c' and h' (no pre-activations). On CUDA, float32 GEMMs run
+    in TF32 when ``torch.backends.cuda.matmul.allow_tf32`` allows it, as torch.nn.LSTMCell's do.
 
     Args:
         input: (batch, input_size) or (input_size,), float32, float64, float16 or bfloat16.
@@ -363,7 +364,8 @@ def lstm_cell(
     batched = input.dim() != 1
     if not batched:
         input, h, c = input.unsqueeze(0), h.unsqueeze(0), c.unsqueeze(0)
-    _, h_new, c_new, _, _ = ops.lstm_layer(input.unsqueeze(0), h, c, w_ih, w_hh, b_ih, b_hh, False)
+    # cudnn_tf32=False: float32 on CUDA in TF32 as torch.nn.LSTMCell's GEMMs (torch.mm's setting)
+    _, h_new, c_new, _, _ = ops.lstm_layer(input.unsqueeze(0), h, c, w_ih, w_hh, b_ih, b_hh, False, False)
     return (h_new, c_new) if batched else (h_new.squeeze(0), c_new.squeeze(0))
 
 
@@ -381,7 +383,10 @@ def lstm_layer(
     One GEMM projects the inputs of all time steps; then each step accumulates the recurrent GEMM
     into its gates and runs the fused pointwise kernel. Backward through time: per step the fused
     pointwise backward and one GEMM; after the loop one GEMM for the input gradient and one for
-    both weight gradients (each skipped when not needed).
+    both weight gradients (each skipped when not needed). On CUDA, float32 GEMMs run in TF32 when
+    ``torch.backends.cudnn.allow_tf32`` allows it (and cuDNN is enabled; else as
+    ``torch.backends.cuda.matmul.allow_tf32`` says), as torch.nn.LSTM's do; in deterministic mode,
+    and in a build without the direct cuBLAS calls, they go through ``torch.mm`` and its setting.
 
     Args:
         input: (time, batch, input_size).
@@ -393,5 +398,5 @@ def lstm_layer(
     Returns:
         output (time, batch, hidden_size): h of every step, and (h_n, c_n).
     """
-    output, h_n, c_n, _, _ = ops.lstm_layer(input, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh, reverse)
+    output, h_n, c_n, _, _ = ops.lstm_layer(input, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh, reverse, True)
     return output, (h_n, c_n)

@@ -2,12 +2,13 @@
 and torch.nn.LSTM loaded with the same weights: outputs, final states and every gradient; every
 constructor combination; gradcheck, opcheck, torch.compile, threads, errors. Also the CPU GEMM
 behind the layer (fastnets::matmul) against torch.mm."""
+import contextlib
 import itertools
 
 import pytest
 import torch
 from harness import (TRAINING_DTYPES, assert_close_to_reference, check_compiles, check_opcheck,
-                     check_same_for_threads, max_abs_error)
+                     check_same_for_threads, cuda_only, max_abs_error)
 
 import fastnets
 import fastnets.functional as F
@@ -130,6 +131,48 @@ def test_layer_on_device_matches_torch(device, bidirectional):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
 
 
+@contextlib.contextmanager
+def tf32_switches(cudnn_enabled: bool, cudnn_tf32: bool, matmul_tf32: bool):
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+    try:
+        with torch.backends.cudnn.flags(enabled=cudnn_enabled, allow_tf32=cudnn_tf32):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
+@cuda_only
+@pytest.mark.cuda
+@pytest.mark.parametrize("module", ["LSTM", "LSTMCell"])
+def test_float32_takes_tf32_where_the_module_replaced_does(module):
+    """CUDA float32: the layer's GEMMs run in TF32 by torch.backends.cudnn.allow_tf32 (torch.nn.LSTM
+    runs on cuDNN), or by torch.backends.cuda.matmul.allow_tf32 when cuDNN is disabled; the cell's
+    by the matmul switch alone (torch.nn.LSTMCell's GEMMs are torch.mm's)."""
+    torch.manual_seed(0)
+    if module == "LSTM":
+        ours = fastnets.nn.LSTM(64, 96).cuda()
+        x = torch.randn(12, 32, 64, device="cuda")
+    else:
+        ours = fastnets.nn.LSTMCell(64, 96).cuda()
+        x = torch.randn(32, 64, device="cuda")
+
+    def run(cudnn_enabled, cudnn_tf32, matmul_tf32):
+        with tf32_switches(cudnn_enabled, cudnn_tf32, matmul_tf32):
+            out, grads = outputs_and_grads(ours, x, None)
+        return torch.cat([t.flatten() for t in out + grads])
+
+    strict = run(True, False, False)
+    by_cudnn, by_matmul = run(True, True, False), run(True, False, True)
+    by_matmul_without_cudnn = run(False, False, True)
+    tf32_results = [by_cudnn, by_matmul_without_cudnn] if module == "LSTM" else [by_matmul, by_matmul_without_cudnn]
+    fp32_results = [by_matmul] if module == "LSTM" else [by_cudnn]
+    for result in fp32_results:
+        assert torch.equal(result, strict)
+    for result in tf32_results:  # TF32 keeps 10 mantissa bits: differences far past float32's rounding
+        assert (result - strict).abs().max().item() > 1e-5 * strict.abs().max().item()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_layer_lower_precision_within_pytorch_error(device, dtype):
     """Against a float64 run: the error at most a few times that of torch.nn.LSTM in the dtype (on
@@ -242,12 +285,17 @@ def test_opcheck(device):
     make = lambda *shape: torch.randn(shape, generator=g).to(device)  # noqa: E731
     x, h0, c0, w_ih, w_hh, b = make(4, 3, 5), make(3, 6), make(3, 6), make(24, 5), make(24, 6), make(24)
     check_opcheck(ops.lstm_layer.default, (x, h0, c0, w_ih, w_hh, b, b, False))
+    check_opcheck(ops.lstm_layer.default, (x.detach().requires_grad_(), h0, c0, w_ih,
+                                           w_hh.detach().requires_grad_(), b, b, False, True))
     check_opcheck(ops.lstm_layer.default, (x.double().requires_grad_(), h0.double(), c0.double(),
                                            w_ih.double().requires_grad_(), w_hh.double(), None, None, True))
     output, h_n, c_n, gates, cells = ops.lstm_layer(x, h0, c0, w_ih, w_hh, b, b)
     check_opcheck(ops.lstm_layer_backward.default,
                   (torch.randn_like(output), torch.randn_like(h_n), torch.randn_like(c_n), x, h0, c0, w_ih, w_hh,
                    output, gates, cells, False))
+    check_opcheck(ops.lstm_layer_backward.default,
+                  (None, torch.randn_like(h_n), None, x, h0, c0, w_ih, w_hh, output, gates, cells, True,
+                   [True, True, True], True))
     check_opcheck(ops.matmul.default, (make(7, 5), make(5, 9)))
 
 

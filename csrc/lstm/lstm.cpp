@@ -146,8 +146,8 @@ struct CpuLstm {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_cpu(
     const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
-    bool reverse) {
-  return lstm_layer_forward<CpuLstm>(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse);
+    bool reverse, bool /*cudnn_tf32: float32 GEMMs are float32 on the CPU*/) {
+  return lstm_layer_forward(CpuLstm{}, input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_backward_cpu(
@@ -155,9 +155,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& grad_c_n, const at::Tensor& input,
     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cell_states, bool reverse,
-    std::array<bool, 3> output_mask) {
-  return lstm_layer_backward<CpuLstm>(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates,
-                                      cell_states, reverse, output_mask);
+    std::array<bool, 3> output_mask, bool /*cudnn_tf32*/) {
+  return lstm_layer_backward(CpuLstm{}, grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates,
+                             cell_states, reverse, output_mask);
 }
 
 }  // namespace
@@ -168,17 +168,20 @@ TORCH_LIBRARY_FRAGMENT(fastnets, m) {
   // step to the first. Returns output (time, batch, hidden_size) = h of every step, the final
   // h_n and c_n, and what backward keeps: the activated gates (time, batch, 4 * hidden_size)
   // and the cell states (time, batch, hidden_size).
+  // cudnn_tf32: float32 GEMMs on CUDA take TF32 as torch.nn.LSTM's cuDNN kernels would
+  // (torch.backends.cudnn.allow_tf32, while cuDNN is enabled), not as torch.mm and
+  // torch.nn.LSTMCell would (torch.backends.cuda.matmul.allow_tf32).
   m.def(
       "lstm_layer(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih=None, "
-      "Tensor? b_hh=None, bool reverse=False) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, "
-      "Tensor cell_states)");
+      "Tensor? b_hh=None, bool reverse=False, bool cudnn_tf32=False) -> (Tensor output, Tensor h_n, Tensor c_n, "
+      "Tensor gates, Tensor cell_states)");
   // Backward through time of lstm_layer: the gradients of input, h0, c0, w_ih, w_hh and the bias
   // (b_ih and b_hh alike), from those of output, h_n and c_n (None: zero) and the forward's saved
   // tensors; output_mask (input, weights, bias) leaves those not wanted uncomputed (empty).
   m.def(
       "lstm_layer_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor input, Tensor h0, "
       "Tensor c0, Tensor w_ih, Tensor w_hh, Tensor output, Tensor gates, Tensor cell_states, bool reverse=False, "
-      "bool[3] output_mask=[True, True, True]) "
+      "bool[3] output_mask=[True, True, True], bool cudnn_tf32=False) "
       "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_bias)");
 }

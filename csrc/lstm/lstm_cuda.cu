@@ -116,13 +116,21 @@ BlasOperand blas_operand(const at::Tensor& x) {
   return {CUBLAS_OP_N, 0};
 }
 
-// c (+)= a b by one cublasGemmEx on the current stream: at::mm's arithmetic at PyTorch's default
-// settings (float32 in TF32 where torch.backends.cuda.matmul.allow_tf32 allows it, 16-bit types
-// accumulated in float) without its per-call overhead, which the step loop pays every step. False
-// (nothing done) for what it does not take: empty or huge sizes, layouts with neither unit stride,
-// and settings whose checks or math modes at::mm applies (deterministic algorithms, reduced-
-// precision reductions of 16-bit types disallowed, a NoTF32Guard).
-bool cublas_multiply(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bool accumulate) {
+// Whether float32 GEMMs may run in TF32: as torch.nn.LSTM decides on CUDA (cudnn_tf32: its cuDNN
+// kernels follow torch.backends.cudnn.allow_tf32 while cuDNN is enabled), else as torch.mm and
+// torch.nn.LSTMCell decide (torch.backends.cuda.matmul.allow_tf32).
+bool float32_gemms_in_tf32(bool cudnn_tf32) {
+  const at::Context& context = at::globalContext();
+  if (cudnn_tf32 && context.userEnabledCuDNN()) return context.allowTF32CuDNN(at::Float32Op::RNN);
+  return context.allowTF32CuBLAS();
+}
+
+// c (+)= a b by one cublasGemmEx on the current stream: at::mm's arithmetic (float32 in TF32 when
+// `tf32`, 16-bit types accumulated in float) without its per-call overhead, which the step loop
+// pays every step. False (nothing done) for what it does not take: empty or huge sizes, layouts
+// with neither unit stride, and settings whose checks or math modes at::mm applies (deterministic
+// algorithms, reduced-precision reductions of 16-bit types disallowed, a NoTF32Guard).
+bool cublas_multiply(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bool accumulate, bool tf32) {
   constexpr int64_t kMax = std::numeric_limits<int>::max();
   const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
   if (m == 0 || n == 0 || k == 0 || m > kMax || n > kMax || k > kMax) return false;
@@ -148,7 +156,7 @@ bool cublas_multiply(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bo
   switch (a.scalar_type()) {
     case at::kFloat:
       type = CUDA_R_32F;
-      if (context.allowTF32CuBLAS()) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+      if (tf32) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
       break;
     case at::kDouble:
       type = CUDA_R_64F;
@@ -177,15 +185,19 @@ bool cublas_multiply(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bo
 #endif
 
 // The CUDA side of lstm_layer.h: cuBLAS GEMMs on the current stream (directly where setup.py
-// found cuBLAS, else through at::mm).
+// found cuBLAS, else through at::mm, which then follows torch.mm's TF32 setting).
 struct CudaLstm {
   using Right = at::Tensor;
+  bool cudnn_tf32 = false;  // the op's argument: whose TF32 setting float32 GEMMs follow
+#if defined(FASTNETS_WITH_CUBLAS)
+  bool tf32 = float32_gemms_in_tf32(cudnn_tf32);  // read once per call of the op
+#endif
 
   static Right prepare(const at::Tensor& b, int64_t /*rows*/) { return b; }
 
-  static void multiply(const at::Tensor& a, const Right& b, at::Tensor& c, bool accumulate) {
+  void multiply(const at::Tensor& a, const Right& b, at::Tensor& c, bool accumulate) const {
 #if defined(FASTNETS_WITH_CUBLAS)
-    if (cublas_multiply(a, b, c, accumulate)) return;
+    if (cublas_multiply(a, b, c, accumulate, tf32)) return;
 #endif
     aten_multiply(a, b, c, accumulate);
   }
@@ -197,9 +209,9 @@ struct CudaLstm {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_cuda(
     const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
-    bool reverse) {
+    bool reverse, bool cudnn_tf32) {
   const c10::cuda::CUDAGuard guard(input.device());
-  return lstm_layer_forward<CudaLstm>(input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse);
+  return lstm_layer_forward(CudaLstm{cudnn_tf32}, input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_backward_cuda(
@@ -207,10 +219,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& grad_c_n, const at::Tensor& input,
     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cell_states, bool reverse,
-    std::array<bool, 3> output_mask) {
+    std::array<bool, 3> output_mask, bool cudnn_tf32) {
   const c10::cuda::CUDAGuard guard(input.device());
-  return lstm_layer_backward<CudaLstm>(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates,
-                                       cell_states, reverse, output_mask);
+  return lstm_layer_backward(CudaLstm{cudnn_tf32}, grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh,
+                             output, gates, cell_states, reverse, output_mask);
 }
 
 }  // namespace

@@ -24,7 +24,8 @@
 
 namespace fastnets {
 
-// What a device provides (lstm.cpp, lstm_cuda.cu), as static members of a class:
+// What a device provides (lstm.cpp, lstm_cuda.cu), as members of a class whose object the loops
+// below are given (it may hold the GEMMs' settings):
 //   Right prepare(const at::Tensor& b, int64_t rows): a right-hand GEMM operand (depth x cols)
 //     made ready for the products below with `rows` rows of left-hand operands in all (the CPU
 //     copies it into the layout of its tiled GEMM when that pays);
@@ -87,7 +88,7 @@ inline void check_lstm_layer_args(const at::Tensor& input, const at::Tensor& h0,
 // Returns (output (T, B, H), h_n, c_n, gates (T, B, 4H) activated, cell_states (T, B, H): c of every step).
 template <typename Device>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_forward(
-    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
+    const Device& device, const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     bool reverse) {
   check_lstm_layer_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh);
@@ -106,18 +107,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     bias = at::zeros({4 * hidden}, input.options().dtype(opmath));
   }
   const at::Tensor flat_input = input.contiguous().view({steps * batch, input.size(2)});
-  Device::multiply(flat_input, Device::prepare(w_ih.t(), steps * batch), gates, false);
+  device.multiply(flat_input, device.prepare(w_ih.t(), steps * batch), gates, false);
   gates = gates.view({steps, batch, 4 * hidden});
   at::Tensor output = at::empty({steps, batch, hidden}, input.options());
   at::Tensor cell_states = at::empty({steps, batch, hidden}, input.options());
   at::Tensor h = h0.contiguous(), c = c0.contiguous();
-  const auto w_hh_t = Device::prepare(w_hh.t(), steps * batch);
+  const auto w_hh_t = device.prepare(w_hh.t(), steps * batch);
   for (int64_t step = 0; step < steps; ++step) {
     const int64_t t = reverse ? steps - 1 - step : step;
     at::Tensor step_gates = gates.select(0, t);
-    Device::multiply(h, w_hh_t, step_gates, true);
+    device.multiply(h, w_hh_t, step_gates, true);
     at::Tensor step_c = cell_states.select(0, t), step_h = output.select(0, t);
-    Device::forward(step_gates, bias, c, step_c, step_h);
+    device.forward(step_gates, bias, c, step_c, step_h);
     h = step_h;
     c = step_c;
   }
@@ -131,7 +132,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
 // output_mask = (input, weights, bias): the gradients not wanted are not computed (empty tensors).
 template <typename Device>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_backward(
-    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
+    const Device& device, const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
     const std::optional<at::Tensor>& grad_c_n, const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output, const at::Tensor& gates,
     const at::Tensor& cell_states, bool reverse, std::array<bool, 3> output_mask) {
@@ -161,22 +162,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor grad_gates = at::empty({steps, batch, 4 * hidden}, input.options());
   at::Tensor grad_h = defined(grad_h_n) ? grad_h_n->contiguous().clone() : at::zeros(state_shape, input.options());
   at::Tensor grad_c = defined(grad_c_n) ? grad_c_n->contiguous().clone() : at::zeros(state_shape, input.options());
-  const auto w_hh_right = Device::prepare(w_hh, steps * batch);
+  const auto w_hh_right = device.prepare(w_hh, steps * batch);
   for (int64_t step = steps - 1; step >= 0; --step) {
     const int64_t t = reverse ? steps - 1 - step : step;
     const at::Tensor c_prev = step == 0 ? c_zero : saved_c.select(0, reverse ? t + 1 : t - 1);
     at::Tensor step_grad_gates = grad_gates.select(0, t);
     const at::Tensor step_grad_output = grad_out.defined() ? grad_out.select(0, t) : grad_out;
-    Device::backward(step_grad_output, grad_h, grad_c, saved_gates.select(0, t), c_prev, saved_c.select(0, t),
+    device.backward(step_grad_output, grad_h, grad_c, saved_gates.select(0, t), c_prev, saved_c.select(0, t),
                      step_grad_gates);
-    Device::multiply(step_grad_gates, w_hh_right, grad_h, false);
+    device.multiply(step_grad_gates, w_hh_right, grad_h, false);
   }
   const at::Tensor flat_grad = grad_gates.view({steps * batch, 4 * hidden});
   const at::Tensor none = at::empty({0}, input.options());
   at::Tensor grad_input = none, grad_w_ih = none, grad_w_hh = none;
   if (output_mask[0]) {
     grad_input = at::empty({steps * batch, features}, input.options());
-    Device::multiply(flat_grad, Device::prepare(w_ih, steps * batch), grad_input, false);
+    device.multiply(flat_grad, device.prepare(w_ih, steps * batch), grad_input, false);
     grad_input = grad_input.view({steps, batch, features});
   }
   if (output_mask[1]) {
@@ -192,14 +193,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       // once, which outweighs copying the two halves out when the sequence is longer than a row.
       const at::Tensor inputs_and_states = at::cat({flat_input, flat_h_prev}, 1);
       at::Tensor grad_weights = at::empty({4 * hidden, features + hidden}, input.options());
-      Device::multiply(flat_grad.t(), Device::prepare(inputs_and_states, 4 * hidden), grad_weights, false);
+      device.multiply(flat_grad.t(), device.prepare(inputs_and_states, 4 * hidden), grad_weights, false);
       grad_w_ih = grad_weights.narrow(1, 0, features).contiguous();
       grad_w_hh = grad_weights.narrow(1, features, hidden).contiguous();
     } else {
       grad_w_ih = at::empty({4 * hidden, features}, input.options());
       grad_w_hh = at::empty({4 * hidden, hidden}, input.options());
-      Device::multiply(flat_grad.t(), Device::prepare(flat_input, 4 * hidden), grad_w_ih, false);
-      Device::multiply(flat_grad.t(), Device::prepare(flat_h_prev, 4 * hidden), grad_w_hh, false);
+      device.multiply(flat_grad.t(), device.prepare(flat_input, 4 * hidden), grad_w_ih, false);
+      device.multiply(flat_grad.t(), device.prepare(flat_h_prev, 4 * hidden), grad_w_hh, false);
     }
   }
   return {grad_input, grad_h, grad_c, grad_w_ih, grad_w_hh, output_mask[2] ? flat_grad.sum(0) : none};
