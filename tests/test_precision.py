@@ -3,10 +3,12 @@ MNIST data (embedded and IDX files), the activation quantizers, what a setting h
 point, and the experiment's finding on a reduced, seed-averaged sweep."""
 import gzip
 import json
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from harness import cuda_only
 
 from fastnets import models, precision
 from fastnets.__main__ import main
@@ -171,3 +173,30 @@ def test_the_finding_on_a_reduced_seed_averaged_sweep(digits):
     assert error["<2,14> stochastic"] <= error["<2,14> nearest"] + 1.5
     assert abs(error["<2,14> stochastic"] - error["float32"]) <= 1.5
     assert error["float32"] < 20
+
+
+@cuda_only
+@pytest.mark.cuda
+def test_cuda_graph_steps_train_as_eager_steps(digits):
+    """--cuda-graphs: a float32 run (nothing random within its steps) whose steps replay a captured
+    graph ends with the eager run's weights, its short last batches run eagerly; a stochastic run
+    captures too (fresh draws each replay) and trains on the grid. A failed capture would warn."""
+    data = small_data(digits, train=450).to("cuda")  # 4 batches of 100, then one of 50
+
+    def run(setting, cuda_graphs):
+        torch.manual_seed(0)
+        model = models.gupta_mlp(hidden=32).cuda()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            history = precision.train(model, setting, data, epochs=3, seed=0, cuda_graphs=cuda_graphs)
+        return model, history
+
+    eager, eager_history = run(precision.Setting(), False)
+    graphed, graphed_history = run(precision.Setting(), True)
+    for ours, theirs in zip(graphed.parameters(), eager.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert graphed_history.train_loss == pytest.approx(eager_history.train_loss, rel=1e-5)
+    fmt = FixedPoint(16, 12, "stochastic")
+    model, history = run(precision.Setting(fmt), True)
+    assert all(on_grid(p, fmt) for p in model.parameters())
+    assert history.train_loss[-1] < history.train_loss[0]
