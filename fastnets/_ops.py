@@ -420,18 +420,21 @@ torch.library.register_autograd("fastnets::rbm_sample_units", _rbm_sample_units_
 # ---- LSTM ---------------------------------------------------------------------------------
 
 @torch.library.register_fake("fastnets::lstm_layer")
-def _lstm_layer_fake(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False, cudnn_tf32=False):
-    torch._check(input.dim() == 3, lambda: f"input must be 3-D (time, batch, input_size), got {input.dim()}-D")
+def _lstm_layer_fake(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False, cudnn_tf32=False,
+                     batch_sizes=None):
+    rank = 3 if batch_sizes is None else 2
+    torch._check(input.dim() == rank, lambda: f"input must be {rank}-D, got {input.dim()}-D")
     torch._check(w_hh.dim() == 2 and w_hh.shape[0] == 4 * w_hh.shape[1],
                  lambda: "w_hh must be 2-D (4 * hidden_size, hidden_size)")
-    steps, batch, hidden = input.shape[0], input.shape[1], w_hh.shape[1]
-    return (input.new_empty(steps, batch, hidden), h0.new_empty(batch, hidden), c0.new_empty(batch, hidden),
-            input.new_empty(steps, batch, 4 * hidden), input.new_empty(steps, batch, hidden))
+    steps, hidden = input.shape[:-1], w_hh.shape[1]  # (time, batch) or (packed rows,)
+    return (input.new_empty(*steps, hidden), h0.new_empty(h0.shape[0], hidden), c0.new_empty(c0.shape[0], hidden),
+            input.new_empty(*steps, 4 * hidden), input.new_empty(*steps, hidden))
 
 
 @torch.library.register_fake("fastnets::lstm_layer_backward")
 def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates,
-                              cell_states, reverse=False, output_mask=(True, True, True), cudnn_tf32=False):
+                              cell_states, reverse=False, output_mask=(True, True, True), cudnn_tf32=False,
+                              batch_sizes=None):
     # any of the three gradients may be None; the gradients output_mask leaves out are empty
     none = input.new_empty(0)
     wanted_input, wanted_weights, wanted_bias = output_mask
@@ -443,9 +446,9 @@ def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_
 
 
 def _lstm_layer_setup_context(ctx, inputs, output):
-    input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, cudnn_tf32 = inputs
+    input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, cudnn_tf32, batch_sizes = inputs
     out, _, _, gates, cell_states = output
-    ctx.save_for_backward(input, h0, c0, w_ih, w_hh, out, gates, cell_states)
+    ctx.save_for_backward(input, h0, c0, w_ih, w_hh, out, gates, cell_states, batch_sizes)
     ctx.mark_non_differentiable(gates, cell_states)  # saved for backward, not results to differentiate
     ctx.reverse, ctx.cudnn_tf32 = reverse, cudnn_tf32
     ctx.has_bias = (b_ih is not None, b_hh is not None)
@@ -453,18 +456,19 @@ def _lstm_layer_setup_context(ctx, inputs, output):
 
 
 def _lstm_layer_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cell_states):
-    input, h0, c0, w_ih, w_hh, output, gates, cell_states = ctx.saved_tensors
+    input, h0, c0, w_ih, w_hh, output, gates, cell_states, batch_sizes = ctx.saved_tensors
     if grad_output is None and grad_h_n is None and grad_c_n is None:
-        return (None,) * 9
+        return (None,) * 10
     needs = ctx.needs_input_grad
     has_b_ih, has_b_hh = ctx.has_bias
     mask = [needs[0], needs[3] or needs[4], (has_b_ih and needs[5]) or (has_b_hh and needs[6])]
     grads = ops.lstm_layer_backward(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates,
-                                    cell_states, ctx.reverse, mask, ctx.cudnn_tf32)
+                                    cell_states, ctx.reverse, mask, ctx.cudnn_tf32, batch_sizes)
     grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = grads
     return (grad_input if needs[0] else None, grad_h0 if needs[1] else None, grad_c0 if needs[2] else None,
             grad_w_ih if needs[3] else None, grad_w_hh if needs[4] else None,
-            grad_bias if has_b_ih and needs[5] else None, grad_bias if has_b_hh and needs[6] else None, None, None)
+            grad_bias if has_b_ih and needs[5] else None, grad_bias if has_b_hh and needs[6] else None, None, None,
+            None)
 
 
 def _no_double_backward(ctx, *grads):

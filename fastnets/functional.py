@@ -377,8 +377,9 @@ def lstm_layer(
     b_ih: Optional[Tensor] = None,
     b_hh: Optional[Tensor] = None,
     reverse: bool = False,
+    batch_sizes: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-    """One LSTM layer in one direction over a whole sequence.
+    """One LSTM layer in one direction over a whole sequence (or packed sequences of several lengths).
 
     One GEMM projects the inputs of all time steps; then each step accumulates the recurrent GEMM
     into its gates and runs the fused pointwise kernel. Backward through time: per step the fused
@@ -389,14 +390,20 @@ def lstm_layer(
     and in a build without the direct cuBLAS calls, they go through ``torch.mm`` and its setting.
 
     Args:
-        input: (time, batch, input_size).
-        hx: (h0, c0), each (batch, hidden_size).
+        input: (time, batch, input_size); with ``batch_sizes``, packed rows (sum(batch_sizes),
+            input_size) as a :class:`torch.nn.utils.rnn.PackedSequence`'s ``data``.
+        hx: (h0, c0), each (batch, hidden_size) (batch = batch_sizes[0] when packed).
         w_ih, w_hh, b_ih, b_hh: as in :func:`lstm_cell`.
         reverse: run from the last time step to the first (the backward direction of a
             bidirectional LSTM); the output stays in time order.
+        batch_sizes: a PackedSequence's ``batch_sizes`` (int64, on the CPU): step t has the
+            first batch_sizes[t] sequences (sorted longest first); each sequence starts from its
+            row of h0 and c0 at its first step (reverse: at its last).
 
     Returns:
-        output (time, batch, hidden_size): h of every step, and (h_n, c_n).
+        output (time, batch, hidden_size) (packed: (sum(batch_sizes), hidden_size)): h of every
+        step; and (h_n, c_n): each sequence's state after its last step.
     """
-    output, h_n, c_n, _, _ = ops.lstm_layer(input, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh, reverse, True)
+    output, h_n, c_n, _, _ = ops.lstm_layer(input, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh, reverse, True,
+                                            batch_sizes)
     return output, (h_n, c_n)

@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from harness import (TRAINING_DTYPES, assert_close_to_reference, check_compiles, check_opcheck,
                      check_same_for_threads, cuda_only, max_abs_error)
 
@@ -129,6 +130,63 @@ def test_layer_on_device_matches_torch(device, bidirectional):
     ref_out, ref_grads = outputs_and_grads(reference, x, None)
     for a, b in zip(ours_out + ours_grads, ref_out + ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+
+
+# ---- packed sequences ---------------------------------------------------------------------------
+
+class Padded(torch.nn.Module):
+    """An LSTM run on padded sequences of the given lengths packed, its output padded back."""
+
+    def __init__(self, lstm, lengths, enforce_sorted):
+        super().__init__()
+        self.lstm, self.lengths, self.enforce_sorted = lstm, lengths, enforce_sorted
+
+    def forward(self, x, hx):
+        packed = pack_padded_sequence(x, self.lengths, enforce_sorted=self.enforce_sorted)
+        out, state = self.lstm(packed, hx)
+        assert isinstance(out, PackedSequence) and torch.equal(out.batch_sizes, packed.batch_sizes)
+        return pad_packed_sequence(out, total_length=x.shape[0])[0], state
+
+
+@pytest.mark.parametrize("num_layers, bidirectional", [(1, False), (1, True), (2, True), (3, False)])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("lengths", [[6, 6, 4, 3, 1], [3, 6, 1, 6, 4], [5, 5, 5]])
+def test_packed_sequences_match_torch(device, num_layers, bidirectional, with_state, lengths):
+    """Each sequence runs over its own length (the reverse direction from its own last step), h_n
+    and c_n after it, in the caller's order (unsorted lengths too); values and every gradient."""
+    torch.manual_seed(0)
+    reference = torch.nn.LSTM(5, 7, num_layers=num_layers, bidirectional=bidirectional).double().to(device)
+    ours = fastnets.nn.LSTM(5, 7, num_layers=num_layers, bidirectional=bidirectional).double().to(device)
+    same_weights(ours, reference)
+    x = torch.randn(max(lengths) + 1, len(lengths), 5, dtype=torch.float64, device=device)
+    shape = (num_layers * (2 if bidirectional else 1), len(lengths), 7)
+    hx = random_states(shape, torch.float64, device, 4) if with_state else None
+    sorted_lengths = lengths == sorted(lengths, reverse=True)
+    ours_out, ours_grads = outputs_and_grads(Padded(ours, lengths, sorted_lengths), x, hx)
+    ref_out, ref_grads = outputs_and_grads(Padded(reference, lengths, sorted_lengths), x, hx)
+    for a, b in zip(ours_out + ours_grads, ref_out + ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+
+
+def test_packed_float32_within_pytorch_error_and_same_for_threads():
+    torch.manual_seed(0)
+    reference = torch.nn.LSTM(16, 24, bidirectional=True).double()
+    ours = fastnets.nn.LSTM(16, 24, bidirectional=True)
+    baseline = torch.nn.LSTM(16, 24, bidirectional=True)
+    same_weights(ours, reference)
+    same_weights(baseline, reference)
+    lengths = [9, 7, 7, 4, 2, 1]
+    x = torch.randn(9, 6, 16, dtype=torch.float64)
+    expected_out, expected_grads = outputs_and_grads(Padded(reference, lengths, True), x, None)
+    ours_out, ours_grads = outputs_and_grads(Padded(ours, lengths, True), x.float(), None)
+    base_out, base_grads = outputs_and_grads(Padded(baseline, lengths, True), x.float(), None)
+    for mine, expected, theirs in zip(ours_out + ours_grads, expected_out + expected_grads, base_out + base_grads):
+        assert_close_to_reference(mine, expected, theirs, factor=4.0)
+
+    def run():
+        out, grads = outputs_and_grads(Padded(ours, lengths, True), x.float(), None)
+        return torch.cat([t.flatten() for t in out + grads])
+    check_same_for_threads(run)
 
 
 @contextlib.contextmanager
@@ -296,6 +354,14 @@ def test_opcheck(device):
     check_opcheck(ops.lstm_layer_backward.default,
                   (None, torch.randn_like(h_n), None, x, h0, c0, w_ih, w_hh, output, gates, cells, True,
                    [True, True, True], True))
+    packed = make(6, 5)  # steps of 3, 2 and 1 sequences
+    args = (packed.detach().requires_grad_(), h0, c0.detach().requires_grad_(), w_ih, w_hh, b, b)
+    for reverse in (False, True):
+        check_opcheck(ops.lstm_layer.default, (*args, reverse, True, torch.tensor([3, 2, 1])))
+        output, h_n, c_n, gates, cells = ops.lstm_layer(packed, h0, c0, w_ih, w_hh, b, b, reverse, True, torch.tensor([3, 2, 1]))
+        check_opcheck(ops.lstm_layer_backward.default,
+                      (torch.randn_like(output), torch.randn_like(h_n), None, packed, h0, c0, w_ih, w_hh, output,
+                       gates, cells, reverse, [True, True, False], True, torch.tensor([3, 2, 1])))
     check_opcheck(ops.matmul.default, (make(7, 5), make(5, 9)))
 
 
@@ -306,6 +372,9 @@ def test_torch_compile_fullgraph(device):
     check_compiles(lambda t: lstm(t)[0], x)
     cell = fastnets.nn.LSTMCell(5, 6).to(device)
     check_compiles(lambda t: torch.cat(cell(t)), x[0])
+    for lengths in ([4, 3, 1], [2, 4, 3]):  # sorted, and not (a PackedSequence with sorted_indices)
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=lengths == [4, 3, 1])
+        check_compiles(lambda p: torch.cat([t.flatten() for t in (lstm(p)[0].data, *lstm(p)[1])]), packed)
 
     def loss(t):
         output, (h, c) = lstm(t)
@@ -332,6 +401,27 @@ def test_same_for_threads():
         output, (h, c) = lstm(x)
         (output.sum() + h.square().sum()).backward()
         return torch.cat([output.flatten(), x.grad.flatten()] + [p.grad.flatten() for p in lstm.parameters()])
+
+    check_same_for_threads(run)
+
+
+@pytest.mark.parametrize("batch", [5, 6, 7, 9, 11])
+def test_small_batch_same_for_threads(batch):
+    """torch's float32 mm gives other bits for 1 and 2 threads at 5-7 and 9-11 rows: the per-step
+    products of a small batch, and a cell's, go to fastnets' own GEMM."""
+    torch.manual_seed(0)
+    lstm, cell = fastnets.nn.LSTM(24, 24), fastnets.nn.LSTMCell(24, 24)
+    x = torch.randn(3, batch, 24, requires_grad=True)
+
+    def run():
+        x.grad = None
+        lstm.zero_grad()
+        cell.zero_grad()
+        output, (h, c) = lstm(x)
+        h_cell, c_cell = cell(x[0], (h[0], c[0]))
+        (output.sum() + h.square().sum() + h_cell.sum() + c_cell.square().sum()).backward()
+        return torch.cat([output.flatten(), h_cell.flatten(), x.grad.flatten()]
+                         + [p.grad.flatten() for p in [*lstm.parameters(), *cell.parameters()]])
 
     check_same_for_threads(run)
 
@@ -371,9 +461,11 @@ def test_bad_input_is_named():
         fastnets.nn.LSTM(5, 4, num_layers=2, dropout=True)
     with pytest.warns(UserWarning, match="dropout applies between LSTM layers"):
         fastnets.nn.LSTM(5, 4, dropout=0.5)
-    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(3, 2, 5), [3, 2])
-    with pytest.raises(TypeError, match="PackedSequence"):
-        lstm(packed)
+    packed = pack_padded_sequence(torch.randn(3, 2, 5), [3, 2])
+    with pytest.raises(RuntimeError, match=r"hx\[0\] \(h0\) must have shape \(2, 2, 4\)"):
+        lstm(packed, (torch.zeros(2, 3, 4), torch.zeros(2, 3, 4)))
+    with pytest.raises(RuntimeError, match="input_size = 5"):
+        lstm(pack_padded_sequence(torch.randn(3, 2, 6), [3, 2]))
     with pytest.raises(ValueError, match="proj_size"):
         fastnets.nn.LSTM(5, 4, proj_size=2)
     with pytest.raises(ValueError, match="dropout"):
@@ -392,6 +484,19 @@ def test_bad_input_is_named():
         ((torch.randn(3, 2, 5), h, h, w_ih, torch.randn(15, 4)), "w_hh must be 2-D"),
         ((torch.randn(3, 2, 5), h, h, w_ih.double(), w_hh), "w_ih must have input's dtype"),
         ((torch.randn(3, 2, 5).int(), h, h, w_ih, w_hh), "input must be float32"),
+    ]
+    packed_x = torch.randn(5, 5)
+
+    def packed(sizes, x=packed_x, h0=h, dtype=torch.int64):
+        return (x, h0, h, w_ih, w_hh, None, None, False, False, torch.tensor(sizes, dtype=dtype))
+    cases += [
+        (packed([2, 2]), "input must have sum\\(batch_sizes\\) = 4 rows"),
+        (packed([2, 3]), "batch_sizes must be positive and non-increasing"),
+        (packed([2, 2, 1, 0]), "batch_sizes must be positive"),
+        (packed([]), "batch_sizes must not be empty"),
+        (packed([2, 2, 1], dtype=torch.int32), "batch_sizes must be a 1-D int64 tensor on the CPU"),
+        (packed([2, 2, 1], h0=torch.zeros(3, 4)), "h0 must be 2-D"),
+        (packed([2, 2, 2], x=torch.randn(3, 2, 5)), "input must be 2-D"),
     ]
     for args, message in cases:
         with pytest.raises(RuntimeError, match=message):

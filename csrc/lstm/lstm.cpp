@@ -114,9 +114,11 @@ void lstm_pointwise_backward_cpu(const at::Tensor& grad_output, const at::Tensor
 // The CPU side of lstm_layer.h: float and double GEMMs by cpu_matmul.h's tiled GEMM, float16 and
 // bfloat16 ones by at::mm, and so are products too small to repay a copy of their right operand
 // (a cell step's forward: 64 rows against a transposed 512 x 2048 weight) unless that operand is
-// taller than wide: BLAS may split such a product's long sum over threads (the weight gradients
-// of a small hidden size, 3300 deep, came out different for 1 and 3 threads).
-constexpr int64_t kTiledMinRows = 256;
+// taller than wide or a product has few rows: BLAS may split such a product's work over threads
+// differently, with other roundings (the weight gradients of a small hidden size, 3300 deep, came
+// out different for 1 and 3 threads; torch 2.14's float32 mm gives other bits for 1 and 2 threads
+// at 5-7 and 9-11 rows).
+constexpr int64_t kTiledMinRows = 256, kBlasMinRows = 16;
 
 struct CpuLstm {
   struct Right {
@@ -124,8 +126,11 @@ struct CpuLstm {
     at::Tensor plain;
   };
 
-  static Right prepare(const at::Tensor& b, int64_t rows) {
-    if (cpu_matmul_supports(b.scalar_type()) && rows >= kTiledMinRows) return Right{prepare_right_operand(b), {}};
+  // b for products of `rows` rows in all, the smallest of `fewest` rows.
+  static Right prepare(const at::Tensor& b, int64_t rows, int64_t fewest) {
+    if (cpu_matmul_supports(b.scalar_type()) && (rows >= kTiledMinRows || fewest < kBlasMinRows)) {
+      return Right{usable_in_place(b) ? right_operand_in_place(b) : prepare_right_operand(b), {}};
+    }
     if (usable_in_place(b)) return Right{right_operand_in_place(b), {}};
     if (cpu_matmul_supports(b.scalar_type()) && b.size(0) > b.size(1)) return Right{prepare_right_operand(b), {}};
     return Right{{}, b};
@@ -146,8 +151,9 @@ struct CpuLstm {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_cpu(
     const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
-    bool reverse, bool /*cudnn_tf32: float32 GEMMs are float32 on the CPU*/) {
-  return lstm_layer_forward(CpuLstm{}, input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse);
+    bool reverse, bool /*cudnn_tf32: float32 GEMMs are float32 on the CPU*/,
+    const std::optional<at::Tensor>& batch_sizes) {
+  return lstm_layer_forward(CpuLstm{}, input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_backward_cpu(
@@ -155,9 +161,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& grad_c_n, const at::Tensor& input,
     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cell_states, bool reverse,
-    std::array<bool, 3> output_mask, bool /*cudnn_tf32*/) {
+    std::array<bool, 3> output_mask, bool /*cudnn_tf32*/,
+    const std::optional<at::Tensor>& batch_sizes) {
   return lstm_layer_backward(CpuLstm{}, grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates,
-                             cell_states, reverse, output_mask);
+                             cell_states, reverse, output_mask, batch_sizes);
 }
 
 }  // namespace
@@ -171,17 +178,21 @@ TORCH_LIBRARY_FRAGMENT(fastnets, m) {
   // cudnn_tf32: float32 GEMMs on CUDA take TF32 as torch.nn.LSTM's cuDNN kernels would
   // (torch.backends.cudnn.allow_tf32, while cuDNN is enabled), not as torch.mm and
   // torch.nn.LSTMCell would (torch.backends.cuda.matmul.allow_tf32).
+  // batch_sizes (an int64 tensor on the CPU, as in torch's PackedSequence): packed sequences
+  // instead of a padded batch; input (rows, input_size) holds batch_sizes[t] rows for step t, one
+  // step after the other, sorted longest sequence first; output, gates and cell_states are 2-D in
+  // the same rows, h_n and c_n each sequence's state after its own last step.
   m.def(
       "lstm_layer(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih=None, "
-      "Tensor? b_hh=None, bool reverse=False, bool cudnn_tf32=False) -> (Tensor output, Tensor h_n, Tensor c_n, "
-      "Tensor gates, Tensor cell_states)");
+      "Tensor? b_hh=None, bool reverse=False, bool cudnn_tf32=False, Tensor? batch_sizes=None) -> "
+      "(Tensor output, Tensor h_n, Tensor c_n, Tensor gates, Tensor cell_states)");
   // Backward through time of lstm_layer: the gradients of input, h0, c0, w_ih, w_hh and the bias
   // (b_ih and b_hh alike), from those of output, h_n and c_n (None: zero) and the forward's saved
   // tensors; output_mask (input, weights, bias) leaves those not wanted uncomputed (empty).
   m.def(
       "lstm_layer_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor input, Tensor h0, "
       "Tensor c0, Tensor w_ih, Tensor w_hh, Tensor output, Tensor gates, Tensor cell_states, bool reverse=False, "
-      "bool[3] output_mask=[True, True, True], bool cudnn_tf32=False) "
+      "bool[3] output_mask=[True, True, True], bool cudnn_tf32=False, Tensor? batch_sizes=None) "
       "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_bias)");
 }

@@ -193,7 +193,7 @@ struct CudaLstm {
   bool tf32 = float32_gemms_in_tf32(cudnn_tf32);  // read once per call of the op
 #endif
 
-  static Right prepare(const at::Tensor& b, int64_t /*rows*/) { return b; }
+  static Right prepare(const at::Tensor& b, int64_t /*rows*/, int64_t /*fewest*/) { return b; }
 
   void multiply(const at::Tensor& a, const Right& b, at::Tensor& c, bool accumulate) const {
 #if defined(FASTNETS_WITH_CUBLAS)
@@ -209,9 +209,9 @@ struct CudaLstm {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_cuda(
     const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
-    bool reverse, bool cudnn_tf32) {
+    bool reverse, bool cudnn_tf32, const std::optional<at::Tensor>& batch_sizes) {
   const c10::cuda::CUDAGuard guard(input.device());
-  return lstm_layer_forward(CudaLstm{cudnn_tf32}, input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse);
+  return lstm_layer_forward(CudaLstm{cudnn_tf32}, input, h0, c0, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_backward_cuda(
@@ -219,10 +219,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& grad_c_n, const at::Tensor& input,
     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cell_states, bool reverse,
-    std::array<bool, 3> output_mask, bool cudnn_tf32) {
+    std::array<bool, 3> output_mask, bool cudnn_tf32,
+    const std::optional<at::Tensor>& batch_sizes) {
   const c10::cuda::CUDAGuard guard(input.device());
   return lstm_layer_backward(CudaLstm{cudnn_tf32}, grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh,
-                             output, gates, cell_states, reverse, output_mask);
+                             output, gates, cell_states, reverse, output_mask, batch_sizes);
 }
 
 }  // namespace

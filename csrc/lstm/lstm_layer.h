@@ -16,9 +16,12 @@
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "common/checks.h"
 
@@ -26,9 +29,10 @@ namespace fastnets {
 
 // What a device provides (lstm.cpp, lstm_cuda.cu), as members of a class whose object the loops
 // below are given (it may hold the GEMMs' settings):
-//   Right prepare(const at::Tensor& b, int64_t rows): a right-hand GEMM operand (depth x cols)
-//     made ready for the products below with `rows` rows of left-hand operands in all (the CPU
-//     copies it into the layout of its tiled GEMM when that pays);
+//   Right prepare(const at::Tensor& b, int64_t rows, int64_t fewest): a right-hand GEMM operand
+//     (depth x cols) made ready for the products below with `rows` rows of left-hand operands in
+//     all, `fewest` in the smallest product (the CPU copies it into the layout of its tiled GEMM
+//     when that pays, or when BLAS's results would depend on the thread count);
 //   void multiply(const at::Tensor& a, const Right& b, at::Tensor& c, bool accumulate):
 //     c (+)= a b, c with unit column stride;
 //   void forward(at::Tensor& gates, const at::Tensor& bias, const at::Tensor& c_prev, at::Tensor& c,
@@ -55,21 +59,83 @@ inline void check_same(const at::Tensor& t, const at::Tensor& input, const char*
               t.device());
 }
 
+// The time steps of a layer's input, as rows of its flat (rows, features) view: a padded batch
+// (time, batch, features) has `batch` rows at every step; packed sequences (torch's
+// PackedSequence: `batch_sizes[t]` rows at step t, one step after the other, the sequences
+// sorted longest first) have their first batch_sizes[t] sequences at step t. Either way a step's
+// sequences are the first rows of the batch, so a state of `rows` rows serves every step that
+// has at most as many.
+struct LstmSteps {
+  std::vector<int64_t> rows, offsets;  // per time step
+  int64_t total = 0, batch = 0;
+
+  LstmSteps(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes) {
+    if (!batch_sizes.has_value()) {
+      TORCH_CHECK(input.dim() == 3, "input must be 3-D (time, batch, input_size), got ", input.dim(),
+                  "-D of shape ", input.sizes());
+      batch = input.size(1);
+      rows.assign(input.size(0), batch);
+    } else {
+      TORCH_CHECK(input.dim() == 2, "input must be 2-D (packed rows, input_size) with batch_sizes, got ",
+                  input.dim(), "-D of shape ", input.sizes());
+      // As torch's PackedSequence holds them: an int64 tensor on the CPU, read here on the host.
+      TORCH_CHECK(batch_sizes->dim() == 1 && batch_sizes->scalar_type() == at::kLong && batch_sizes->is_cpu(),
+                  "batch_sizes must be a 1-D int64 tensor on the CPU, got ", batch_sizes->scalar_type(), " of shape ",
+                  batch_sizes->sizes(), " on ", batch_sizes->device());
+      TORCH_CHECK(batch_sizes->numel() > 0, "batch_sizes must not be empty");
+      const at::Tensor sizes = batch_sizes->contiguous();
+      rows.assign(sizes.const_data_ptr<int64_t>(), sizes.const_data_ptr<int64_t>() + sizes.numel());
+      for (size_t t = 0; t < rows.size(); ++t) {
+        TORCH_CHECK(rows[t] >= 1 && (t == 0 || rows[t] <= rows[t - 1]),
+                    "batch_sizes must be positive and non-increasing (sequences sorted longest first), got ",
+                    at::IntArrayRef(rows));
+      }
+      batch = rows[0];  // h0 and c0 must have as many rows (check_lstm_layer_args)
+    }
+    offsets.resize(rows.size());
+    for (size_t t = 0; t < rows.size(); ++t) {
+      offsets[t] = total;
+      total += rows[t];
+    }
+    TORCH_CHECK(!batch_sizes.has_value() || input.size(0) == total, "input must have sum(batch_sizes) = ", total,
+                " rows, got ", input.size(0));
+  }
+
+  int64_t steps() const { return static_cast<int64_t>(rows.size()); }
+  int64_t fewest() const { return rows.empty() ? batch : *std::min_element(rows.begin(), rows.end()); }
+  bool uniform() const { return std::all_of(rows.begin(), rows.end(), [&](int64_t r) { return r == batch; }); }
+  // The time step processed `step`-th (reverse: from the last time step to the first).
+  int64_t time(int64_t step, bool reverse) const { return reverse ? steps() - 1 - step : step; }
+  int64_t rows_at(int64_t step, bool reverse) const { return rows[time(step, reverse)]; }
+  at::Tensor at_step(const at::Tensor& flat, int64_t step, bool reverse) const {
+    const int64_t t = time(step, reverse);
+    return flat.narrow(0, offsets[t], rows[t]);
+  }
+  // The state (h or c) entering the `step`-th step: the step before's rows (`saved`: every step's
+  // state, flat), then, for sequences that start at this step, the initial state's rows.
+  at::Tensor entering(const at::Tensor& saved, const at::Tensor& initial, int64_t step, bool reverse) const {
+    const int64_t count = rows_at(step, reverse);
+    if (step == 0) return initial.narrow(0, 0, count);
+    const at::Tensor before = at_step(saved, step - 1, reverse);
+    if (count <= before.size(0)) return before.narrow(0, 0, count);
+    return at::cat({before, initial.narrow(0, before.size(0), count - before.size(0))});
+  }
+};
+
 inline void check_lstm_layer_args(const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0,
                                   const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                  const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh) {
+                                  const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+                                  const LstmSteps& steps) {
   check_training_dtype(input, "input");
-  TORCH_CHECK(input.dim() == 3, "input must be 3-D (time, batch, input_size), got ", input.dim(), "-D of shape ",
-              input.sizes());
   TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == 4 * w_hh.size(1),
               "w_hh must be 2-D (4 * hidden_size, hidden_size), got shape ", w_hh.sizes());
-  const int64_t hidden = w_hh.size(1);
-  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) == 4 * hidden && w_ih.size(1) == input.size(2),
-              "w_ih must be 2-D (4 * hidden_size, input_size) = (", 4 * hidden, ", ", input.size(2), "), got shape ",
+  const int64_t hidden = w_hh.size(1), features = input.size(input.dim() - 1);
+  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) == 4 * hidden && w_ih.size(1) == features,
+              "w_ih must be 2-D (4 * hidden_size, input_size) = (", 4 * hidden, ", ", features, "), got shape ",
               w_ih.sizes());
   for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{h0, "h0"}, {c0, "c0"}}) {
-    TORCH_CHECK(t.dim() == 2 && t.size(0) == input.size(1) && t.size(1) == hidden, name,
-                " must be 2-D (batch, hidden_size) = (", input.size(1), ", ", hidden, "), got shape ", t.sizes());
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == steps.batch && t.size(1) == hidden, name,
+                " must be 2-D (batch, hidden_size) = (", steps.batch, ", ", hidden, "), got shape ", t.sizes());
   }
   for (const auto& [b, name] : {std::pair<const std::optional<at::Tensor>&, const char*>{b_ih, "b_ih"},
                                 {b_hh, "b_hh"}}) {
@@ -85,15 +151,27 @@ inline void check_lstm_layer_args(const at::Tensor& input, const at::Tensor& h0,
   check_same(w_hh, input, "w_hh");
 }
 
-// Returns (output (T, B, H), h_n, c_n, gates (T, B, 4H) activated, cell_states (T, B, H): c of every step).
+// Row blocks [begin, begin + size(0)) of a (batch, H) result, concatenated in row order (a copy
+// even of a single block: outputs may not alias the op's other outputs).
+inline at::Tensor assemble_rows(std::vector<std::pair<int64_t, at::Tensor>> blocks) {
+  std::sort(blocks.begin(), blocks.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  if (blocks.size() == 1) return blocks[0].second.clone(at::MemoryFormat::Contiguous);
+  std::vector<at::Tensor> parts;
+  for (auto& block : blocks) parts.push_back(block.second);
+  return at::cat(parts);
+}
+
+// Returns (output, h_n, c_n, gates activated, cell_states: c of every step): output, gates and
+// cell_states (time, batch, H or 4H) for a padded batch, (rows, H or 4H) for packed sequences.
 template <typename Device>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_forward(
     const Device& device, const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
-    bool reverse) {
-  check_lstm_layer_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh);
-  const int64_t steps = input.size(0), batch = input.size(1), hidden = w_hh.size(1);
-  at::Tensor gates = at::empty({steps * batch, 4 * hidden}, input.options());
+    bool reverse, const std::optional<at::Tensor>& batch_sizes) {
+  const LstmSteps steps(input, batch_sizes);
+  check_lstm_layer_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, steps);
+  const int64_t hidden = w_hh.size(1), features = w_ih.size(1), total = steps.total;
+  at::Tensor gates = at::empty({total, 4 * hidden}, input.options());
   // The bias is added in each step's pointwise kernel, not copied into all the gates first; the
   // two are summed in the kernel's arithmetic (float for 16-bit types), as torch's cell does.
   // One kernel or none where there are biases (a cell's whole step is a handful of launches).
@@ -106,24 +184,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   } else {
     bias = at::zeros({4 * hidden}, input.options().dtype(opmath));
   }
-  const at::Tensor flat_input = input.contiguous().view({steps * batch, input.size(2)});
-  device.multiply(flat_input, device.prepare(w_ih.t(), steps * batch), gates, false);
-  gates = gates.view({steps, batch, 4 * hidden});
-  at::Tensor output = at::empty({steps, batch, hidden}, input.options());
-  at::Tensor cell_states = at::empty({steps, batch, hidden}, input.options());
-  at::Tensor h = h0.contiguous(), c = c0.contiguous();
-  const auto w_hh_t = device.prepare(w_hh.t(), steps * batch);
-  for (int64_t step = 0; step < steps; ++step) {
-    const int64_t t = reverse ? steps - 1 - step : step;
-    at::Tensor step_gates = gates.select(0, t);
+  device.multiply(input.contiguous().view({total, features}), device.prepare(w_ih.t(), total, total), gates,
+                  false);
+  at::Tensor output = at::empty({total, hidden}, input.options());
+  at::Tensor cell_states = at::empty({total, hidden}, input.options());
+  const at::Tensor h_first = h0.contiguous(), c_first = c0.contiguous();
+  const auto w_hh_t = device.prepare(w_hh.t(), total, steps.fewest());
+  // The final states: per sequence, its last step's (packed sequences end at different steps).
+  std::vector<std::pair<int64_t, at::Tensor>> h_final, c_final;
+  at::Tensor h, c;
+  for (int64_t step = 0; step < steps.steps(); ++step) {
+    h = steps.entering(output, h_first, step, reverse);
+    c = steps.entering(cell_states, c_first, step, reverse);
+    if (step > 0 && h.size(0) < steps.rows_at(step - 1, reverse)) {  // sequences that ended a step before
+      const int64_t ended = steps.rows_at(step - 1, reverse) - h.size(0);
+      h_final.emplace_back(h.size(0), steps.at_step(output, step - 1, reverse).narrow(0, h.size(0), ended));
+      c_final.emplace_back(h.size(0), steps.at_step(cell_states, step - 1, reverse).narrow(0, h.size(0), ended));
+    }
+    at::Tensor step_gates = steps.at_step(gates, step, reverse);
     device.multiply(h, w_hh_t, step_gates, true);
-    at::Tensor step_c = cell_states.select(0, t), step_h = output.select(0, t);
+    at::Tensor step_c = steps.at_step(cell_states, step, reverse), step_h = steps.at_step(output, step, reverse);
     device.forward(step_gates, bias, c, step_c, step_h);
-    h = step_h;
-    c = step_c;
   }
-  // Outputs of an op may not alias each other: the final states are copies.
-  return {output, h.clone(), c.clone(), gates, cell_states};
+  if (steps.steps() == 0) {
+    h_final.emplace_back(0, h_first);
+    c_final.emplace_back(0, c_first);
+  } else {
+    h_final.emplace_back(0, steps.at_step(output, steps.steps() - 1, reverse));
+    c_final.emplace_back(0, steps.at_step(cell_states, steps.steps() - 1, reverse));
+  }
+  at::Tensor h_n = assemble_rows(std::move(h_final)), c_n = assemble_rows(std::move(c_final));
+  if (!batch_sizes.has_value()) {
+    const int64_t time = input.size(0), batch = input.size(1);
+    output = output.view({time, batch, hidden});
+    gates = gates.view({time, batch, 4 * hidden});
+    cell_states = cell_states.view({time, batch, hidden});
+  }
+  return {output, h_n, c_n, gates, cell_states};
 }
 
 // Returns (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias); grad_bias is the
@@ -135,12 +232,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const Device& device, const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
     const std::optional<at::Tensor>& grad_c_n, const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output, const at::Tensor& gates,
-    const at::Tensor& cell_states, bool reverse, std::array<bool, 3> output_mask) {
-  check_lstm_layer_args(input, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt);
-  const int64_t steps = input.size(0), batch = input.size(1), hidden = w_hh.size(1), features = input.size(2);
+    const at::Tensor& cell_states, bool reverse, std::array<bool, 3> output_mask,
+    const std::optional<at::Tensor>& batch_sizes) {
+  const LstmSteps steps(input, batch_sizes);
+  check_lstm_layer_args(input, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, steps);
+  const int64_t hidden = w_hh.size(1), features = w_ih.size(1), total = steps.total, batch = steps.batch;
   const at::IntArrayRef state_shape = h0.sizes();
-  TORCH_CHECK(output.sizes() == cell_states.sizes() && output.sizes() == at::IntArrayRef({steps, batch, hidden}) &&
-                  gates.sizes() == at::IntArrayRef({steps, batch, 4 * hidden}),
+  std::vector<int64_t> step_shape(input.sizes().begin(), input.sizes().end());
+  step_shape.back() = hidden;
+  std::vector<int64_t> gates_shape = step_shape;
+  gates_shape.back() = 4 * hidden;
+  TORCH_CHECK(output.sizes() == cell_states.sizes() && output.sizes() == at::IntArrayRef(step_shape) &&
+                  gates.sizes() == at::IntArrayRef(gates_shape),
               "lstm_layer_backward: the saved tensors must have the forward's shapes");
   for (const auto& [t, name, shape] :
        {std::tuple<const std::optional<at::Tensor>&, const char*, at::IntArrayRef>{grad_output, "grad_output",
@@ -156,54 +259,94 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     check_same(t, input, name);
   }
   const auto defined = [](const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
-  const at::Tensor grad_out = defined(grad_output) ? grad_output->contiguous() : at::Tensor();
-  const at::Tensor saved_gates = gates.contiguous();
-  const at::Tensor saved_c = cell_states.contiguous(), saved_h = output.contiguous(), c_zero = c0.contiguous();
-  at::Tensor grad_gates = at::empty({steps, batch, 4 * hidden}, input.options());
-  at::Tensor grad_h = defined(grad_h_n) ? grad_h_n->contiguous().clone() : at::zeros(state_shape, input.options());
-  at::Tensor grad_c = defined(grad_c_n) ? grad_c_n->contiguous().clone() : at::zeros(state_shape, input.options());
-  const auto w_hh_right = device.prepare(w_hh, steps * batch);
-  for (int64_t step = steps - 1; step >= 0; --step) {
-    const int64_t t = reverse ? steps - 1 - step : step;
-    const at::Tensor c_prev = step == 0 ? c_zero : saved_c.select(0, reverse ? t + 1 : t - 1);
-    at::Tensor step_grad_gates = grad_gates.select(0, t);
-    const at::Tensor step_grad_output = grad_out.defined() ? grad_out.select(0, t) : grad_out;
-    device.backward(step_grad_output, grad_h, grad_c, saved_gates.select(0, t), c_prev, saved_c.select(0, t),
-                     step_grad_gates);
+  const at::Tensor grad_out = defined(grad_output) ? grad_output->contiguous().view({total, hidden}) : at::Tensor();
+  const at::Tensor saved_gates = gates.contiguous().view({total, 4 * hidden});
+  const at::Tensor saved_c = cell_states.contiguous().view({total, hidden});
+  const at::Tensor saved_h = output.contiguous().view({total, hidden});
+  const at::Tensor h_first = h0.contiguous(), c_first = c0.contiguous();
+  // The gradient reaching rows [first, first + count) of h_n (c_n): zero where none was given.
+  const auto final_grad = [&](const std::optional<at::Tensor>& grad, int64_t first, int64_t count) {
+    return defined(grad) ? grad->narrow(0, first, count).contiguous().clone()
+                         : at::zeros({count, hidden}, input.options());
+  };
+  at::Tensor grad_gates = at::empty({total, 4 * hidden}, input.options());
+  // The gradients of the state leaving the step at hand, one row per sequence it has; the last
+  // step's come from h_n and c_n.
+  const int64_t last_rows = steps.steps() > 0 ? steps.rows_at(steps.steps() - 1, reverse) : batch;
+  at::Tensor grad_h = final_grad(grad_h_n, 0, last_rows), grad_c = final_grad(grad_c_n, 0, last_rows);
+  std::vector<std::pair<int64_t, at::Tensor>> grad_h_first, grad_c_first;  // blocks of grad_h0, grad_c0
+  const auto w_hh_right = device.prepare(w_hh, total, steps.fewest());
+  for (int64_t step = steps.steps() - 1; step >= 0; --step) {
+    const at::Tensor c_prev = steps.entering(saved_c, c_first, step, reverse);
+    at::Tensor step_grad_gates = steps.at_step(grad_gates, step, reverse);
+    const at::Tensor step_grad_output = grad_out.defined() ? steps.at_step(grad_out, step, reverse) : grad_out;
+    device.backward(step_grad_output, grad_h, grad_c, steps.at_step(saved_gates, step, reverse), c_prev,
+                    steps.at_step(saved_c, step, reverse), step_grad_gates);
     device.multiply(step_grad_gates, w_hh_right, grad_h, false);
+    // grad_h and grad_c now hold the gradients of the state entering this step: the step
+    // before's rows, and the initial state's for sequences that started here.
+    const int64_t rows = grad_h.size(0), before = step > 0 ? steps.rows_at(step - 1, reverse) : 0;
+    if (step == 0 || rows > before) {
+      grad_h_first.emplace_back(before, grad_h.narrow(0, before, rows - before));
+      grad_c_first.emplace_back(before, grad_c.narrow(0, before, rows - before));
+      grad_h = grad_h.narrow(0, 0, before);
+      grad_c = grad_c.narrow(0, 0, before);
+    } else if (rows < before) {  // the step before's other sequences ended there: their h_n, c_n
+      grad_h = at::cat({grad_h, final_grad(grad_h_n, rows, before - rows)});
+      grad_c = at::cat({grad_c, final_grad(grad_c_n, rows, before - rows)});
+    }
   }
-  const at::Tensor flat_grad = grad_gates.view({steps * batch, 4 * hidden});
+  if (steps.steps() == 0) {
+    grad_h_first.emplace_back(0, grad_h);
+    grad_c_first.emplace_back(0, grad_c);
+  }
   const at::Tensor none = at::empty({0}, input.options());
   at::Tensor grad_input = none, grad_w_ih = none, grad_w_hh = none;
   if (output_mask[0]) {
-    grad_input = at::empty({steps * batch, features}, input.options());
-    device.multiply(flat_grad, device.prepare(w_ih, steps * batch), grad_input, false);
-    grad_input = grad_input.view({steps, batch, features});
+    grad_input = at::empty({total, features}, input.options());
+    device.multiply(grad_gates, device.prepare(w_ih, total, total), grad_input, false);
+    grad_input = grad_input.view(input.sizes());
   }
   if (output_mask[1]) {
-    // h_prev of every step, in time order: [h0, h_0 .. h_{T-2}] (reverse: [h_1 .. h_{T-1}, h0]).
-    const at::Tensor first = h0.contiguous().unsqueeze(0);
-    const at::Tensor h_prev = steps == 0 ? saved_h
-                              : reverse  ? at::cat({saved_h.narrow(0, 1, steps - 1), first})
-                                         : at::cat({first, saved_h.narrow(0, 0, steps - 1)});
-    const at::Tensor flat_input = input.contiguous().view({steps * batch, features});
-    const at::Tensor flat_h_prev = h_prev.view({steps * batch, hidden});
-    if (steps * batch >= features + hidden) {
+    // h entering every step, in the rows of its step: for a padded batch [h0, h_0 .. h_{T-2}]
+    // (reverse: [h_1 .. h_{T-1}, h0]).
+    at::Tensor h_prev;
+    if (steps.uniform()) {
+      const at::Tensor first = h_first.narrow(0, 0, batch);
+      const int64_t rest = total - batch;
+      h_prev = steps.steps() == 0 ? saved_h
+               : reverse          ? at::cat({saved_h.narrow(0, batch, rest), first})
+                                  : at::cat({first, saved_h.narrow(0, 0, rest)});
+    } else {
+      std::vector<at::Tensor> parts(steps.steps());
+      for (int64_t step = 0; step < steps.steps(); ++step) {
+        parts[steps.time(step, reverse)] = steps.entering(saved_h, h_first, step, reverse);
+      }
+      h_prev = at::cat(parts);
+    }
+    const at::Tensor flat_input = input.contiguous().view({total, features});
+    if (total >= features + hidden) {
       // Both in one GEMM, grad_gates^T [inputs | h_prev], then split: grad_gates^T is read (packed)
       // once, which outweighs copying the two halves out when the sequence is longer than a row.
-      const at::Tensor inputs_and_states = at::cat({flat_input, flat_h_prev}, 1);
+      const at::Tensor inputs_and_states = at::cat({flat_input, h_prev}, 1);
       at::Tensor grad_weights = at::empty({4 * hidden, features + hidden}, input.options());
-      device.multiply(flat_grad.t(), device.prepare(inputs_and_states, 4 * hidden), grad_weights, false);
+      device.multiply(grad_gates.t(), device.prepare(inputs_and_states, 4 * hidden, 4 * hidden), grad_weights,
+                      false);
       grad_w_ih = grad_weights.narrow(1, 0, features).contiguous();
       grad_w_hh = grad_weights.narrow(1, features, hidden).contiguous();
     } else {
       grad_w_ih = at::empty({4 * hidden, features}, input.options());
       grad_w_hh = at::empty({4 * hidden, hidden}, input.options());
-      device.multiply(flat_grad.t(), device.prepare(flat_input, 4 * hidden), grad_w_ih, false);
-      device.multiply(flat_grad.t(), device.prepare(flat_h_prev, 4 * hidden), grad_w_hh, false);
+      device.multiply(grad_gates.t(), device.prepare(flat_input, 4 * hidden, 4 * hidden), grad_w_ih, false);
+      device.multiply(grad_gates.t(), device.prepare(h_prev, 4 * hidden, 4 * hidden), grad_w_hh, false);
     }
   }
-  return {grad_input, grad_h, grad_c, grad_w_ih, grad_w_hh, output_mask[2] ? flat_grad.sum(0) : none};
+  return {grad_input,
+          assemble_rows(std::move(grad_h_first)),
+          assemble_rows(std::move(grad_c_first)),
+          grad_w_ih,
+          grad_w_hh,
+          output_mask[2] ? grad_gates.sum(0) : none};
 }
 
 }  // namespace fastnets

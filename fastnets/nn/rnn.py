@@ -73,8 +73,9 @@ class LSTM(nn.Module):
     Input (time, batch, input_size) (``batch_first``: (batch, time, input_size)) or unbatched
     (time, input_size); ``hx = (h0, c0)``, each (num_layers * num_directions, batch, hidden_size),
     zeros when omitted. Returns ``output, (h_n, c_n)`` as torch.nn.LSTM does; a wrong input or
-    state size raises a RuntimeError, as there. ``PackedSequence`` input is not supported (a
-    TypeError says so): pad the batch instead. ``proj_size`` must be 0. Double backward is not
+    state size raises a RuntimeError, as there. A ``PackedSequence`` input gives a
+    ``PackedSequence`` output, each sequence run over its own length (h_n and c_n after its last
+    step, in the batch's order), as in torch. ``proj_size`` must be 0. Double backward is not
     supported.
     """
 
@@ -130,10 +131,9 @@ class LSTM(nn.Module):
                 text += f", {name}={getattr(self, name)}"
         return text
 
-    def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+    def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None):
         if isinstance(input, PackedSequence):
-            raise TypeError("fastnets.nn.LSTM does not take a PackedSequence: pad the sequences to one length "
-                            "(torch.nn.utils.rnn.pad_packed_sequence) and pass the padded tensor")
+            return self._forward_packed(input, hx)
         if input.dim() not in (2, 3):
             raise ValueError(f"LSTM: expected input to be 2-D or 3-D, got {input.dim()}-D")
         batched = input.dim() == 3
@@ -141,22 +141,51 @@ class LSTM(nn.Module):
             input = input.unsqueeze(1)
         elif self.batch_first:
             input = input.transpose(0, 1)
+        self._check_input_size(input)
+        h0, c0 = self._initial_states(input, input.shape[1], hx, unsqueeze=not batched)
+        x, (h_n, c_n) = self._layers(input, h0, c0, None)
+        if not batched:
+            return x.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        return (x.transpose(0, 1) if self.batch_first else x), (h_n, c_n)
+
+    def _forward_packed(self, input: PackedSequence, hx: Optional[Tuple[Tensor, Tensor]]):
+        # As torch.nn.LSTM: the states in the packed (sorted) order of the sequences inside, h_n
+        # and c_n back in the caller's order; batch_first does not apply to packed data.
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        if data.dim() != 2:
+            raise ValueError(f"LSTM: expected packed data to be 2-D (rows, input_size), got {data.dim()}-D")
+        self._check_input_size(data)
+        batch = sorted_indices.numel() if sorted_indices is not None else int(batch_sizes[0])
+        h0, c0 = self._initial_states(data, batch, hx, unsqueeze=False)
+        if hx is not None and sorted_indices is not None:
+            h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
+        x, (h_n, c_n) = self._layers(data, h0, c0, batch_sizes)
+        if unsorted_indices is not None:
+            h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
+        return PackedSequence(x, batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
+
+    def _check_input_size(self, input: Tensor) -> None:
         if input.shape[-1] != self.input_size:
             raise RuntimeError(f"input.size(-1) must be equal to input_size = {self.input_size}, got "
                                f"{input.shape[-1]}")
+
+    def _initial_states(self, input: Tensor, batch: int, hx: Optional[Tuple[Tensor, Tensor]], unsqueeze: bool):
         directions = 2 if self.bidirectional else 1
-        state_shape = (self.num_layers * directions, input.shape[1], self.hidden_size)
+        state_shape = (self.num_layers * directions, batch, self.hidden_size)
         if hx is None:
             zeros = input.new_zeros(state_shape)
-            h0, c0 = zeros, zeros
-        else:
-            h0, c0 = hx
-            if not batched:
-                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-            for name, state in (("hx[0] (h0)", h0), ("hx[1] (c0)", c0)):
-                if tuple(state.shape) != state_shape:
-                    raise RuntimeError(f"{name} must have shape {state_shape}, got {tuple(state.shape)}")
-        x = input
+            return zeros, zeros
+        h0, c0 = hx
+        if unsqueeze:
+            h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+        for name, state in (("hx[0] (h0)", h0), ("hx[1] (c0)", c0)):
+            if tuple(state.shape) != state_shape:
+                raise RuntimeError(f"{name} must have shape {state_shape}, got {tuple(state.shape)}")
+        return h0, c0
+
+    def _layers(self, x: Tensor, h0: Tensor, c0: Tensor, batch_sizes: Optional[Tensor]):
+        """Every layer and direction over x (time, batch, features), or packed rows with batch_sizes."""
+        directions = 2 if self.bidirectional else 1
         final_h, final_c = [], []
         for layer in range(self.num_layers):
             outputs = []
@@ -165,14 +194,11 @@ class LSTM(nn.Module):
                 weights = [getattr(self, name) for name in self._names[index]]
                 biases = weights[2:] if self.bias else [None, None]
                 output, (h_n, c_n) = lstm_layer(x, (h0[index], c0[index]), weights[0], weights[1], *biases,
-                                                reverse=direction == 1)
+                                                reverse=direction == 1, batch_sizes=batch_sizes)
                 outputs.append(output)
                 final_h.append(h_n)
                 final_c.append(c_n)
-            x = outputs[0] if directions == 1 else torch.cat(outputs, dim=2)
+            x = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = fastnets_dropout(x, self.dropout)
-        h_n, c_n = torch.stack(final_h), torch.stack(final_c)
-        if not batched:
-            return x.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
-        return (x.transpose(0, 1) if self.batch_first else x), (h_n, c_n)
+        return x, (torch.stack(final_h), torch.stack(final_c))
