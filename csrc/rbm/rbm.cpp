@@ -10,6 +10,7 @@
 
 #include "common/cpu_generator.h"
 #include "common/cpu_isa.h"
+#include "common/cpu_matmul.h"
 #include "common/philox.h"
 #include "rbm/rbm.h"
 #include "rbm/rbm_args.h"
@@ -105,6 +106,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_units(at::Tensor mean, c10
   return {mean, samples, cpu_seed_offset_tensor(seed, offset)};
 }
 
+// input @ weight^T (+ bias): float and double by fastnets' own GEMM, whose sums do not depend on
+// the thread count (torch's float32 mm gives other bits for 1 and 2 threads at 5-7 and 9-11 rows,
+// and a sample drawn from them could flip); 16-bit types by at::addmm.
+at::Tensor rbm_total_input_cpu(const at::Tensor& input, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias) {
+  if (!cpu_matmul_supports(input.scalar_type())) return rbm_total_input(input, weight, bias);
+  const int64_t rows = input.size(0), cols = weight.size(0);
+  at::Tensor total = at::empty({rows, cols}, input.options());  // the kernels overwrite it: never bias itself
+  if (bias.has_value()) total.copy_(bias->unsqueeze(0).expand({rows, cols}));
+  cpu_matmul(input, prepare_right_operand(weight.t()), total, bias.has_value());
+  return total;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rbm_sample_cpu(const at::Tensor& input, const at::Tensor& weight,
                                                               const std::optional<at::Tensor>& bias,
                                                               c10::string_view unit, bool sample,
@@ -112,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rbm_sample_cpu(const at::Tensor& 
                                                               const std::optional<at::Tensor>& seed_offset) {
   check_rbm_sample_args(input, weight, bias);
   parse_rbm_unit(unit);  // checked before the GEMM
-  return sample_units(rbm_total_input(input, weight, bias), unit, sample, generator, seed_offset);
+  return sample_units(rbm_total_input_cpu(input, weight, bias), unit, sample, generator, seed_offset);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rbm_sample_units_cpu(const at::Tensor& total_input,

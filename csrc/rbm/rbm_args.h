@@ -44,8 +44,9 @@ inline void check_rbm_sample_args(const at::Tensor& input, const at::Tensor& wei
   }
 }
 
-// input @ weight^T (+ bias): a fresh contiguous (batch, out_features) tensor the kernels then
-// overwrite with the units' means.
+// input @ weight^T (+ bias) by at::addmm (CUDA; 16-bit types on the CPU, whose float and double take
+// rbm.cpp's own GEMM): a fresh contiguous (batch, out_features) tensor the kernels then overwrite
+// with the units' means.
 inline at::Tensor rbm_total_input(const at::Tensor& input, const at::Tensor& weight,
                                   const std::optional<at::Tensor>& bias) {
   at::Tensor total = bias.has_value() ? at::addmm(*bias, input, weight.t()) : at::mm(input, weight.t());
