@@ -61,6 +61,11 @@ PYBIND11_MODULE(_C, m) {
     info["cuda"] = false;
     info["cuda_archs"] = "";
 #endif
+#if defined(FASTNETS_WITH_CUBLAS)
+    info["cublas"] = true;  // the LSTM's GEMMs call cuBLAS directly (else through at::mm)
+#else
+    info["cublas"] = false;
+#endif
 #if defined(_OPENMP)
     info["openmp"] = true;
     info["openmp_max_threads"] = omp_get_max_threads();
@@ -70,7 +75,8 @@ PYBIND11_MODULE(_C, m) {
 #endif
     info["cpu_isa"] = fastnets::cpu_isa_name(fastnets::cpu_isa());
     return info;
-  }, "How fastnets._C was built: version, CUDA and its architectures, OpenMP, the CPU SIMD level in use.");
+  }, "How fastnets._C was built: version, CUDA and its architectures, direct cuBLAS calls, OpenMP, the CPU SIMD "
+     "level in use.");
   m.def("_conv_input_offsets", [](const std::vector<int64_t>& geometry) {
     const fastnets::Conv2dGeometry g = conv_geometry(geometry);
     std::vector<int64_t> offsets;  // [q][oh][ow]

@@ -18,7 +18,8 @@ def info() -> None:
     print(f"fastnets {fastnets.__version__}")
     print(f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
     if build["cuda"]:
-        print(f"CUDA kernels: compiled for sm {build['cuda_archs']}")
+        gemms = "direct cuBLAS calls" if build["cublas"] else "at::mm"
+        print(f"CUDA kernels: compiled for sm {build['cuda_archs']} (LSTM GEMMs by {gemms})")
     else:
         print("CUDA kernels: not compiled (CPU-only build)")
     if torch.cuda.is_available():

@@ -1,6 +1,5 @@
 """The training and evaluation loops that the tools (demo, precision) share."""
 import time
-import warnings
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -35,27 +34,30 @@ class TrainingStep:
 class CudaGraphTrainingStep(TrainingStep):
     """The same step, replayed as a CUDA graph: a small model's step on a GPU is bound by the
     host launching its kernels one by one, which a graph launches at once (the recipe of
-    torch.cuda.graphs' "whole network capture"). The first ``warmup`` steps run eagerly on a side
-    stream, the next one captures the step (forward, backward and the optimizer's in-place update,
-    its random draws included: each replay draws fresh numbers) and every later batch of the
-    captured shape replays it; a batch of another shape runs eagerly. If the capture fails, the
-    step stays eager and ``capture_error`` says why.
-    The learning rate and every other Python value the step reads are fixed at capture."""
+    torch.cuda.graphs' "whole network capture"). Batches of the first batch's shape take the
+    first ``warmup`` steps eagerly on a side stream, the next one captures the step (forward,
+    backward and the optimizer's in-place update, its random draws included: each replay draws
+    fresh numbers), and every later one replays it; a batch of another shape (an epoch's short
+    last batch) runs eagerly. A failed capture raises: torch does not promise that a process
+    goes on correctly after one. The learning rate and every other Python value the step reads
+    are fixed at capture."""
 
     def __init__(self, model: nn.Module, optimizer, inputs: Transform = None, warmup: int = 3) -> None:
         super().__init__(model, optimizer, inputs)
         self.warmup_left = warmup
+        self.shapes: Optional[Tuple[torch.Size, torch.Size]] = None  # the batches captured
         self.graph: Optional[torch.cuda.CUDAGraph] = None
-        self.capture_error: Optional[str] = None
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.graph is not None and images.shape == self.images.shape and labels.shape == self.labels.shape:
+        if self.shapes is None:
+            self.shapes = (images.shape, labels.shape)
+        if (images.shape, labels.shape) != self.shapes:
+            return super().__call__(images, labels)
+        if self.graph is not None:
             self.images.copy_(images)
             self.labels.copy_(labels)
             self.graph.replay()
             return self.captured_loss.clone()
-        if self.graph is not None or self.capture_error is not None:
-            return super().__call__(images, labels)
         if self.warmup_left > 0:
             self.warmup_left -= 1
             side = torch.cuda.Stream(images.device)
@@ -75,10 +77,9 @@ class CudaGraphTrainingStep(TrainingStep):
                 loss = self.loss(self.images, self.labels)
                 loss.backward()
                 self.optimizer.step()
-        except RuntimeError as error:
-            self.capture_error = str(error)
-            warnings.warn(f"CUDA graph capture of the training step failed, it stays eager: {error}", stacklevel=2)
-            return super().__call__(images, labels)
+        except Exception as error:
+            raise RuntimeError(f"CUDA graph capture of the training step failed (train without CUDA graphs): "
+                               f"{error}") from error
         self.graph, self.captured_loss = graph, loss.detach()
         graph.replay()  # the capture recorded the step without running it: this is this batch's step
         return self.captured_loss.clone()

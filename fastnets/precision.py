@@ -91,9 +91,10 @@ def train(model: nn.Module, setting: Setting, data: Digits, *, epochs: int = 10,
 
     The batches' order and the stochastic rounding draw from torch's generator seeded with
     ``seed``; the model's initialization is the caller's (build it after ``torch.manual_seed``).
-    ``cuda_graphs`` (CUDA only): after three eager steps, each training step is one replay of a
-    CUDA graph (see :class:`fastnets._training.CudaGraphTrainingStep`), which takes the host's
-    kernel launches out of the time per epoch; the random draws then differ from an eager run's."""
+    ``cuda_graphs`` (CUDA only): after three eager steps, each training step of a full batch is
+    one replay of a CUDA graph (see :class:`fastnets._training.CudaGraphTrainingStep`), which
+    takes the host's kernel launches out of the time per epoch; the random draws then differ from
+    an eager run's."""
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")

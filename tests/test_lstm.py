@@ -206,7 +206,10 @@ def tf32_switches(cudnn_enabled: bool, cudnn_tf32: bool, matmul_tf32: bool):
 def test_float32_takes_tf32_where_the_module_replaced_does(module):
     """CUDA float32: the layer's GEMMs run in TF32 by torch.backends.cudnn.allow_tf32 (torch.nn.LSTM
     runs on cuDNN), or by torch.backends.cuda.matmul.allow_tf32 when cuDNN is disabled; the cell's
-    by the matmul switch alone (torch.nn.LSTMCell's GEMMs are torch.mm's)."""
+    by the matmul switch alone (torch.nn.LSTMCell's GEMMs are torch.mm's). A build without the direct
+    cuBLAS calls goes through torch.mm, which follows the matmul switch only."""
+    if not fastnets.build_info()["cublas"]:
+        pytest.skip("built without the direct cuBLAS calls: the LSTM's GEMMs are torch.mm's")
     torch.manual_seed(0)
     if module == "LSTM":
         ours = fastnets.nn.LSTM(64, 96).cuda()
@@ -354,14 +357,14 @@ def test_opcheck(device):
     check_opcheck(ops.lstm_layer_backward.default,
                   (None, torch.randn_like(h_n), None, x, h0, c0, w_ih, w_hh, output, gates, cells, True,
                    [True, True, True], True))
-    packed = make(6, 5)  # steps of 3, 2 and 1 sequences
+    packed, sizes = make(6, 5), torch.tensor([3, 2, 1])  # steps of 3, 2 and 1 sequences
     args = (packed.detach().requires_grad_(), h0, c0.detach().requires_grad_(), w_ih, w_hh, b, b)
     for reverse in (False, True):
-        check_opcheck(ops.lstm_layer.default, (*args, reverse, True, torch.tensor([3, 2, 1])))
-        output, h_n, c_n, gates, cells = ops.lstm_layer(packed, h0, c0, w_ih, w_hh, b, b, reverse, True, torch.tensor([3, 2, 1]))
+        check_opcheck(ops.lstm_layer.default, (*args, reverse, True, sizes))
+        output, h_n, c_n, gates, cells = ops.lstm_layer(packed, h0, c0, w_ih, w_hh, b, b, reverse, True, sizes)
         check_opcheck(ops.lstm_layer_backward.default,
                       (torch.randn_like(output), torch.randn_like(h_n), None, packed, h0, c0, w_ih, w_hh, output,
-                       gates, cells, reverse, [True, True, False], True, torch.tensor([3, 2, 1])))
+                       gates, cells, reverse, [True, True, False], True, sizes))
     check_opcheck(ops.matmul.default, (make(7, 5), make(5, 9)))
 
 
@@ -405,7 +408,7 @@ def test_same_for_threads():
     check_same_for_threads(run)
 
 
-@pytest.mark.parametrize("batch", [5, 6, 7, 9, 11])
+@pytest.mark.parametrize("batch", [5, 6, 7, 9, 10, 11])
 def test_small_batch_same_for_threads(batch):
     """torch's float32 mm gives other bits for 1 and 2 threads at 5-7 and 9-11 rows: the per-step
     products of a small batch, and a cell's, go to fastnets' own GEMM."""
@@ -592,6 +595,9 @@ def test_backward_of_empty_sequence_and_batch():
     out, (h, c) = F.lstm_layer(empty[0], (empty[1], empty[2]), w_ih, w_hh)
     out.sum().backward()
     assert empty[0].grad.shape == (5, 0, 3)
+    x = torch.zeros(5, 0, 3, requires_grad=True)  # h.sum()'s gradient: an expanded empty tensor
+    fastnets.nn.LSTM(3, 2)(x)[1][0].sum().backward()
+    assert x.grad.shape == (5, 0, 3)
 
 
 def test_saved_tensors_are_not_differentiable_and_no_double_backward():

@@ -3,7 +3,6 @@ MNIST data (embedded and IDX files), the activation quantizers, what a setting h
 point, and the experiment's finding on a reduced, seed-averaged sweep."""
 import gzip
 import json
-import warnings
 from pathlib import Path
 
 import pytest
@@ -177,26 +176,36 @@ def test_the_finding_on_a_reduced_seed_averaged_sweep(digits):
 
 @cuda_only
 @pytest.mark.cuda
-def test_cuda_graph_steps_train_as_eager_steps(digits):
-    """--cuda-graphs: a float32 run (nothing random within its steps) whose steps replay a captured
-    graph ends with the eager run's weights, its short last batches run eagerly; a stochastic run
-    captures too (fresh draws each replay) and trains on the grid. A failed capture would warn."""
+def test_cuda_graph_steps_train_as_eager_steps(digits, monkeypatch):
+    """--cuda-graphs: a float32 run (nothing random within its steps) whose full batches replay a
+    captured graph ends with the eager run's weights, its short last batches run eagerly; a
+    stochastic run captures too, draws fresh numbers each replay and trains on the grid."""
     data = small_data(digits, train=450).to("cuda")  # 4 batches of 100, then one of 50
+    replays = []
+    replay = torch.cuda.CUDAGraph.replay
+
+    def counted_replay(graph):
+        before = torch.cuda.get_rng_state()
+        replay(graph)
+        replays.append(not torch.equal(before, torch.cuda.get_rng_state()))  # the generator moved on
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", counted_replay)
 
     def run(setting, cuda_graphs):
         torch.manual_seed(0)
         model = models.gupta_mlp(hidden=32).cuda()
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            history = precision.train(model, setting, data, epochs=3, seed=0, cuda_graphs=cuda_graphs)
+        history = precision.train(model, setting, data, epochs=3, seed=0, cuda_graphs=cuda_graphs)
         return model, history
 
     eager, eager_history = run(precision.Setting(), False)
+    assert not replays
     graphed, graphed_history = run(precision.Setting(), True)
+    assert len(replays) == 3 * 4 - 3  # every full batch after three warm-up steps (the capture's included)
     for ours, theirs in zip(graphed.parameters(), eager.parameters()):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
     assert graphed_history.train_loss == pytest.approx(eager_history.train_loss, rel=1e-5)
+    replays.clear()
     fmt = FixedPoint(16, 12, "stochastic")
     model, history = run(precision.Setting(fmt), True)
+    assert len(replays) == 9 and all(replays)
     assert all(on_grid(p, fmt) for p in model.parameters())
     assert history.train_loss[-1] < history.train_loss[0]

@@ -155,7 +155,7 @@ def test_transposed_weight_view_and_one_dimensional_input(device):
     torch.testing.assert_close(mean, torch.sigmoid(F.linear(x[0], w, b)))
 
 
-@pytest.mark.parametrize("batch", [300, 5, 6, 9, 11])  # torch's float32 mm differs for 1 and 2 threads at 5-7, 9-11
+@pytest.mark.parametrize("batch", [300, 5, 6, 7, 9, 10, 11])  # torch's float32 mm: other bits for 1, 2 threads
 def test_same_for_threads(batch):
     x, w, b = layer(batch, 200, 257)
 

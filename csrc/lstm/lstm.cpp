@@ -128,11 +128,10 @@ struct CpuLstm {
 
   // b for products of `rows` rows in all, the smallest of `fewest` rows.
   static Right prepare(const at::Tensor& b, int64_t rows, int64_t fewest) {
-    if (cpu_matmul_supports(b.scalar_type()) && (rows >= kTiledMinRows || fewest < kBlasMinRows)) {
-      return Right{usable_in_place(b) ? right_operand_in_place(b) : prepare_right_operand(b), {}};
-    }
+    const bool tiled = cpu_matmul_supports(b.scalar_type());
+    if (tiled && rows >= kTiledMinRows) return Right{prepare_right_operand(b), {}};
     if (usable_in_place(b)) return Right{right_operand_in_place(b), {}};
-    if (cpu_matmul_supports(b.scalar_type()) && b.size(0) > b.size(1)) return Right{prepare_right_operand(b), {}};
+    if (tiled && (b.size(0) > b.size(1) || fewest < kBlasMinRows)) return Right{prepare_right_operand(b), {}};
     return Right{{}, b};
   }
 

@@ -117,11 +117,14 @@ BlasOperand blas_operand(const at::Tensor& x) {
 }
 
 // Whether float32 GEMMs may run in TF32: as torch.nn.LSTM decides on CUDA (cudnn_tf32: its cuDNN
-// kernels follow torch.backends.cudnn.allow_tf32 while cuDNN is enabled), else as torch.mm and
-// torch.nn.LSTMCell decide (torch.backends.cuda.matmul.allow_tf32).
+// kernels follow torch.backends.cudnn.allow_tf32 where torch has cuDNN and it is enabled), else as
+// torch.mm and torch.nn.LSTMCell decide (torch.backends.cuda.matmul.allow_tf32). Read when each
+// op runs, as torch's switches are: the backward follows them as they are then.
 bool float32_gemms_in_tf32(bool cudnn_tf32) {
   const at::Context& context = at::globalContext();
-  if (cudnn_tf32 && context.userEnabledCuDNN()) return context.allowTF32CuDNN(at::Float32Op::RNN);
+  if (cudnn_tf32 && at::Context::hasCuDNN() && context.userEnabledCuDNN()) {
+    return context.allowTF32CuDNN(at::Float32Op::RNN);
+  }
   return context.allowTF32CuBLAS();
 }
 

@@ -266,7 +266,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor h_first = h0.contiguous(), c_first = c0.contiguous();
   // The gradient reaching rows [first, first + count) of h_n (c_n): zero where none was given.
   const auto final_grad = [&](const std::optional<at::Tensor>& grad, int64_t first, int64_t count) {
-    return defined(grad) ? grad->narrow(0, first, count).contiguous().clone()
+    // clone(Contiguous), not contiguous().clone(): an empty expanded gradient is "contiguous" with
+    // stride 0, which clone would keep and the GEMM cannot write.
+    return defined(grad) ? grad->narrow(0, first, count).clone(at::MemoryFormat::Contiguous)
                          : at::zeros({count, hidden}, input.options());
   };
   at::Tensor grad_gates = at::empty({total, 4 * hidden}, input.options());
