@@ -3,6 +3,7 @@ FixedPointOptimizer (float32 and float64), 16-bit steps against the float32 step
 rounding against the same roundings done one by one from the exposed streams, threads, CPU and
 CUDA, state_dict exchange with torch.optim.SGD, opcheck, torch.compile and errors."""
 import copy
+import itertools
 
 import pytest
 import torch
@@ -378,6 +379,15 @@ def test_torch_compile_fullgraph(device):
     tensors = [torch.randn(257, device=device) for _ in range(3)]
     check_compiles(step, *tensors, seed=0)
 
+    def step_foreach(a, b, grad_a, grad_b):
+        params, grads = [a.clone(), b.clone()], [grad_a.clone(), grad_b.clone()]
+        buffers = [torch.zeros_like(a), torch.zeros_like(b)]
+        ops.fixed_point_sgd_foreach_(params, grads, buffers, 0.1, 0.9, 0.0, 0.0, False, False, True, fmt, fmt, fmt,
+                                     None)
+        return torch.cat([t.flatten() for t in params + grads + buffers])
+
+    check_compiles(step_foreach, *(torch.randn(n, device=device) for n in (257, 33, 257, 33)), seed=0)
+
 
 def test_bad_arguments_are_named(device):
     param = torch.randn(4, 3, device=device)
@@ -424,3 +434,45 @@ def test_bad_arguments_are_named(device):
     parameters[0].grad = torch.ones(3, device=device).to_sparse()
     with pytest.raises(RuntimeError, match="sparse"):
         FixedPointSGD(parameters).step()
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_foreach_is_the_loop_of_single_steps(device, momentum):
+    """fixed_point_sgd_foreach_ (one call for all of FixedPointSGD's parameters) draws and writes
+    what fixed_point_sgd_ called on each parameter in turn does; a bad parameter anywhere in the
+    list is refused before any is written."""
+    stochastic = [12, 8, 1, 1, 0]
+    shapes = [(5, 7), (33,), (2, 3, 4), (0,), (1,)]
+
+    def tensors(seed):
+        g = torch.Generator().manual_seed(seed)
+        return [torch.randn(shape, generator=g).to(device) for shape in shapes]
+
+    params, grads, buffers = tensors(0), tensors(1), tensors(2) if momentum else []
+    expected = [[t.clone() for t in group] for group in (params, grads, buffers)]
+    torch.manual_seed(3)
+    seed_offsets = ops.fixed_point_sgd_foreach_(params, grads, buffers, 0.1, momentum, 0.0, 0.01, False, False, True,
+                                                stochastic, stochastic, stochastic if momentum else [], None)
+    torch.manual_seed(3)
+    expected_seed_offsets = [
+        ops.fixed_point_sgd_(p, g, b, 0.1, momentum, 0.0, 0.01, False, False, True, stochastic, stochastic,
+                             stochastic if momentum else [], None)
+        for p, g, b in itertools.zip_longest(*expected)]
+    assert_all_equal(params + grads + buffers + seed_offsets, sum(expected, []) + expected_seed_offsets)
+
+    kept = [t.clone() for t in params + grads]
+    bad_grads = grads[:2] + [grads[2].double()] + grads[3:]
+    with pytest.raises(RuntimeError, match="grad must have param's dtype"):
+        ops.fixed_point_sgd_foreach_(params, bad_grads, buffers, 0.1, momentum, 0.0, 0.0, False, False, False,
+                                     stochastic, [], [], None)
+    assert_all_equal(params + grads, kept)
+    with pytest.raises(RuntimeError, match="grads must have one tensor per param"):
+        ops.fixed_point_sgd_foreach_(params, grads[:2], buffers, 0.1, momentum, 0.0, 0.0, False, False, False, [],
+                                     [], [], None)
+    with pytest.raises(RuntimeError, match="momentum_buffers must be empty or have one tensor per param"):
+        ops.fixed_point_sgd_foreach_(params, grads, grads[:1], 0.1, momentum, 0.0, 0.0, False, False, False, [], [],
+                                     [], None)
+    fmt = [16, 12, 0, 1, 0]
+    check_opcheck(ops.fixed_point_sgd_foreach_.default,
+                  (params, grads, buffers, 0.1, momentum, 0.0, 0.01, False, False, False, fmt, fmt,
+                   fmt if momentum else [], None))

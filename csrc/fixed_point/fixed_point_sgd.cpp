@@ -1,14 +1,17 @@
-// SGD with fixed-point roundings in one pass: operator schema and CPU kernel. CUDA kernel:
-// fixed_point_sgd_cuda.cu; the math: fixed_point_sgd.h.
+// SGD with fixed-point roundings in one pass: operator schemas, the CPU kernel and the loop over
+// parameters. CUDA kernel: fixed_point_sgd_cuda.cu; the math: fixed_point_sgd.h.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "common/checks.h"
 #include "common/cpu_elementwise.h"
@@ -189,6 +192,43 @@ at::Tensor fixed_point_sgd_cpu(at::Tensor& param, at::Tensor& grad, const std::o
   return seed_offsets;
 }
 
+// fixed_point_sgd_ on each parameter in turn, so the same draws and bits as a loop of it, without a
+// Python call per parameter (the host time of a small model's step on a GPU).
+std::vector<at::Tensor> fixed_point_sgd_foreach(at::TensorList params, at::TensorList grads,
+                                                at::TensorList momentum_buffers, double lr, double momentum,
+                                                double dampening, double weight_decay, bool nesterov, bool maximize,
+                                                bool first_step, c10::IntArrayRef grad_format,
+                                                c10::IntArrayRef weight_format, c10::IntArrayRef state_format,
+                                                const std::optional<at::Generator>& generator) {
+  TORCH_CHECK(grads.size() == params.size(), "grads must have one tensor per param (", params.size(), "), got ",
+              grads.size());
+  TORCH_CHECK(momentum_buffers.empty() || momentum_buffers.size() == params.size(),
+              "momentum_buffers must be empty or have one tensor per param (", params.size(), "), got ",
+              momentum_buffers.size());
+  static const auto step = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fastnets::fixed_point_sgd_", "")
+                               .typed<at::Tensor(at::Tensor&, at::Tensor&, const std::optional<at::Tensor>&, double,
+                                                 double, double, double, bool, bool, bool, c10::IntArrayRef,
+                                                 c10::IntArrayRef, c10::IntArrayRef,
+                                                 const std::optional<at::Generator>&)>();
+  const auto buffer = [&](size_t i) {
+    return momentum_buffers.empty() ? std::nullopt : std::optional<at::Tensor>(momentum_buffers[i]);
+  };
+  // Every parameter's arguments are checked before the first is written: a bad one steps none.
+  for (size_t i = 0; i < params.size(); ++i) {
+    parse_sgd_args(params[i], grads[i], buffer(i), lr, momentum, dampening, weight_decay, nesterov, maximize,
+                   first_step, grad_format, weight_format, state_format);
+  }
+  std::vector<at::Tensor> seed_offsets;
+  seed_offsets.reserve(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    at::Tensor param = params[i], grad = grads[i];
+    seed_offsets.push_back(step.call(param, grad, buffer(i), lr, momentum, dampening, weight_decay, nesterov,
+                                     maximize, first_step, grad_format, weight_format, state_format, generator));
+  }
+  return seed_offsets;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastnets, m) {
@@ -203,6 +243,15 @@ TORCH_LIBRARY_FRAGMENT(fastnets, m) {
         "bool first_step=False, int[] grad_format=[], int[] weight_format=[], int[] state_format=[], "
         "Generator? generator=None) -> Tensor",
         {at::Tag::nondeterministic_seeded});
+  // fixed_point_sgd_ on params[i], grads[i] and momentum_buffers[i] (an empty list: momentum 0),
+  // in order, with the same options; one seed_offsets per parameter. A composite: on every device
+  // and under autograd, tracing and fake tensors, it is the loop of fixed_point_sgd_ calls.
+  m.def("fixed_point_sgd_foreach_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] momentum_buffers, "
+        "float lr, float momentum=0., float dampening=0., float weight_decay=0., bool nesterov=False, "
+        "bool maximize=False, bool first_step=False, int[] grad_format=[], int[] weight_format=[], "
+        "int[] state_format=[], Generator? generator=None) -> Tensor[]",
+        {at::Tag::nondeterministic_seeded});
+  m.impl("fixed_point_sgd_foreach_", c10::DispatchKey::CompositeImplicitAutograd, &fixed_point_sgd_foreach);
 }
 
 TORCH_LIBRARY_IMPL(fastnets, CPU, m) { m.impl("fixed_point_sgd_", &fixed_point_sgd_cpu); }

@@ -123,8 +123,9 @@ def _format_spec(format: Optional[FixedPoint]) -> List[int]:
 
 class FixedPointSGD(torch.optim.Optimizer):
     """``torch.optim.SGD`` with the fixed-point roundings of :class:`FixedPointOptimizer` fused
-    into its step: one kernel call per parameter reads and writes the parameter, its gradient and
-    its momentum buffer once, where torch's step and three separate roundings take six passes.
+    into its step: one kernel per parameter (all of them launched by one call) reads and writes the
+    parameter, its gradient and its momentum buffer once, where torch's step and three separate
+    roundings take six passes.
 
     Each step rounds the gradient to ``grad`` (in place), takes torch.optim.SGD's step, then
     rounds the parameter to ``weight`` and the momentum buffer to ``state``; any format may be
@@ -178,22 +179,42 @@ class FixedPointSGD(torch.optim.Optimizer):
         formats = (_format_spec(self.grad_format), _format_spec(self.weight_format), _format_spec(self.state_format))
         for group in self.param_groups:
             momentum = group["momentum"]
+            # Runs of parameters stepped alike go to the kernels in one call; the rounding of a
+            # parameter without a gradient keeps its place in the order of the draws.
+            run: List[torch.Tensor] = []
+            buffers: List[torch.Tensor] = []
+            run_first = False
             for parameter in group["params"]:
                 if parameter.grad is None:
+                    self._step_run(group, run, buffers, run_first, formats)
+                    run, buffers = [], []
                     self._round_without_step(parameter)
                     continue
                 if parameter.grad.is_sparse:
                     raise RuntimeError("FixedPointSGD does not support sparse gradients")
                 buffer = self.state[parameter].get("momentum_buffer") if momentum != 0 else None
                 first_step = momentum != 0 and buffer is None
+                if first_step != run_first:
+                    self._step_run(group, run, buffers, run_first, formats)
+                    run, buffers, run_first = [], [], first_step
                 if first_step:
                     buffer = torch.zeros_like(parameter)  # written whole by the step
-                ops.fixed_point_sgd_(parameter, parameter.grad, buffer, float(group["lr"]), momentum,
+                run.append(parameter)
+                if buffer is not None:
+                    buffers.append(buffer)
+            self._step_run(group, run, buffers, run_first, formats)
+        return loss
+
+    def _step_run(self, group: Dict, params: List[torch.Tensor], buffers: List[torch.Tensor], first_step: bool,
+                  formats: tuple) -> None:
+        if not params:
+            return
+        ops.fixed_point_sgd_foreach_(params, [p.grad for p in params], buffers, float(group["lr"]), group["momentum"],
                                      group["dampening"], group["weight_decay"], group["nesterov"], group["maximize"],
                                      first_step, *formats, self.generator)
-                if first_step:  # kept only once the step has succeeded
-                    self.state[parameter]["momentum_buffer"] = buffer
-        return loss
+        if first_step:  # kept only once the step has succeeded
+            for parameter, buffer in zip(params, buffers):
+                self.state[parameter]["momentum_buffer"] = buffer
 
     def _round_without_step(self, parameter: torch.Tensor) -> None:
         # As FixedPointOptimizer: a parameter without a gradient is not stepped, but its weights
