@@ -1,6 +1,8 @@
 """Where the time of a few CUDA cases goes, kernel by kernel (a diagnosis for `make gpu-check`,
 not a benchmark): per call, the GPU's busy time, the host's time, the wall time, and the kernels
-that took most of the GPU. A wall time far above the GPU's busy time means the host (Python,
+that took most of the GPU. The cases: those whose benchmarks suggest the host bounds them (dropout
+forward+backward, LSTMCell, the precision experiment's step) and the widest gaps to cuDNN (the
+LSTM layer in bfloat16, conv2). A wall time far above the GPU's busy time means the host (Python,
 dispatch, launches) or a synchronization is the bound.
 
     python3 bench/profile_cuda.py            # needs a GPU
@@ -104,6 +106,27 @@ def main() -> int:
         step = TrainingStep(model, optimizer, fmt)
         report(f"precision MLP step, {'float32' if fmt is None else '<2,14> stochastic'}",
                lambda step=step: step(images, labels))
+
+    # The widest gaps to cuDNN in the benchmarks: the LSTM layer in bfloat16 and conv2 at N=512.
+    torch.manual_seed(0)
+    ours, theirs = fastnets.nn.LSTM(1024, 1024), torch.nn.LSTM(1024, 1024)
+    theirs.load_state_dict(ours.state_dict())
+    sequence = torch.randn(100, 256, 1024, device=device, dtype=torch.bfloat16, requires_grad=True)
+    for name, lstm in (("fastnets", ours), ("torch", theirs)):
+        lstm = lstm.to(device=device, dtype=torch.bfloat16)
+
+        def lstm_step(lstm=lstm):
+            sequence.grad = None
+            lstm(sequence)[0].sum().backward()
+        report(f"LSTM T100 B256 H1024 bfloat16 forward+backward, {name}", lstm_step)
+
+    images = torch.randn(512, 32, 14, 14, device=device, dtype=torch.bfloat16)
+    weight = torch.randn(64, 32, 5, 5, device=device, dtype=torch.bfloat16) / 28
+    bias = torch.randn(64, device=device, dtype=torch.bfloat16)
+    report("conv2 N=512 bfloat16 forward, fastnets", lambda: F.conv2d(images, weight, bias, padding=2))
+    report("conv2 N=512 bfloat16 forward, torch", lambda: torch_F.conv2d(images, weight, bias, padding=2))
+    report("conv2+ReLU+pool N=512 bfloat16 forward, fastnets",
+           lambda: F.conv_relu_pool2d(images, weight, bias, padding=2))
     return 0
 
 
