@@ -151,11 +151,17 @@ inline void check_lstm_layer_args(const at::Tensor& input, const at::Tensor& h0,
   check_same(w_hh, input, "w_hh");
 }
 
-// Row blocks [begin, begin + size(0)) of a (batch, H) result, concatenated in row order (a copy
-// even of a single block: outputs may not alias the op's other outputs).
-inline at::Tensor assemble_rows(std::vector<std::pair<int64_t, at::Tensor>> blocks) {
+// Row blocks [begin, begin + size(0)) of a (batch, H) result, concatenated in row order. A single
+// block is copied too (an op's outputs may not alias each other), unless `owned` says it is a
+// buffer of the op's own that nothing else refers to, and it spans its whole storage.
+inline at::Tensor assemble_rows(std::vector<std::pair<int64_t, at::Tensor>> blocks, bool owned = false) {
   std::sort(blocks.begin(), blocks.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-  if (blocks.size() == 1) return blocks[0].second.clone(at::MemoryFormat::Contiguous);
+  if (blocks.size() == 1) {
+    const at::Tensor& block = blocks[0].second;
+    const bool whole = block.is_contiguous() && block.storage_offset() == 0 &&
+                       block.storage().nbytes() == static_cast<size_t>(block.numel()) * block.element_size();
+    return owned && whole ? block : block.clone(at::MemoryFormat::Contiguous);
+  }
   std::vector<at::Tensor> parts;
   for (auto& block : blocks) parts.push_back(block.second);
   return at::cat(parts);
@@ -344,8 +350,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     }
   }
   return {grad_input,
-          assemble_rows(std::move(grad_h_first)),
-          assemble_rows(std::move(grad_c_first)),
+          assemble_rows(std::move(grad_h_first), /*owned=*/true),  // the running gradients' buffers
+          assemble_rows(std::move(grad_c_first), /*owned=*/true),
           grad_w_ih,
           grad_w_hh,
           output_mask[2] ? grad_gates.sum(0) : none};
