@@ -323,8 +323,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       const at::Tensor first = h_first.narrow(0, 0, batch);
       const int64_t rest = total - batch;
       h_prev = steps.steps() == 0 ? saved_h
-               : reverse          ? at::cat({saved_h.narrow(0, batch, rest), first})
-                                  : at::cat({first, saved_h.narrow(0, 0, rest)});
+               : steps.steps() == 1 ? first  // a cell's step: h0 alone, no copy
+               : reverse            ? at::cat({saved_h.narrow(0, batch, rest), first})
+                                    : at::cat({first, saved_h.narrow(0, 0, rest)});
     } else {
       std::vector<at::Tensor> parts(steps.steps());
       for (int64_t step = 0; step < steps.steps(); ++step) {
