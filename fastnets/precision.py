@@ -84,6 +84,60 @@ class History:
     epoch_seconds: List[float] = field(default_factory=list)
 
 
+class _Run:
+    """One training run (see :func:`train`), an epoch at a time. It keeps torch's random state
+    between its epochs, so runs taken in turns draw what each would draw alone."""
+
+    def __init__(self, model: nn.Module, setting: Setting, data: Digits, *, lr: float = 0.01, momentum: float = 0.9,
+                 batch_size: int = 100, seed: int = 0, cuda_graphs: bool = False) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model, self.setting, self.data, self.batch_size = model, setting, data, batch_size
+        self.device = data.train_images.device
+        torch.manual_seed(seed)
+        weights, self.activations, gradients, state = (setting.holds(q) for q in QUANTITIES)
+        # SGD with the roundings fused into its step, for every setting (float32 too, which then
+        # takes torch.optim.SGD's step bit for bit), so that the settings' times compare one kernel.
+        self.optimizer = FixedPointSGD(model.parameters(), lr=lr, momentum=momentum, weight=weights, grad=gradients,
+                                       state=state)
+        if weights is not None:
+            quantize_parameters_(model, weights)
+        self.history = History(setting.name, seed)
+        self.handles = []
+        # A saturated output's gradient is zero (the derivative of the clamp): passed straight
+        # through, it would keep pushing the weights behind an output that can no longer move.
+        if self.activations or gradients:
+            self.handles = quantize_activations_(model, self.activations, gradients, zero_outside_range=True)
+        graphed = cuda_graphs and self.device.type == "cuda"
+        self.step = (CudaGraphTrainingStep if graphed else TrainingStep)(model, self.optimizer, self.activations)
+        self.random_state = self._random_state()
+
+    def _random_state(self) -> tuple:
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def epoch(self, progress: Optional[Callable[[str], None]] = None) -> None:
+        cpu, cuda = self.random_state
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, self.device)
+        data, history = self.data, self.history
+        order = torch.randperm(len(data.train_labels), device=self.device)
+        loss, seconds = train_epoch(self.model, self.optimizer, data, order, self.batch_size, step=self.step)
+        history.train_loss.append(loss)
+        history.epoch_seconds.append(seconds)
+        history.test_error.append(100.0 - test_accuracy(self.model, data, self.activations))
+        self.random_state = self._random_state()
+        if progress is not None:
+            progress(f"{self.setting.name} seed {history.seed} epoch {len(history.test_error)}: "
+                     f"test error {history.test_error[-1]:.2f}%")
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
 def train(model: nn.Module, setting: Setting, data: Digits, *, epochs: int = 10, lr: float = 0.01,
           momentum: float = 0.9, batch_size: int = 100, seed: int = 0, cuda_graphs: bool = False,
           progress: Optional[Callable[[str], None]] = None) -> History:
@@ -95,55 +149,47 @@ def train(model: nn.Module, setting: Setting, data: Digits, *, epochs: int = 10,
     one replay of a CUDA graph (see :class:`fastnets._training.CudaGraphTrainingStep`), which
     takes the host's kernel launches out of the time per epoch; the random draws then differ from
     an eager run's."""
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-    device = data.train_images.device
-    torch.manual_seed(seed)
-    weights, activations, gradients, state = (setting.holds(q) for q in QUANTITIES)
-    # SGD with the roundings fused into its step, for every setting (float32 too, which then
-    # takes torch.optim.SGD's step bit for bit), so that the settings' times compare one kernel.
-    optimizer = FixedPointSGD(model.parameters(), lr=lr, momentum=momentum, weight=weights, grad=gradients,
-                              state=state)
-    if weights is not None:
-        quantize_parameters_(model, weights)
-    history = History(setting.name, seed)
-    handles = []
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    run = _Run(model, setting, data, lr=lr, momentum=momentum, batch_size=batch_size, seed=seed,
+               cuda_graphs=cuda_graphs)
     try:
-        # A saturated output's gradient is zero (the derivative of the clamp): passed straight
-        # through, it would keep pushing the weights behind an output that can no longer move.
-        if activations or gradients:
-            handles = quantize_activations_(model, activations, gradients, zero_outside_range=True)
-        graphed = cuda_graphs and device.type == "cuda"
-        step = (CudaGraphTrainingStep if graphed else TrainingStep)(model, optimizer, activations)
-        for epoch in range(epochs):
-            order = torch.randperm(len(data.train_labels), device=device)
-            loss, seconds = train_epoch(model, optimizer, data, order, batch_size, step=step)
-            history.train_loss.append(loss)
-            history.epoch_seconds.append(seconds)
-            history.test_error.append(100.0 - test_accuracy(model, data, activations))
-            if progress is not None:
-                progress(f"{setting.name} seed {seed} epoch {epoch + 1}/{epochs}: "
-                         f"test error {history.test_error[-1]:.2f}%")
+        for _ in range(epochs):
+            run.epoch(progress)
     finally:
-        for handle in handles:
-            handle.remove()
-    return history
+        run.close()
+    return run.history
 
 
 def run_sweep(make_model: Callable[[], nn.Module], settings: Sequence[Setting], data: Digits, *,
-              seeds: Sequence[int] = (0,), progress: bool = True, **train_args) -> List[History]:
+              seeds: Sequence[int] = (0,), epochs: int = 10, progress: bool = True, **train_args) -> List[History]:
     """Trains a fresh ``make_model()`` for each setting and seed (built after
-    ``torch.manual_seed(seed)``, so every setting starts from the same weights for a seed)."""
-    epochs = train_args.get("epochs", 10)
+    ``torch.manual_seed(seed)``, so every setting starts from the same weights for a seed), as
+    :func:`train` with ``train_args`` would. The settings of a seed train in turns, an epoch
+    each, in an order that rotates from epoch to epoch: a machine whose speed drifts then slows
+    them alike, and their times per epoch compare. Each run draws the numbers it would draw alone.
+    Returns the histories setting by setting, seed by seed."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
     bar = Progress(len(settings) * len(seeds) * epochs, enabled=progress)
-    histories = []
-    for setting in settings:
-        for seed in seeds:
-            torch.manual_seed(seed)
-            model = make_model().to(data.train_images.device)
-            histories.append(train(model, setting, data, seed=seed, progress=bar.step, **train_args))
-    return histories
+    histories: Dict[tuple, History] = {}
+    for position, seed in enumerate(seeds):
+        runs = []
+        try:
+            for setting in settings:
+                torch.manual_seed(seed)
+                model = make_model().to(data.train_images.device)
+                runs.append(_Run(model, setting, data, seed=seed, **train_args))
+            for epoch in range(epochs if runs else 0):
+                turn = epoch % len(runs)
+                for run in runs[turn:] + runs[:turn]:
+                    run.epoch(bar.step)
+        finally:
+            for run in runs:
+                run.close()
+        for index, run in enumerate(runs):
+            histories[index, position] = run.history
+    return [histories[index, position] for index in range(len(settings)) for position in range(len(seeds))]
 
 
 def summary(histories: Sequence[History]) -> Dict[str, Dict[str, float]]:

@@ -139,6 +139,23 @@ def test_training_holds_what_the_setting_says(digits):
     assert run().train_loss == run().train_loss
 
 
+def test_sweep_takes_turns_and_each_run_draws_what_it_would_alone(digits):
+    """run_sweep trains a seed's settings an epoch each in turns (so their times per epoch
+    compare on a machine whose speed drifts), yet each run equals train() on its own."""
+    data = small_data(digits, train=300, test=100)
+    settings = [precision.Setting(), precision.Setting(FixedPoint(16, 10, "stochastic")),
+                precision.Setting(FixedPoint(16, 8, "nearest"))]
+    histories = precision.run_sweep(lambda: models.gupta_mlp(hidden=16), settings, data, seeds=(0, 3), epochs=3,
+                                    progress=False)
+    assert [(h.setting, h.seed) for h in histories] == [(s.name, seed) for s in settings for seed in (0, 3)]
+    for history in histories:
+        torch.manual_seed(history.seed)
+        model = models.gupta_mlp(hidden=16)
+        setting = settings[[s.name for s in settings].index(history.setting)]
+        alone = precision.train(model, setting, data, epochs=3, seed=history.seed)
+        assert (alone.test_error, alone.train_loss) == (history.test_error, history.train_loss)
+
+
 def test_cli_writes_table_json_and_plot(tmp_path, capsys):
     data_dir = write_mnist_dir(tmp_path / "idx", train=40, test=20)
     json_path = tmp_path / "out" / "precision.json"
