@@ -260,6 +260,38 @@ def test_lstm_layer(steps, batch, n_in, hidden, bias, reverse, kind, seed):
 
 
 @FUZZ
+@given(lengths=st.lists(st.integers(1, 6), min_size=1, max_size=5), n_in=st.integers(1, 6),
+       hidden=st.integers(1, 6), bias=st.booleans(), reverse=st.booleans(), kind=st.integers(0, 2),
+       seed=st.integers(0, 2**31 - 1))
+def test_lstm_layer_packed(lengths, n_in, hidden, bias, reverse, kind, seed):
+    """Packed sequences (a PackedSequence's data and batch_sizes) against torch.lstm's packed
+    form: output, final states and every gradient (a reversed layer: the second direction of a
+    bidirectional one with the same weights)."""
+    lengths = sorted(lengths, reverse=True)
+    batch_sizes = torch.tensor([sum(length > t for length in lengths) for t in range(lengths[0])])
+    batch = len(lengths)
+    x = values((sum(lengths), n_in), seed)
+    h0, c0 = values((batch, hidden), seed + 1), values((batch, hidden), seed + 2)
+    w_ih, w_hh = values((4 * hidden, n_in), seed + 3) / 2, values((4 * hidden, hidden), seed + 4) / 2
+    b_ih, b_hh = values((4 * hidden,), seed + 5), values((4 * hidden,), seed + 6)
+    tensors = [x, h0, c0, w_ih, w_hh] + ([b_ih, b_hh] if bias else [])
+
+    def ours(x, h0, c0, w_ih, w_hh, *biases):
+        output, (h_n, c_n) = F.lstm_layer(x, (h0, c0), w_ih, w_hh, *(biases or (None, None)), reverse=reverse,
+                                          batch_sizes=batch_sizes)
+        return torch.cat([output.flatten(), h_n.flatten(), c_n.flatten()])
+
+    def reference(x, h0, c0, w_ih, w_hh, *biases):
+        directions = 2 if reverse else 1
+        states = (h0[None].expand(directions, -1, -1), c0[None].expand(directions, -1, -1))
+        output, h_n, c_n = torch.lstm(x, batch_sizes, states, [w_ih, w_hh, *biases] * directions, bias, 1, 0.0,
+                                      False, reverse)
+        return torch.cat([output[:, -hidden:].flatten(), h_n[-1].flatten(), c_n[-1].flatten()])
+
+    same_results(ours, reference, tensors, kind)
+
+
+@FUZZ
 @given(shape=st.lists(st.integers(0, 9), min_size=0, max_size=3), momentum=st.sampled_from([0.0, 0.5, 0.9]),
        dampening=st.sampled_from([0.0, 0.3]), weight_decay=st.sampled_from([0.0, 1e-3, 0.1]),
        nesterov=st.booleans(), maximize=st.booleans(), lr=st.sampled_from([0.0, 1e-3, 0.1, 2.5]),
