@@ -2,7 +2,7 @@
 // fixed_point_sgd.cpp; the math: fixed_point_sgd.h.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/zeros.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -14,10 +14,12 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// The three roundings' streams (grad, weight, state); only stochastic ones draw and record.
+// The three roundings' streams (grad, weight, state); only stochastic ones draw and record. The
+// op's seed_offsets [3, 2]: the kernel writes zeros for those that do not draw (no separate fill).
 struct SgdSources {
   PhiloxSource source[3];
   bool draws[3];
+  int64_t* seed_offsets;
 };
 
 // Each thread takes 4 consecutive elements, one Philox block of each stream that draws, per step
@@ -26,6 +28,11 @@ template <bool kMomentum, SgdRoundingMode kMode, typename scalar_t, typename Ste
 __global__ void __launch_bounds__(kThreads)
 fixed_point_sgd_kernel(scalar_t* param, scalar_t* grad, scalar_t* buffer, int64_t n, Step step, SgdSources sources) {
   constexpr bool kDraws = kMode == SgdRoundingMode::kStochastic || kMode == SgdRoundingMode::kAny;
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    for (int s = 0; s < 3; ++s) {
+      if (!sources.draws[s]) sources.seed_offsets[2 * s] = sources.seed_offsets[2 * s + 1] = 0;
+    }
+  }
   uint64_t seed[3] = {0, 0, 0}, offset[3] = {0, 0, 0};
   if (kDraws) {
     for (int s = 0; s < 3; ++s) {
@@ -61,8 +68,9 @@ at::Tensor fixed_point_sgd_cuda(at::Tensor& param, at::Tensor& grad, const std::
                                       maximize, first_step, grad_format, weight_format, state_format);
   TORCH_CHECK(param.is_cuda(), "param must be on the generator's device (cuda), got ", param.device());
   const c10::cuda::CUDAGuard guard(param.device());
-  at::Tensor seed_offsets = at::zeros({3, 2}, param.options().dtype(at::kLong));
+  at::Tensor seed_offsets = at::empty({3, 2}, param.options().dtype(at::kLong));  // written by the kernel
   SgdSources sources{};
+  sources.seed_offsets = seed_offsets.mutable_data_ptr<int64_t>();
   for (int s = 0; s < 3; ++s) {
     sources.draws[s] = args.roundings[s].enabled && args.roundings[s].stochastic;
     if (sources.draws[s]) {
@@ -72,7 +80,10 @@ at::Tensor fixed_point_sgd_cuda(at::Tensor& param, at::Tensor& grad, const std::
   }
   with_contiguous(param, grad, momentum_buffer, args, [&](at::Tensor& p, at::Tensor& g, at::Tensor& b) {
     const int64_t n = p.numel();
-    if (n == 0 && args.mode() != SgdRoundingMode::kStochastic && args.mode() != SgdRoundingMode::kAny) return;
+    if (n == 0 && args.mode() != SgdRoundingMode::kStochastic && args.mode() != SgdRoundingMode::kAny) {
+      seed_offsets.zero_();  // no kernel to write them
+      return;
+    }
     const int64_t blocks = grid_size((n + 3) / 4, kThreads);
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "fastnets::fixed_point_sgd_cuda", [&] {
