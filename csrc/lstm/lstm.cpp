@@ -117,13 +117,14 @@ void lstm_pointwise_backward_cpu(const at::Tensor& grad_output, const at::Tensor
 // taller than wide or a product has few rows: BLAS may split such a product's work over threads
 // differently, with other roundings (the weight gradients of a small hidden size, 3300 deep, came
 // out different for 1 and 3 threads; torch 2.14's float32 mm gives other bits for 1 and 2 threads
-// at 5-7 and 9-11 rows).
+// at 5-7 and 9-11 rows). A product of few rows by a transposed weight takes dot products of the
+// weight's rows in place (dot_product_matmul), deterministic too, without the copy.
 constexpr int64_t kTiledMinRows = 256, kBlasMinRows = 16;
 
 struct CpuLstm {
   struct Right {
-    GemmRightOperand tiled;
-    at::Tensor plain;
+    GemmRightOperand tiled;  // fastnets' GEMM, when defined
+    at::Tensor plain;        // else at::mm's operand, or the dot products' for products of few rows
   };
 
   // b for products of `rows` rows in all, the smallest of `fewest` rows.
@@ -131,6 +132,7 @@ struct CpuLstm {
     const bool tiled = cpu_matmul_supports(b.scalar_type());
     if (tiled && rows >= kTiledMinRows) return Right{prepare_right_operand(b), {}};
     if (usable_in_place(b)) return Right{right_operand_in_place(b), {}};
+    if (tiled && fewest < kBlasMinRows && dot_product_operand(b)) return Right{{}, b};  // no copy of a weight
     if (tiled && (b.size(0) > b.size(1) || fewest < kBlasMinRows)) return Right{prepare_right_operand(b), {}};
     return Right{{}, b};
   }
@@ -138,6 +140,8 @@ struct CpuLstm {
   static void multiply(const at::Tensor& a, const Right& b, at::Tensor& c, bool accumulate) {
     if (b.tiled.data.defined()) {
       cpu_matmul(a, b.tiled, c, accumulate);
+    } else if (a.size(0) < kBlasMinRows && dot_product_operand(b.plain)) {
+      dot_product_matmul(a, b.plain, c, accumulate);
     } else {
       aten_multiply(a, b.plain, c, accumulate);
     }
