@@ -238,6 +238,11 @@ void dot_matmul(const at::Tensor& a, const at::Tensor& b, T* c, int64_t ldc, boo
 
 }  // namespace cpu_matmul_detail
 
+// Products of fewer rows than this go to dot_product_matmul (or the tiled GEMM), never to at::mm:
+// torch 2.14's float32 mm gave other bits for 1 and 2 threads at 5-7 and 9-11 rows, and for so
+// few rows a copy of the weight into the tiled GEMM's layout costs more than the product.
+constexpr int64_t kDotProductMaxRows = 16;
+
 // Whether dot_product_matmul takes b: a transposed matrix (unit stride down its columns), as
 // w.t() is for a row-major weight w.
 inline bool dot_product_operand(const at::Tensor& b) {

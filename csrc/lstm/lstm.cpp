@@ -119,7 +119,7 @@ void lstm_pointwise_backward_cpu(const at::Tensor& grad_output, const at::Tensor
 // out different for 1 and 3 threads; torch 2.14's float32 mm gives other bits for 1 and 2 threads
 // at 5-7 and 9-11 rows). A product of few rows by a transposed weight takes dot products of the
 // weight's rows in place (dot_product_matmul), deterministic too, without the copy.
-constexpr int64_t kTiledMinRows = 256, kBlasMinRows = 16;
+constexpr int64_t kTiledMinRows = 256;
 
 struct CpuLstm {
   struct Right {
@@ -132,15 +132,16 @@ struct CpuLstm {
     const bool tiled = cpu_matmul_supports(b.scalar_type());
     if (tiled && rows >= kTiledMinRows) return Right{prepare_right_operand(b), {}};
     if (usable_in_place(b)) return Right{right_operand_in_place(b), {}};
-    if (tiled && fewest < kBlasMinRows && dot_product_operand(b)) return Right{{}, b};  // no copy of a weight
-    if (tiled && (b.size(0) > b.size(1) || fewest < kBlasMinRows)) return Right{prepare_right_operand(b), {}};
+    const bool few_rows = fewest < kDotProductMaxRows;
+    if (tiled && few_rows && dot_product_operand(b)) return Right{{}, b};  // no copy of a weight
+    if (tiled && (b.size(0) > b.size(1) || few_rows)) return Right{prepare_right_operand(b), {}};
     return Right{{}, b};
   }
 
   static void multiply(const at::Tensor& a, const Right& b, at::Tensor& c, bool accumulate) {
     if (b.tiled.data.defined()) {
       cpu_matmul(a, b.tiled, c, accumulate);
-    } else if (a.size(0) < kBlasMinRows && dot_product_operand(b.plain)) {
+    } else if (a.size(0) < kDotProductMaxRows && dot_product_operand(b.plain)) {
       dot_product_matmul(a, b.plain, c, accumulate);
     } else {
       aten_multiply(a, b.plain, c, accumulate);

@@ -110,14 +110,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sample_units(at::Tensor mean, c10
 // rows for a small batch), whose sums do not depend on the thread count (torch's float32 mm gives
 // other bits for 1 and 2 threads at 5-7 and 9-11 rows, and a sample drawn from them could flip);
 // 16-bit types by at::addmm.
-constexpr int64_t kDotProductMaxRows = 16;
 at::Tensor rbm_total_input_cpu(const at::Tensor& input, const at::Tensor& weight,
                                const std::optional<at::Tensor>& bias) {
   if (!cpu_matmul_supports(input.scalar_type())) return rbm_total_input(input, weight, bias);
   const int64_t rows = input.size(0), cols = weight.size(0);
   at::Tensor total = at::empty({rows, cols}, input.options());  // the kernels overwrite it: never bias itself
   if (bias.has_value()) total.copy_(bias->unsqueeze(0).expand({rows, cols}));
-  if (rows < kDotProductMaxRows && dot_product_operand(weight.t())) {  // a weight copy would cost more
+  if (rows < kDotProductMaxRows && dot_product_operand(weight.t())) {
     dot_product_matmul(input, weight.t(), total, bias.has_value());
   } else {
     cpu_matmul(input, prepare_right_operand(weight.t()), total, bias.has_value());
