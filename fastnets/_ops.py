@@ -12,7 +12,7 @@ ops = torch.ops.fastnets
 # ---- random -------------------------------------------------------------------------------
 
 @torch.library.register_fake("fastnets::philox_bits")
-def _philox_bits_fake(seed_offset, numel):
+def _philox_bits_fake(seed_offset, numel, first=0):
     return seed_offset.new_empty(numel)
 
 

@@ -45,11 +45,13 @@ def _numel(shape: Sequence[int]) -> int:
 
 
 def philox_bits(
-    shape: Sequence[int], seed: int, offset: int, device: Union[str, torch.device, None] = None
+    shape: Sequence[int], seed: int, offset: int, device: Union[str, torch.device, None] = None, first: int = 0
 ) -> Tensor:
-    """Words 0 .. numel-1 of the stream, in row-major order: int64 tensor of ``shape``, values in [0, 2^32)."""
+    """Words ``first`` .. ``first + numel - 1`` of the stream, in row-major order: int64 tensor of
+    ``shape``, values in [0, 2^32). ``first`` (default 0) skips ahead without computing the words
+    before it, e.g. to the words of a tensor's last elements."""
     shape = tuple(int(s) for s in shape)
-    words = ops.philox_bits(seed_offset_tensor(seed, offset, device), _numel(shape))
+    words = ops.philox_bits(seed_offset_tensor(seed, offset, device), _numel(shape), int(first))
     return words.reshape(shape)
 
 

@@ -23,6 +23,7 @@ results = {
     "stochastic": [fastnets.functional.fixed_point_quantize(x.to(t), 12, 6, generator=g())
                    for t in (torch.float32, torch.float16)],
     "nearest": fastnets.functional.fixed_point_quantize(x.double(), 20, 11, "nearest"),
+    "philox": [frandom.philox_bits((10_007,), 3, 4, first=first) for first in (0, 5, 2**34 - 5_003)],
     "codes": fastnets.quant.to_fixed(x, 8, 4, "stochastic", generator=g()),
     "maxout": [t for view, pieces, dim in ((x[:100_000].view(400, 250), 5, -1), (x[:100_000].view(400, 250), 2, 1),
                                            (x[:96_000].view(40, 24, 100), 4, 1), (x[:96_000].view(40, 24, 100), 3, 1))
@@ -67,7 +68,7 @@ def test_every_simd_level_gives_the_same_results(tmp_path):
         assert result["isa"] == expected_isa
     reference = runs["baseline"]
     for isa in ("avx2", "avx512"):
-        for key in ("dropout", "stochastic", "nearest", "codes", "maxout"):
+        for key in ("dropout", "stochastic", "nearest", "codes", "maxout", "philox"):
             left, right = reference[key], runs[isa][key]
             pairs = zip(left, right) if isinstance(left, list) else [(left, right)]
             for a, b in pairs:

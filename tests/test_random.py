@@ -22,13 +22,13 @@ def philox4x32_10(counter, key):
     return [c0, c1, c2, c3]
 
 
-def stream_words(seed, offset, numel):
-    """Words 0..numel-1 of the stream, by the contract in fastnets.random."""
+def stream_words(seed, offset, numel, first=0):
+    """Words first..first+numel-1 of the stream, by the contract in fastnets.random."""
     words = []
-    for block in range((numel + 3) // 4):
+    for block in range(first // 4, (first + numel + 3) // 4):
         counter = (offset & M32, offset >> 32, block & M32, block >> 32)
         words += philox4x32_10(counter, (seed & M32, seed >> 32))
-    return words[:numel]
+    return words[first % 4:first % 4 + numel]
 
 
 def test_python_philox_matches_random123_known_answers():
@@ -51,6 +51,22 @@ def test_stream_matches_python_philox(device, numel):
         words = frandom.philox_bits((numel,), seed, offset, device=device)
         assert words.dtype == torch.int64 and words.device.type == device
         assert words.tolist() == stream_words(seed, offset, numel)
+
+
+# Word 2^34 starts block 2^32, whose counter carries into the high word: the CPU's SIMD loops
+# draw 16 to 64 blocks at a time (cpu_elementwise.h), so a group there straddles the carry.
+@pytest.mark.parametrize("first", [1, 6, 255, 257, 2**34 - 130, 2**34 - 1, 2**34, 2**35 + 3, 2**63 - 400])
+@pytest.mark.parametrize("numel", [1, 5, 300])
+def test_stream_from_first_matches_python_philox(device, first, numel):
+    seed, offset = 2**64 - 3 - first % 5, 2**40 + numel
+    words = frandom.philox_bits((numel,), seed, offset, device=device, first=first)
+    assert words.tolist() == stream_words(seed, offset, numel, first)
+
+
+def test_stream_from_first_is_a_slice_of_the_stream(device):
+    whole = frandom.philox_bits((5000,), 7, 11, device=device)
+    for first, numel in ((0, 5000), (1, 4999), (255, 1000), (1234, 3), (4999, 1), (5000, 0)):
+        assert torch.equal(frandom.philox_bits((numel,), 7, 11, device=device, first=first), whole[first:first + numel])
 
 
 def test_stream_prefix_does_not_depend_on_length(device):
@@ -96,10 +112,12 @@ def test_seed_offset_round_trip():
 
 def test_same_for_threads():
     check_same_for_threads(lambda: frandom.philox_bits((100_001,), 99, 1))
+    check_same_for_threads(lambda: frandom.philox_bits((100_001,), 99, 1, first=2**34 - 50_001))
 
 
 def test_opcheck(device):
     check_opcheck(torch.ops.fastnets.philox_bits.default, (frandom.seed_offset_tensor(1, 2, device), 10))
+    check_opcheck(torch.ops.fastnets.philox_bits.default, (frandom.seed_offset_tensor(1, 2, device), 10, 2**34 - 3))
 
 
 def test_bad_seed_offset_is_named():
@@ -109,9 +127,14 @@ def test_bad_seed_offset_is_named():
         torch.ops.fastnets.philox_bits(torch.zeros(2, dtype=torch.int32), 4)
     with pytest.raises(RuntimeError, match="numel"):
         torch.ops.fastnets.philox_bits(torch.zeros(2, dtype=torch.int64), -1)
+    with pytest.raises(RuntimeError, match="first must be non-negative"):
+        torch.ops.fastnets.philox_bits(torch.zeros(2, dtype=torch.int64), 4, -1)
+    with pytest.raises(RuntimeError, match="first \\+ numel"):
+        torch.ops.fastnets.philox_bits(torch.zeros(2, dtype=torch.int64), 4, 2**63 - 2)
 
 
 @cuda_only
 @pytest.mark.cuda
 def test_cpu_cuda_identical():
     check_cpu_cuda_identical(lambda device: frandom.philox_bits((1_000_003,), 2**63 + 1, 2**40 + 3, device=device))
+    check_cpu_cuda_identical(lambda device: frandom.philox_bits((100_003,), 5, 6, device=device, first=2**34 - 50_001))

@@ -130,9 +130,8 @@ void sgd_cpu(scalar_t* param, scalar_t* grad, scalar_t* buffer, int64_t n, const
     const int64_t begin = first * kChunk;
     const int64_t end = std::min(last * kChunk, n);
     call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
-      constexpr CpuIsa kIsa = decltype(isa)::value;
-      constexpr int kLanes = kIsa == CpuIsa::kAvx512 ? 32 : (kIsa == CpuIsa::kAvx2 ? 8 : 4);
-      sgd_range<kLanes, kMomentum, kMode>(param, grad, buffer, begin, end, streams, step);
+      sgd_range<cpu_detail::kPhiloxLanes<decltype(isa)::value>, kMomentum, kMode>(param, grad, buffer, begin, end,
+                                                                                  streams, step);
     });
   });
 }

@@ -4,24 +4,39 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "common/checks.h"
+#include "common/cpu_elementwise.h"
 #include "common/cpu_generator.h"
-#include "common/philox.h"
+#include "common/cpu_isa.h"
+#include "random/random.h"
 
 namespace fastnets {
 namespace {
 
-at::Tensor philox_bits_cpu(const at::Tensor& seed_offset, int64_t numel) {
-  check_seed_offset(seed_offset, seed_offset.device());
-  TORCH_CHECK(numel >= 0, "numel must be non-negative, got ", numel);
+at::Tensor philox_bits_cpu(const at::Tensor& seed_offset, int64_t numel, int64_t first) {
+  check_philox_bits_args(seed_offset, numel, first);
   const auto [seed, offset] = read_seed_offset(seed_offset);
   at::Tensor out = at::empty({numel}, seed_offset.options());
   int64_t* words = out.mutable_data_ptr<int64_t>();
-  at::parallel_for(0, (numel + 3) / 4, 4096, [&](int64_t first_block, int64_t last_block) {
-    for (int64_t block = first_block; block < last_block; ++block) {
-      const PhiloxWords w = philox_block(seed, offset, static_cast<uint64_t>(block));
-      for (int64_t j = 0; j < 4 && 4 * block + j < numel; ++j) words[4 * block + j] = w.w[j];
-    }
+  // By the SIMD groups of the random ops' loops (cpu_elementwise.h), so that the tests' references
+  // come from the same code as those ops' words, checked here against the scalar stream.
+  const int64_t start = first / 4 * 4, span = first + numel - start;  // from the block holding `first`
+  using cpu_detail::kChunk;
+  at::parallel_for(0, (span + kChunk - 1) / kChunk, cpu_detail::kGrainChunks, [&](int64_t first_chunk,
+                                                                                 int64_t last_chunk) {
+    call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
+      constexpr int kLanes = cpu_detail::kPhiloxLanes<decltype(isa)::value>;
+      uint32_t group[4 * kLanes];
+      for (int64_t i = first_chunk * kChunk; i < std::min(last_chunk * kChunk, span); i += 4 * kLanes) {
+        cpu_detail::philox_words<kLanes>(seed, offset, start + i, group);
+        for (int64_t j = 0; j < 4 * kLanes; ++j) {
+          const int64_t index = start + i + j - first;
+          if (index >= 0 && index < numel) words[index] = group[j];
+        }
+      }
+    });
   });
   return out;
 }
@@ -29,9 +44,9 @@ at::Tensor philox_bits_cpu(const at::Tensor& seed_offset, int64_t numel) {
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastnets, m) {
-  // Words 0 .. numel-1 of the Philox stream (seed, offset) = seed_offset, as int64 in [0, 2^32),
-  // on seed_offset's device.
-  m.def("philox_bits(Tensor seed_offset, int numel) -> Tensor");
+  // Words first .. first + numel - 1 of the Philox stream (seed, offset) = seed_offset, as int64
+  // in [0, 2^32), on seed_offset's device.
+  m.def("philox_bits(Tensor seed_offset, int numel, int first=0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastnets, CPU, m) {

@@ -8,32 +8,38 @@
 #include "common/checks.h"
 #include "common/cuda_utils.cuh"
 #include "common/philox.h"
+#include "random/random.h"
 
 namespace fastnets {
 namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void philox_bits_kernel(const int64_t* seed_offset, int64_t* words, int64_t numel) {
+// One thread per Philox block, from the block holding word `first`.
+__global__ void philox_bits_kernel(const int64_t* seed_offset, int64_t* words, int64_t numel, int64_t first) {
   const uint64_t seed = static_cast<uint64_t>(seed_offset[0]);
   const uint64_t offset = static_cast<uint64_t>(seed_offset[1]);
-  const int64_t blocks = (numel + 3) / 4;
+  const int64_t first_block = first / 4, blocks = (first + numel + 3) / 4 - first_block;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t block = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; block < blocks; block += stride) {
+  for (int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; b < blocks; b += stride) {
+    const int64_t block = first_block + b;
     const PhiloxWords w = philox_block(seed, offset, static_cast<uint64_t>(block));
-    for (int64_t j = 0; j < 4 && 4 * block + j < numel; ++j) words[4 * block + j] = w.w[j];
+    for (int64_t j = 0; j < 4; ++j) {
+      const int64_t index = 4 * block + j - first;
+      if (index >= 0 && index < numel) words[index] = w.w[j];
+    }
   }
 }
 
-at::Tensor philox_bits_cuda(const at::Tensor& seed_offset, int64_t numel) {
-  check_seed_offset(seed_offset, seed_offset.device());
-  TORCH_CHECK(numel >= 0, "numel must be non-negative, got ", numel);
+at::Tensor philox_bits_cuda(const at::Tensor& seed_offset, int64_t numel, int64_t first) {
+  check_philox_bits_args(seed_offset, numel, first);
   const c10::cuda::CUDAGuard guard(seed_offset.device());
   const at::Tensor so = seed_offset.contiguous();
   at::Tensor out = at::empty({numel}, seed_offset.options());
   if (numel > 0) {
-    philox_bits_kernel<<<grid_size((numel + 3) / 4, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        so.const_data_ptr<int64_t>(), out.mutable_data_ptr<int64_t>(), numel);
+    const int64_t blocks = (first + numel + 3) / 4 - first / 4;
+    philox_bits_kernel<<<grid_size(blocks, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        so.const_data_ptr<int64_t>(), out.mutable_data_ptr<int64_t>(), numel, first);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return out;

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 
+#include "common/cpu_elementwise.h"
 #include "common/cpu_generator.h"
 #include "common/cpu_isa.h"
 #include "common/cpu_matmul.h"
@@ -18,8 +19,10 @@
 namespace fastnets {
 namespace {
 
-constexpr int64_t kChunk = 128;        // a multiple of every SIMD group: groups start on Philox blocks
-constexpr int64_t kGrainChunks = 128;  // 16K units: below that one thread is faster
+// Chunks of the elementwise driver's size (a multiple of every SIMD group: groups start on Philox
+// blocks).
+using cpu_detail::kChunk;
+constexpr int64_t kGrainChunks = (1 << 14) / kChunk;  // 16K units: below that one thread is faster
 
 // Units [begin, end) (begin a multiple of 4): `mean` holds their total inputs on entry.
 template <int kLanes, RbmUnit kUnit, bool kSample, typename scalar_t, typename Op>
@@ -32,16 +35,10 @@ FASTNETS_ALWAYS_INLINE void sample_range(scalar_t* mean, scalar_t* sample, int64
     constexpr int64_t kGroup = 4 * kLanes;
     int64_t i = begin;
     for (; i + kGroup <= end; i += kGroup) {
-      typename PhiloxLanes<kLanes>::u32 lanes1[4], lanes2[4];
-      philox_blocks<kLanes>(seed, offset, static_cast<uint64_t>(i / 4), lanes1);
-      if (kSecondWord) philox_blocks<kLanes>(seed, offset, second_block + static_cast<uint64_t>(i / 4), lanes2);
       uint32_t words1[kGroup], words2[kGroup] = {};
-      for (int lane = 0; lane < kLanes; ++lane) {
-        for (int w = 0; w < 4; ++w) {
-          words1[4 * lane + w] = lanes1[w][lane];
-          if (kSecondWord) words2[4 * lane + w] = lanes2[w][lane];
-        }
-      }
+      cpu_detail::philox_words<kLanes>(seed, offset, i, words1);
+      // The second word of unit i is word i of the stream from block second_block on.
+      if (kSecondWord) cpu_detail::philox_words<kLanes>(seed, offset, 4 * second_block + i, words2);
       for (int j = 0; j < kGroup; ++j) {
         // mean() twice (the compiler computes it once): a named copy of a c10::Half or BFloat16
         // would be stored as an aggregate, which GCC does not vectorize.
@@ -71,9 +68,10 @@ void sample_units_cpu(scalar_t* mean, scalar_t* sample, int64_t n, uint64_t seed
   at::parallel_for(0, (n + kChunk - 1) / kChunk, kGrainChunks, [&](int64_t first_chunk, int64_t last_chunk) {
     const int64_t begin = first_chunk * kChunk;
     const int64_t end = std::min(last_chunk * kChunk, n);
-    call_with_best_isa([&]() FASTNETS_INLINE_LAMBDA {
+    call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
       // The lane count only sets how many Philox blocks share registers; results do not depend on it.
-      sample_range<16, kUnit, kSample>(mean, sample, begin, end, second_block, seed, offset, op);
+      sample_range<cpu_detail::kPhiloxLanes<decltype(isa)::value>, kUnit, kSample>(mean, sample, begin, end,
+                                                                                   second_block, seed, offset, op);
     });
   });
 }
