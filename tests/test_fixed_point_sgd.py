@@ -476,3 +476,21 @@ def test_foreach_is_the_loop_of_single_steps(device, momentum):
     check_opcheck(ops.fixed_point_sgd_foreach_.default,
                   (params, grads, buffers, 0.1, momentum, 0.0, 0.01, False, False, False, fmt, fmt,
                    fmt if momentum else [], None))
+
+
+@cuda_only
+@pytest.mark.cuda
+def test_foreach_refuses_a_generator_of_another_device_before_any_step():
+    """Parameters on the CPU and on CUDA with a CPU generator and stochastic rounding: the CUDA
+    parameter cannot draw from it, and the CPU one before it is not stepped either."""
+    stochastic = [12, 8, 1, 1, 0]
+    params = [torch.randn(10), torch.randn(10, device="cuda")]
+    grads = [torch.randn(10), torch.randn(10, device="cuda")]
+    kept = [t.clone() for t in params + grads]
+    with pytest.raises(RuntimeError, match=r"generator must be a cuda generator for params\[1\]"):
+        ops.fixed_point_sgd_foreach_(params, grads, [], 0.1, 0.0, 0.0, 0.0, False, False, False, stochastic, [], [],
+                                     torch.Generator().manual_seed(0))
+    assert_all_equal(params + grads, kept)
+    # Round-to-nearest draws nothing: any generator will do.
+    ops.fixed_point_sgd_foreach_(params, grads, [], 0.1, 0.0, 0.0, 0.0, False, False, False, [12, 8, 0, 1, 0], [],
+                                 [], torch.Generator())
