@@ -71,6 +71,11 @@ class CudaGraphTrainingStep(TrainingStep):
     def capture(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.images, self.labels = images.clone(), labels.clone()
         graph = torch.cuda.CUDAGraph()
+        # A generator of the optimizer's own (FixedPointSGD(generator=...)) must be registered for
+        # its draws to advance per replay; the default generators are registered by torch.
+        generator = getattr(self.optimizer, "generator", None)
+        if isinstance(generator, torch.Generator) and generator.device.type == "cuda":
+            graph.register_generator_state(generator)
         self.optimizer.zero_grad(set_to_none=True)  # the backward then writes its gradients in the graph's memory
         try:
             with torch.cuda.graph(graph):

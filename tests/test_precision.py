@@ -226,3 +226,30 @@ def test_cuda_graph_steps_train_as_eager_steps(digits, monkeypatch):
     assert len(replays) == 9 and all(replays)
     assert all(on_grid(p, fmt) for p in model.parameters())
     assert history.train_loss[-1] < history.train_loss[0]
+
+
+@cuda_only
+@pytest.mark.cuda
+def test_cuda_graph_steps_advance_an_optimizer_generator_of_its_own():
+    """A FixedPointSGD with its own CUDA generator: the captured step registers it, so each
+    replay draws fresh numbers from it (and raises no capture error)."""
+    from fastnets._training import CudaGraphTrainingStep
+    from fastnets.quant import FixedPointSGD
+
+    torch.manual_seed(0)
+    model = models.gupta_mlp(hidden=32).cuda()
+    generator = torch.Generator("cuda").manual_seed(5)
+    fmt = FixedPoint(16, 12, "stochastic")
+    optimizer = FixedPointSGD(model.parameters(), lr=0.01, momentum=0.9, weight=fmt, grad=fmt, state=fmt,
+                              generator=generator)
+    step = CudaGraphTrainingStep(model, optimizer)
+    images, labels = torch.rand(100, 784, device="cuda"), torch.randint(0, 10, (100,), device="cuda")
+    states = []
+    for _ in range(6):  # three warm-up steps, the capture, two replays
+        step(images, labels)
+        torch.cuda.synchronize()
+        states.append(generator.get_state())
+    assert step.graph is not None
+    assert all(not torch.equal(a, b) for a, b in zip(states, states[1:]))
+    assert all(on_grid(p, fmt) for p in model.parameters())
+

@@ -40,6 +40,7 @@ constexpr int64_t kGrainChunks = (1 << 15) / kChunk;  // 32K elements: below tha
 // GCC 12 warns of the intrinsics' own _mm512_undefined sources once inlined (its bug 105593).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 FASTNETS_TARGET_AVX512 FASTNETS_ALWAYS_INLINE __m512i philox_mulhilo_avx512(__m512i a, __m512i factor, __m512i& hi) {
   const __m512i even = _mm512_mul_epu32(a, factor);
   const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), factor);

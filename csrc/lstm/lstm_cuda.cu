@@ -176,13 +176,26 @@ bool cublas_multiply(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bo
     default:
       return false;
   }
+  const cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
+  // torch leaves the handle in TF32 tensor-op math while torch.backends.cuda.matmul.allow_tf32 is
+  // on, and cuBLAS then takes TF32 for CUBLAS_COMPUTE_32F too: a float32 product that must stay
+  // float32 (cuDNN's switch off, the matmul one on) runs in the default math mode, as torch.mm
+  // does with TF32 off, and the handle gets its mode back after.
+  const bool strict_float32 = type == CUDA_R_32F && !tf32;
+  cublasMath_t saved_mode = CUBLAS_DEFAULT_MATH;
+  if (strict_float32) {
+    TORCH_CHECK(cublasGetMathMode(handle, &saved_mode) == CUBLAS_STATUS_SUCCESS &&
+                    cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH) == CUBLAS_STATUS_SUCCESS,
+                "fastnets LSTM: cannot set cuBLAS's math mode");
+  }
   const cublasStatus_t status = cublasGemmEx(
-      at::cuda::getCurrentCUDABlasHandle(), ob.op, oa.op, static_cast<int>(n), static_cast<int>(m),
-      static_cast<int>(k), alpha_ptr, b.const_data_ptr(), type, static_cast<int>(ob.ld), a.const_data_ptr(), type,
-      static_cast<int>(oa.ld), beta_ptr, c.mutable_data_ptr(), type, static_cast<int>(ldc), compute,
-      CUBLAS_GEMM_DEFAULT);
+      handle, ob.op, oa.op, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), alpha_ptr,
+      b.const_data_ptr(), type, static_cast<int>(ob.ld), a.const_data_ptr(), type, static_cast<int>(oa.ld), beta_ptr,
+      c.mutable_data_ptr(), type, static_cast<int>(ldc), compute, CUBLAS_GEMM_DEFAULT);
+  const bool restored = !strict_float32 || cublasSetMathMode(handle, saved_mode) == CUBLAS_STATUS_SUCCESS;
   TORCH_CHECK(status == CUBLAS_STATUS_SUCCESS, "fastnets LSTM: cublasGemmEx failed with status ",
               static_cast<int>(status));
+  TORCH_CHECK(restored, "fastnets LSTM: cannot restore cuBLAS's math mode");
   return true;
 }
 #endif

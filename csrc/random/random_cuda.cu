@@ -19,7 +19,7 @@ constexpr int kThreads = 256;
 __global__ void philox_bits_kernel(const int64_t* seed_offset, int64_t* words, int64_t numel, int64_t first) {
   const uint64_t seed = static_cast<uint64_t>(seed_offset[0]);
   const uint64_t offset = static_cast<uint64_t>(seed_offset[1]);
-  const int64_t first_block = first / 4, blocks = (first + numel + 3) / 4 - first_block;
+  const int64_t first_block = first / 4, blocks = (first % 4 + numel + 3) / 4;  // no overflow near 2^63
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; b < blocks; b += stride) {
     const int64_t block = first_block + b;
@@ -37,7 +37,7 @@ at::Tensor philox_bits_cuda(const at::Tensor& seed_offset, int64_t numel, int64_
   const at::Tensor so = seed_offset.contiguous();
   at::Tensor out = at::empty({numel}, seed_offset.options());
   if (numel > 0) {
-    const int64_t blocks = (first + numel + 3) / 4 - first / 4;
+    const int64_t blocks = (first % 4 + numel + 3) / 4;
     philox_bits_kernel<<<grid_size(blocks, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         so.const_data_ptr<int64_t>(), out.mutable_data_ptr<int64_t>(), numel, first);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
