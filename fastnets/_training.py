@@ -74,10 +74,10 @@ class CudaGraphTrainingStep(TrainingStep):
         # A generator of the optimizer's own (FixedPointSGD(generator=...)) must be registered for
         # its draws to advance per replay; the default generators are registered by torch.
         generator = getattr(self.optimizer, "generator", None)
-        if isinstance(generator, torch.Generator) and generator.device.type == "cuda":
-            graph.register_generator_state(generator)
         self.optimizer.zero_grad(set_to_none=True)  # the backward then writes its gradients in the graph's memory
         try:
+            if isinstance(generator, torch.Generator) and generator.device.type == "cuda":
+                graph.register_generator_state(generator)
             with torch.cuda.graph(graph):
                 loss = self.loss(self.images, self.labels)
                 loss.backward()

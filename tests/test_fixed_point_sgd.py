@@ -104,15 +104,23 @@ def test_16_bit_step_is_the_float32_step_cast(device, dtype, format, first_step)
     assert_all_equal(results[0], results[1])
 
 
-def test_stochastic_equals_the_roundings_one_by_one(device):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("formats", [
+    (FixedPoint(12, 8, "stochastic"),) * 3,
+    (FixedPoint(40, 30, "stochastic"),) * 3,  # not float-exact: the double arithmetic's kernel
+    (FixedPoint(12, 8, "stochastic"), FixedPoint(12, 8, "nearest"), FixedPoint(16, 10, "stochastic")),
+], ids=["12-8", "40-30", "mixed"])
+def test_stochastic_equals_the_roundings_one_by_one(device, dtype, formats):
     """Stochastic roundings draw per parameter in the order gradient, weight, state: the fused
     step equals, for each parameter in turn, fixed_point_quantize_ of its gradient, torch's SGD
     step, then fixed_point_quantize_ of the parameter and of the buffer, from torch's generator
-    in the same state (each call draws one stream, so the words are the same)."""
-    fmt = FixedPoint(12, 8, "stochastic")
-    parameters = make_parameters(torch.float32, device)
-    reference_parameters = make_parameters(torch.float32, device)
-    fused = FixedPointSGD(parameters, lr=0.1, momentum=0.9, weight=fmt, grad=fmt, state=fmt)
+    in the same state (each stochastic call draws one stream, so the words are the same; a
+    nearest one draws none)."""
+    grad_format, weight_format, state_format = formats
+    parameters = make_parameters(dtype, device)
+    reference_parameters = make_parameters(dtype, device)
+    fused = FixedPointSGD(parameters, lr=0.1, momentum=0.9, weight=weight_format, grad=grad_format,
+                          state=state_format)
     singles = [torch.optim.SGD([p], lr=0.1, momentum=0.9, foreach=False) for p in reference_parameters]
     for step in range(3):
         set_gradients(parameters, step)
@@ -122,10 +130,10 @@ def test_stochastic_equals_the_roundings_one_by_one(device):
         torch.manual_seed(step)
         with torch.no_grad():
             for parameter, single in zip(reference_parameters, singles):
-                fmt.quantize_(parameter.grad)
+                grad_format.quantize_(parameter.grad)
                 single.step()
-                fmt.quantize_(parameter)
-                fmt.quantize_(single.state[parameter]["momentum_buffer"])
+                weight_format.quantize_(parameter)
+                state_format.quantize_(single.state[parameter]["momentum_buffer"])
     reference_buffers = [s.state[p]["momentum_buffer"] for p, s in zip(reference_parameters, singles)]
     assert_all_equal(state_of(fused, parameters),
                      [p.detach() for p in reference_parameters] + [p.grad for p in reference_parameters]

@@ -5,7 +5,8 @@
 // AVX2 have theirs in intrinsics: each multiply two vpmuludq (even and odd lanes) and two blends,
 // and several independent registers to hide the multiplies' latency. Per core on the Zen 5
 // development machine: AVX-512 5.0 G words/s (generic 32 lanes: 2.5), AVX2 2.2 G words/s (generic
-// 8 lanes: 0.56). Tests hold every level's words against philox_block and a Python Philox.
+// 8 lanes: 0.56). Tests hold the detected level's words against a Python Philox (philox_bits) and
+// the other levels' against the baseline's (FASTNETS_CPU_ISA).
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #endif
@@ -55,7 +56,8 @@ FASTNETS_TARGET_AVX512 FASTNETS_ALWAYS_INLINE __m512i philox_mulhilo_avx512(__m5
 }
 
 // Words [first, first + 4 * kPhiloxLanes<kAvx512>) of the stream (seed, offset), in order; first a
-// multiple of 4. Not inlined into the generic philox_words (a target mismatch): a call per group.
+// multiple of 4. Not always_inline: the generic philox_words, which calls it, has no AVX-512
+// target (GCC may still inline it where that call is inlined into an AVX-512 loop).
 FASTNETS_TARGET_AVX512 inline void philox_words_avx512(uint64_t seed, uint64_t offset, int64_t first,
                                                        uint32_t* words) {
   constexpr int V = kAvx512Vectors;

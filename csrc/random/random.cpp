@@ -20,8 +20,8 @@ at::Tensor philox_bits_cpu(const at::Tensor& seed_offset, int64_t numel, int64_t
   const auto [seed, offset] = read_seed_offset(seed_offset);
   at::Tensor out = at::empty({numel}, seed_offset.options());
   int64_t* words = out.mutable_data_ptr<int64_t>();
-  // By the SIMD groups of the random ops' loops (cpu_elementwise.h), so that the tests' references
-  // come from the same code as those ops' words, checked here against the scalar stream.
+  // By the SIMD groups of the random ops' loops (cpu_philox.h): the tests hold these words
+  // against a Python Philox, and so the words the ops draw.
   const int64_t start = first / 4 * 4, span = first + numel - start;  // from the block holding `first`
   using cpu_detail::kChunk;
   at::parallel_for(0, (span + kChunk - 1) / kChunk, cpu_detail::kGrainChunks, [&](int64_t first_chunk,
@@ -32,7 +32,7 @@ at::Tensor philox_bits_cpu(const at::Tensor& seed_offset, int64_t numel, int64_t
       for (int64_t i = first_chunk * kChunk; i < std::min(last_chunk * kChunk, span); i += 4 * kLanes) {
         cpu_detail::philox_words<kLanes>(seed, offset, start + i, group);
         for (int64_t j = 0; j < 4 * kLanes; ++j) {
-          const int64_t index = start + i + j - first;
+          const int64_t index = i + j - (first - start);  // not start + i + j: past 2^63 near the end
           if (index >= 0 && index < numel) words[index] = group[j];
         }
       }
