@@ -123,12 +123,33 @@ void matmul(const at::Tensor& a, const GemmRightOperand& b, T* c, int64_t ldc, b
   const int64_t panels = (rows + kPanelRows - 1) / kPanelRows;
   // Uninitialized: pack_panels writes every value (zeros past the last row).
   const std::unique_ptr<T[]> packed(new T[panels_size(rows, depth)]);
-  at::parallel_for(0, panels, grain_for(kPanelRows * depth, kMinTaskValues), [&](int64_t first, int64_t last) {
-    const int64_t row0 = first * kPanelRows, count = std::min(last * kPanelRows, rows) - row0;
-    pack_panels(count, depth, [&](int64_t i, int64_t k) {
-      return a_data[(row0 + i) * a_row_stride + k * a_col_stride];
-    }, packed.get() + row0 * depth);
-  });
+  if (a_row_stride == 1 && a_col_stride != 1) {
+    // A transposed (the weight gradients' grad_gates^T): a panel's rows are runs of kPanelRows
+    // values in each of A's columns, which lie a whole column apart. By blocks of kPackDepth
+    // columns, each read once from end to end into every panel, not panel by panel through all
+    // columns, which walked a page per value (a tenth of an LSTM layer's backward).
+    const int64_t blocks = (depth + kPackDepth - 1) / kPackDepth;
+    at::parallel_for(0, blocks, grain_for(kPackDepth * rows, kMinTaskValues), [&](int64_t first, int64_t last) {
+      for (int64_t k0 = first * kPackDepth; k0 < std::min(last * kPackDepth, depth); k0 += kPackDepth) {
+        const int64_t k1 = std::min(k0 + kPackDepth, depth);
+        for (int64_t panel = 0; panel < panels; ++panel) {
+          const int64_t row0 = panel * kPanelRows, count = std::min<int64_t>(kPanelRows, rows - row0);
+          T* out = packed.get() + row0 * depth;
+          for (int64_t k = k0; k < k1; ++k) {
+            const T* column = a_data + row0 + k * a_col_stride;
+            for (int64_t i = 0; i < kPanelRows; ++i) out[k * kPanelRows + i] = i < count ? column[i] : T(0);
+          }
+        }
+      }
+    });
+  } else {
+    at::parallel_for(0, panels, grain_for(kPanelRows * depth, kMinTaskValues), [&](int64_t first, int64_t last) {
+      const int64_t row0 = first * kPanelRows, count = std::min(last * kPanelRows, rows) - row0;
+      pack_panels(count, depth, [&](int64_t i, int64_t k) {
+        return a_data[(row0 + i) * a_row_stride + k * a_col_stride];
+      }, packed.get() + row0 * depth);
+    });
+  }
   // Rows [row0, row0 + row_count) times B's column panels [first_panel, last_panel): per depth
   // block (summed in registers, then added to C), per panel, per tile of rows and columns.
   const auto run = [&](int64_t row0, int64_t row_count, int64_t first_panel, int64_t last_panel) {
