@@ -113,13 +113,19 @@ void lstm_pointwise_backward_cpu(const at::Tensor& grad_output, const at::Tensor
 
 // The CPU side of lstm_layer.h: float and double GEMMs by cpu_matmul.h's tiled GEMM, float16 and
 // bfloat16 ones by at::mm, and so are products too small to repay a copy of their right operand
-// (a cell step's forward: 64 rows against a transposed 512 x 2048 weight) unless that operand is
+// (fewer than kTiledMinRows rows in all against a transposed weight) unless that operand is
 // taller than wide or a product has few rows: BLAS may split such a product's work over threads
 // differently, with other roundings (the weight gradients of a small hidden size, 3300 deep, came
 // out different for 1 and 3 threads; torch 2.14's float32 mm gives other bits for 1 and 2 threads
 // at 5-7 and 9-11 rows). A product of few rows by a transposed weight takes dot products of the
 // weight's rows in place (dot_product_matmul), deterministic too, without the copy.
-constexpr int64_t kTiledMinRows = 256;
+// kTiledMinRows: where the copy and the tiled GEMM overtake at::mm (fastnets::matmul, which
+// copies, against torch.mm, of a (rows, H) by a transposed (4H, H): H 512: 16 rows 0.31 / 0.29 ms,
+// 32 rows 0.35 / 0.40, 64 rows 0.45 / 0.70 (a cell's step); H 128 and 1024 alike). From
+// kPackedMinRows on, an operand the GEMM could read in place is copied too: its panels then lie
+// contiguous; below, the copy costs more than it saves (a cell's backward).
+constexpr int64_t kTiledMinRows = 32;
+constexpr int64_t kPackedMinRows = 256;
 
 struct CpuLstm {
   struct Right {
@@ -130,8 +136,9 @@ struct CpuLstm {
   // b for products of `rows` rows in all, the smallest of `fewest` rows.
   static Right prepare(const at::Tensor& b, int64_t rows, int64_t fewest) {
     const bool tiled = cpu_matmul_supports(b.scalar_type());
-    if (tiled && rows >= kTiledMinRows) return Right{prepare_right_operand(b), {}};
+    if (tiled && rows >= kPackedMinRows) return Right{prepare_right_operand(b), {}};
     if (usable_in_place(b)) return Right{right_operand_in_place(b), {}};
+    if (tiled && rows >= kTiledMinRows) return Right{prepare_right_operand(b), {}};
     const bool few_rows = fewest < kDotProductMaxRows;
     if (tiled && few_rows && dot_product_operand(b)) return Right{{}, b};  // no copy of a weight
     if (tiled && (b.size(0) > b.size(1) || few_rows)) return Right{prepare_right_operand(b), {}};
