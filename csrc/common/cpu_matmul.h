@@ -100,8 +100,9 @@ FASTNETS_ALWAYS_INLINE void pack_panel_rows(const T* source, int64_t row_stride,
     return;
   }
   // A transposed float b (a weight w^T: row_stride 1) by 8 x 8 blocks transposed in registers
-  // (a 2048 x 512 weight 0.29 -> 0.1 ms), the rest column by column: a column is then read
-  // contiguously, and the panel rows written stay in L1.
+  // (the copy of a transposed 2048 x 512 weight, 2 threads: 0.30 -> 0.13 ms; 784 x 500: 0.063 ->
+  // 0.037 ms), the rest column by column: a column is then read contiguously, and the panel rows
+  // written stay in L1.
   int64_t j0 = 0, k_end = k0;
   if constexpr (std::is_same_v<T, float>) {
     if (row_stride == 1) {
