@@ -45,9 +45,14 @@ def test_max_pool_past_two_to_the_31_elements():
     x = torch.randn(1, 1, 2**16, 2**15 + 64, device="cuda").requires_grad_()
     assert x.numel() > 2**31
     ours = F.max_pool2d(x, 2)
-    theirs = torch.nn.functional.max_pool2d(x, 2)
-    assert torch.equal(ours, theirs)
     grad = torch.randn_like(ours)
     (ours_grad,) = torch.autograd.grad(ours, x, grad)
-    (theirs_grad,) = torch.autograd.grad(theirs, x, grad)
-    assert torch.equal(ours_grad, theirs_grad)
+    # The reference by bands of 2^14 rows (2x2 windows never straddle them): torch 2.11's own
+    # max-pool backward fails with "invalid argument" on the whole tensor.
+    rows = 2**14
+    for top in range(0, x.shape[2], rows):
+        band = x.detach()[:, :, top:top + rows].requires_grad_()
+        theirs = torch.nn.functional.max_pool2d(band, 2)
+        assert torch.equal(ours[:, :, top // 2:(top + rows) // 2], theirs)
+        (theirs_grad,) = torch.autograd.grad(theirs, band, grad[:, :, top // 2:(top + rows) // 2])
+        assert torch.equal(ours_grad[:, :, top:top + rows], theirs_grad)

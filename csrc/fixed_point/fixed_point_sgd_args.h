@@ -65,6 +65,10 @@ inline void check_apart(const at::Tensor& a, const char* a_name, const at::Tenso
 // applied.
 inline void check_no_overlap(const at::Tensor& param, const at::Tensor& grad,
                              const std::optional<at::Tensor>& momentum_buffer, bool grad_written) {
+  // Fake tensors of symbolic shape (fixed_point_sgd_foreach_, a composite, traced with dynamic
+  // shapes) hold no memory, and torch 2.11 cannot count their elements: the real call checks.
+  const auto symbolic = [](const at::Tensor& t) { return t.unsafeGetTensorImpl()->has_symbolic_sizes_strides(); };
+  if (symbolic(param) || symbolic(grad) || (momentum_buffer.has_value() && symbolic(*momentum_buffer))) return;
   at::assert_no_internal_overlap(param);
   check_apart(param, "param", grad, "grad");
   if (grad_written) at::assert_no_internal_overlap(grad);
