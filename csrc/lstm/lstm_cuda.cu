@@ -128,12 +128,13 @@ bool float32_gemms_in_tf32(bool cudnn_tf32) {
   return context.allowTF32CuBLAS();
 }
 
-// c (+)= a b by one cublasGemmEx on the current stream: at::mm's arithmetic (float32 in TF32 when
-// `tf32`, 16-bit types accumulated in float) without its per-call overhead, which the step loop
-// pays every step. False (nothing done) for what it does not take: empty or huge sizes, layouts
+// c (+)= a b by one cublasGemmEx on `handle` (torch's, for the current stream): at::mm's
+// arithmetic (float32 in TF32 when `tf32`, 16-bit types accumulated in float) without its
+// per-call overhead, which the step loop pays every step. False (nothing done) for what it does not take: empty or huge sizes, layouts
 // with neither unit stride, and settings whose checks or math modes at::mm applies (deterministic
 // algorithms, reduced-precision reductions of 16-bit types disallowed, a NoTF32Guard).
-bool cublas_multiply(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bool accumulate, bool tf32) {
+bool cublas_multiply(cublasHandle_t handle, const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bool accumulate,
+                     bool tf32) {
   constexpr int64_t kMax = std::numeric_limits<int>::max();
   const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
   if (m == 0 || n == 0 || k == 0 || m > kMax || n > kMax || k > kMax) return false;
@@ -176,7 +177,6 @@ bool cublas_multiply(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bo
     default:
       return false;
   }
-  const cublasHandle_t handle = at::cuda::getCurrentCUDABlasHandle();
   // torch leaves the handle in TF32 tensor-op math while torch.backends.cuda.matmul.allow_tf32 is
   // on, and cuBLAS then takes TF32 for CUBLAS_COMPUTE_32F too: a float32 product that must stay
   // float32 (cuDNN's switch off, the matmul one on) runs in the default math mode, as torch.mm
@@ -207,13 +207,16 @@ struct CudaLstm {
   bool cudnn_tf32 = false;  // the op's argument: whose TF32 setting float32 GEMMs follow
 #if defined(FASTNETS_WITH_CUBLAS)
   bool tf32 = float32_gemms_in_tf32(cudnn_tf32);  // read once per call of the op
+  // Once per call of the op too: torch's getter sets the handle's stream, workspace and math mode
+  // each time, host time that every step would pay while the GPU waits.
+  cublasHandle_t blas = at::cuda::getCurrentCUDABlasHandle();
 #endif
 
   static Right prepare(const at::Tensor& b, int64_t /*rows*/, int64_t /*fewest*/) { return b; }
 
   void multiply(const at::Tensor& a, const Right& b, at::Tensor& c, bool accumulate) const {
 #if defined(FASTNETS_WITH_CUBLAS)
-    if (cublas_multiply(a, b, c, accumulate, tf32)) return;
+    if (cublas_multiply(blas, a, b, c, accumulate, tf32)) return;
 #endif
     aten_multiply(a, b, c, accumulate);
   }

@@ -7,6 +7,7 @@
 // one GEMM for the input gradient and one for both weight gradients (two for short sequences),
 // the bias gradient as a reduction.
 #include <ATen/OpMathType.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/addmm.h>
@@ -115,9 +116,11 @@ struct LstmSteps {
   // state, flat), then, for sequences that start at this step, the initial state's rows.
   at::Tensor entering(const at::Tensor& saved, const at::Tensor& initial, int64_t step, bool reverse) const {
     const int64_t count = rows_at(step, reverse);
-    if (step == 0) return initial.narrow(0, 0, count);
+    // Every view costs host time that a GPU waits for: none where all rows are taken.
+    const auto first_rows = [count](const at::Tensor& t) { return count == t.size(0) ? t : t.narrow(0, 0, count); };
+    if (step == 0) return first_rows(initial);
     const at::Tensor before = at_step(saved, step - 1, reverse);
-    if (count <= before.size(0)) return before.narrow(0, 0, count);
+    if (count <= before.size(0)) return first_rows(before);
     return at::cat({before, initial.narrow(0, before.size(0), count - before.size(0))});
   }
 };
@@ -174,6 +177,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     const Device& device, const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     bool reverse, const std::optional<at::Tensor>& batch_sizes) {
+  // The per-step views and products below are the kernel's own, never seen by autograd: skip its
+  // view tracking, a few microseconds of host time per step where the GPU waits on the host.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const LstmSteps steps(input, batch_sizes);
   check_lstm_layer_args(input, h0, c0, w_ih, w_hh, b_ih, b_hh, steps);
   const int64_t hidden = w_hh.size(1), features = w_ih.size(1), total = steps.total;
@@ -240,6 +246,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output, const at::Tensor& gates,
     const at::Tensor& cell_states, bool reverse, std::array<bool, 3> output_mask,
     const std::optional<at::Tensor>& batch_sizes) {
+  // The per-step views and products below are the kernel's own, never seen by autograd: skip its
+  // view tracking, a few microseconds of host time per step where the GPU waits on the host.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const LstmSteps steps(input, batch_sizes);
   check_lstm_layer_args(input, h0, c0, w_ih, w_hh, std::nullopt, std::nullopt, steps);
   const int64_t hidden = w_hh.size(1), features = w_ih.size(1), total = steps.total, batch = steps.batch;
