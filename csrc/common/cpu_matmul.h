@@ -13,8 +13,8 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
-#include <memory>
 #include <type_traits>
 
 #include "common/cpu_gemm.h"
@@ -52,6 +52,27 @@ inline GemmRightOperand right_operand_in_place(const at::Tensor& b) {
 }
 
 namespace cpu_matmul_detail {
+
+// Memory for packed operands, `numel` values of `dtype`, from buffers that each thread keeps
+// between calls. The LSTM packs operands of megabytes on every call; a fresh block that size is
+// mapped by malloc and unmapped when freed, so each call page-faulted it in anew, which made an
+// LSTMCell's forward+backward (B64 H512, two 4 MB weight copies) take 6.3-7.9 ms instead of
+// 3.4-3.8 ms in some runs here. kBuffers buffers of kScratchBytes, each allocated on first use
+// (only its touched pages are resident); a larger request, or one while all are in use, gets its
+// own allocation.
+inline at::Tensor packing_scratch(int64_t numel, at::ScalarType dtype) {
+  constexpr int64_t kScratchBytes = int64_t(32) << 20;
+  constexpr size_t kBuffers = 2;  // an LSTM holds its two weights' copies at once
+  thread_local std::array<at::Tensor, kBuffers> buffers;
+  const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(dtype));
+  if (bytes > 0 && bytes <= kScratchBytes) {
+    for (at::Tensor& buffer : buffers) {
+      if (!buffer.defined()) buffer = at::empty({kScratchBytes}, at::TensorOptions().dtype(at::kByte));
+      if (buffer.storage().use_count() == 1) return buffer.narrow(0, 0, bytes).view(dtype);  // free
+    }
+  }
+  return at::empty({numel}, at::TensorOptions().dtype(dtype));
+}
 
 constexpr int64_t kPackDepth = 64;  // rows of a panel per task of prepare_right_operand
 constexpr int64_t kMinTaskValues = 1 << 14;  // fewer values than this per thread cost more to share than to copy
@@ -129,7 +150,7 @@ inline GemmRightOperand prepare_right_operand(const at::Tensor& b) {
   const int64_t depth = b.size(0), cols = b.size(1), width = panel_cols(b);
   const int64_t panels = (cols + width - 1) / width, blocks = (depth + cpu_matmul_detail::kPackDepth - 1) /
                                                                cpu_matmul_detail::kPackDepth;
-  at::Tensor data = at::empty({panels, depth, width}, b.options());
+  at::Tensor data = cpu_matmul_detail::packing_scratch(panels * depth * width, b.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "fastnets::prepare_right_operand", [&] {
     scalar_t* out = data.mutable_data_ptr<scalar_t>();
     const scalar_t* source = b.const_data_ptr<scalar_t>();
@@ -174,7 +195,8 @@ void matmul(const at::Tensor& a, const GemmRightOperand& b, T* c, int64_t ldc, b
   // 3200x2048x512 16.3-16.8 -> 13.6-14.4 ms, 3200x512x2048 13.9-14.3 -> 13.4-14.1 ms.
   const bool in_place = a_col_stride == 1;
   // Uninitialized: the packing below writes every value (zeros past the last row).
-  const std::unique_ptr<T[]> packed(in_place ? nullptr : new T[panels_size(rows, depth)]);
+  const at::Tensor packed_a = in_place ? at::Tensor() : packing_scratch(panels_size(rows, depth), b.data.scalar_type());
+  T* const packed = in_place ? nullptr : packed_a.mutable_data_ptr<T>();
   if (!in_place && a_row_stride == 1) {
     // A transposed (the weight gradients' grad_gates^T): a panel's rows are runs of kPanelRows
     // values in each of A's columns, which lie a whole column apart. By blocks of kPackDepth
@@ -186,7 +208,7 @@ void matmul(const at::Tensor& a, const GemmRightOperand& b, T* c, int64_t ldc, b
         const int64_t k1 = std::min(k0 + kPackDepth, depth);
         for (int64_t panel = 0; panel < panels; ++panel) {
           const int64_t row0 = panel * kPanelRows, count = std::min<int64_t>(kPanelRows, rows - row0);
-          T* out = packed.get() + row0 * depth;
+          T* out = packed + row0 * depth;
           for (int64_t k = k0; k < k1; ++k) {
             const T* column = a_data + row0 + k * a_col_stride;
             for (int64_t i = 0; i < kPanelRows; ++i) out[k * kPanelRows + i] = i < count ? column[i] : T(0);
@@ -199,7 +221,7 @@ void matmul(const at::Tensor& a, const GemmRightOperand& b, T* c, int64_t ldc, b
       const int64_t row0 = first * kPanelRows, count = std::min(last * kPanelRows, rows) - row0;
       pack_panels(count, depth, [&](int64_t i, int64_t k) {
         return a_data[(row0 + i) * a_row_stride + k * a_col_stride];
-      }, packed.get() + row0 * depth);
+      }, packed + row0 * depth);
     });
   }
   // Rows [row0, row0 + row_count) times B's column panels [first_panel, last_panel): per depth
@@ -230,7 +252,7 @@ void matmul(const at::Tensor& a, const GemmRightOperand& b, T* c, int64_t ldc, b
                 }
                 tile([&a_rows](int i, int64_t k) FASTNETS_INLINE_LAMBDA { return a_rows[i][k]; });
               } else {
-                const T* a_panel = packed.get() + (row0 + row) * depth + d0 * Tile::kRows;
+                const T* a_panel = packed + (row0 + row) * depth + d0 * Tile::kRows;
                 tile([a_panel](int i, int64_t k) FASTNETS_INLINE_LAMBDA { return a_panel[k * Tile::kRows + i]; });
               }
             }
