@@ -7,9 +7,9 @@
 // Threads split the rows (tall A) or the columns (short A); each element of C is summed by one
 // thread in a fixed order, so results do not depend on the thread count.
 #include <ATen/Dispatch.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -56,22 +56,23 @@ namespace cpu_matmul_detail {
 // Memory for packed operands, `numel` values of `dtype`, from buffers that each thread keeps
 // between calls. The LSTM packs operands of megabytes on every call; a fresh block that size is
 // mapped by malloc and unmapped when freed, so each call page-faulted it in anew, which made an
-// LSTMCell's forward+backward (B64 H512, two 4 MB weight copies) take 6.3-7.9 ms instead of
-// 3.4-3.8 ms in some runs here. kBuffers buffers of kScratchBytes, each allocated on first use
-// (only its touched pages are resident); a larger request, or one while all are in use, gets its
-// own allocation.
+// LSTMCell's forward+backward (B64 H512) take 6.3-7.9 ms instead of 3.4-3.8 ms in some runs here.
+// kBuffers buffers of kScratchBytes, each allocated on first use and never filled (only the pages
+// packed into become resident: a thread that packed keeps up to kBuffers x kScratchBytes until it
+// ends); a larger request, or one while all are in use, gets its own allocation.
 inline at::Tensor packing_scratch(int64_t numel, at::ScalarType dtype) {
   constexpr int64_t kScratchBytes = int64_t(32) << 20;
-  constexpr size_t kBuffers = 2;  // an LSTM holds its two weights' copies at once
+  constexpr size_t kBuffers = 2;  // a product's two packed operands (the LSTM frees w_hh's copy before)
   thread_local std::array<at::Tensor, kBuffers> buffers;
   const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(dtype));
   if (bytes > 0 && bytes <= kScratchBytes) {
     for (at::Tensor& buffer : buffers) {
-      if (!buffer.defined()) buffer = at::empty({kScratchBytes}, at::TensorOptions().dtype(at::kByte));
+      // empty_cpu, not at::empty: no fill of the whole buffer under deterministic algorithms.
+      if (!buffer.defined()) buffer = at::detail::empty_cpu({kScratchBytes}, at::kByte);
       if (buffer.storage().use_count() == 1) return buffer.narrow(0, 0, bytes).view(dtype);  // free
     }
   }
-  return at::empty({numel}, at::TensorOptions().dtype(dtype));
+  return at::detail::empty_cpu({numel}, dtype);
 }
 
 constexpr int64_t kPackDepth = 64;  // rows of a panel per task of prepare_right_operand

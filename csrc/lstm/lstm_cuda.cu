@@ -130,9 +130,10 @@ bool float32_gemms_in_tf32(bool cudnn_tf32) {
 
 // c (+)= a b by one cublasGemmEx on `handle` (torch's, for the current stream): at::mm's
 // arithmetic (float32 in TF32 when `tf32`, 16-bit types accumulated in float) without its
-// per-call overhead, which the step loop pays every step. False (nothing done) for what it does not take: empty or huge sizes, layouts
-// with neither unit stride, and settings whose checks or math modes at::mm applies (deterministic
-// algorithms, reduced-precision reductions of 16-bit types disallowed, a NoTF32Guard).
+// per-call overhead, which the step loop pays every step. False (nothing done) for what it does
+// not take: empty or huge sizes, layouts with neither unit stride, and settings whose checks or
+// math modes at::mm applies (deterministic algorithms, reduced-precision reductions of 16-bit
+// types disallowed, a NoTF32Guard).
 bool cublas_multiply(cublasHandle_t handle, const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bool accumulate,
                      bool tf32) {
   constexpr int64_t kMax = std::numeric_limits<int>::max();

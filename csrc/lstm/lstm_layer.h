@@ -292,25 +292,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t last_rows = steps.steps() > 0 ? steps.rows_at(steps.steps() - 1, reverse) : batch;
   at::Tensor grad_h = final_grad(grad_h_n, 0, last_rows), grad_c = final_grad(grad_c_n, 0, last_rows);
   std::vector<std::pair<int64_t, at::Tensor>> grad_h_first, grad_c_first;  // blocks of grad_h0, grad_c0
-  const auto w_hh_right = device.prepare(w_hh, total, steps.fewest());
-  for (int64_t step = steps.steps() - 1; step >= 0; --step) {
-    const at::Tensor c_prev = steps.entering(saved_c, c_first, step, reverse);
-    at::Tensor step_grad_gates = steps.at_step(grad_gates, step, reverse);
-    const at::Tensor step_grad_output = grad_out.defined() ? steps.at_step(grad_out, step, reverse) : grad_out;
-    device.backward(step_grad_output, grad_h, grad_c, steps.at_step(saved_gates, step, reverse), c_prev,
-                    steps.at_step(saved_c, step, reverse), step_grad_gates);
-    device.multiply(step_grad_gates, w_hh_right, grad_h, false);
-    // grad_h and grad_c now hold the gradients of the state entering this step: the step
-    // before's rows, and the initial state's for sequences that started here.
-    const int64_t rows = grad_h.size(0), before = step > 0 ? steps.rows_at(step - 1, reverse) : 0;
-    if (step == 0 || rows > before) {
-      grad_h_first.emplace_back(before, grad_h.narrow(0, before, rows - before));
-      grad_c_first.emplace_back(before, grad_c.narrow(0, before, rows - before));
-      grad_h = grad_h.narrow(0, 0, before);
-      grad_c = grad_c.narrow(0, 0, before);
-    } else if (rows < before) {  // the step before's other sequences ended there: their h_n, c_n
-      grad_h = at::cat({grad_h, final_grad(grad_h_n, rows, before - rows)});
-      grad_c = at::cat({grad_c, final_grad(grad_c_n, rows, before - rows)});
+  {  // w_hh's copy lives through the loop only: the CPU's packing buffer then serves the weight gradients
+    const auto w_hh_right = device.prepare(w_hh, total, steps.fewest());
+    for (int64_t step = steps.steps() - 1; step >= 0; --step) {
+      const at::Tensor c_prev = steps.entering(saved_c, c_first, step, reverse);
+      at::Tensor step_grad_gates = steps.at_step(grad_gates, step, reverse);
+      const at::Tensor step_grad_output = grad_out.defined() ? steps.at_step(grad_out, step, reverse) : grad_out;
+      device.backward(step_grad_output, grad_h, grad_c, steps.at_step(saved_gates, step, reverse), c_prev,
+                      steps.at_step(saved_c, step, reverse), step_grad_gates);
+      device.multiply(step_grad_gates, w_hh_right, grad_h, false);
+      // grad_h and grad_c now hold the gradients of the state entering this step: the step
+      // before's rows, and the initial state's for sequences that started here.
+      const int64_t rows = grad_h.size(0), before = step > 0 ? steps.rows_at(step - 1, reverse) : 0;
+      if (step == 0 || rows > before) {
+        grad_h_first.emplace_back(before, grad_h.narrow(0, before, rows - before));
+        grad_c_first.emplace_back(before, grad_c.narrow(0, before, rows - before));
+        grad_h = grad_h.narrow(0, 0, before);
+        grad_c = grad_c.narrow(0, 0, before);
+      } else if (rows < before) {  // the step before's other sequences ended there: their h_n, c_n
+        grad_h = at::cat({grad_h, final_grad(grad_h_n, rows, before - rows)});
+        grad_c = at::cat({grad_c, final_grad(grad_c_n, rows, before - rows)});
+      }
     }
   }
   if (steps.steps() == 0) {
