@@ -64,7 +64,7 @@ FASTNETS_ALWAYS_INLINE void backward_row(int64_t hidden, const scalar_t* __restr
 }
 
 void lstm_pointwise_forward_cpu(at::Tensor& gates, const at::Tensor& bias, const at::Tensor& c_prev, at::Tensor& c,
-                                at::Tensor& h) {
+                                at::Tensor& h, const at::Tensor& c_copy, const at::Tensor& h_copy) {
   const int64_t batch = c.size(0), hidden = c.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(), "fastnets::lstm_forward", [&] {
     scalar_t* g = gates.mutable_data_ptr<scalar_t>();
@@ -82,6 +82,8 @@ void lstm_pointwise_forward_cpu(at::Tensor& gates, const at::Tensor& bias, const
       });
     });
   });
+  if (c_copy.defined()) c_copy.copy_(c);  // no launch to save on the CPU: copied after the pass
+  if (h_copy.defined()) h_copy.copy_(h);
 }
 
 void lstm_pointwise_backward_cpu(const at::Tensor& grad_output, const at::Tensor& grad_h, at::Tensor& grad_c,

@@ -29,7 +29,7 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
 lstm_forward_kernel(scalar_t* __restrict__ gates, const at::opmath_type<scalar_t>* __restrict__ bias,
                     const scalar_t* __restrict__ c_prev, scalar_t* __restrict__ c, scalar_t* __restrict__ h,
-                    int64_t batch, int64_t hidden) {
+                    scalar_t* __restrict__ c_copy, scalar_t* __restrict__ h_copy, int64_t batch, int64_t hidden) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t n = batch * hidden;
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < n;
@@ -42,8 +42,13 @@ lstm_forward_kernel(scalar_t* __restrict__ gates, const at::opmath_type<scalar_t
     g[hidden] = static_cast<scalar_t>(v.f);
     g[2 * hidden] = static_cast<scalar_t>(v.g);
     g[3 * hidden] = static_cast<scalar_t>(v.o);
-    c[k] = static_cast<scalar_t>(v.c);
-    h[k] = static_cast<scalar_t>(v.h);
+    const scalar_t c_value = static_cast<scalar_t>(v.c), h_value = static_cast<scalar_t>(v.h);
+    c[k] = c_value;
+    h[k] = h_value;
+    if (c_copy != nullptr) {  // the final states of a padded batch (both or neither)
+      c_copy[k] = c_value;
+      h_copy[k] = h_value;
+    }
   }
 }
 
@@ -73,14 +78,17 @@ lstm_backward_kernel(const scalar_t* __restrict__ grad_output, const scalar_t* _
 }
 
 void lstm_pointwise_forward_cuda(at::Tensor& gates, const at::Tensor& bias, const at::Tensor& c_prev, at::Tensor& c,
-                                 at::Tensor& h) {
+                                 at::Tensor& h, const at::Tensor& c_copy, const at::Tensor& h_copy) {
+  TORCH_INTERNAL_ASSERT(c_copy.defined() == h_copy.defined());
   const int64_t batch = c.size(0), hidden = c.size(1);
   if (batch * hidden == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gates.scalar_type(), "fastnets::lstm_forward_cuda", [&] {
     lstm_forward_kernel<<<grid_size(batch * hidden, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         gates.mutable_data_ptr<scalar_t>(), bias.const_data_ptr<at::opmath_type<scalar_t>>(),
         c_prev.const_data_ptr<scalar_t>(),
-        c.mutable_data_ptr<scalar_t>(), h.mutable_data_ptr<scalar_t>(), batch, hidden);
+        c.mutable_data_ptr<scalar_t>(), h.mutable_data_ptr<scalar_t>(),
+        c_copy.defined() ? c_copy.mutable_data_ptr<scalar_t>() : nullptr,
+        h_copy.defined() ? h_copy.mutable_data_ptr<scalar_t>() : nullptr, batch, hidden);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

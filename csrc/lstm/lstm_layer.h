@@ -37,8 +37,9 @@ namespace fastnets {
 //   void multiply(const at::Tensor& a, const Right& b, at::Tensor& c, bool accumulate):
 //     c (+)= a b, c with unit column stride;
 //   void forward(at::Tensor& gates, const at::Tensor& bias, const at::Tensor& c_prev, at::Tensor& c,
-//                at::Tensor& h): gates (B, 4H) plus bias (4H, in the opmath dtype: float for
-//     16-bit types) the pre-activations, activated gates out; writes c and h (B, H);
+//                at::Tensor& h, const at::Tensor& c_copy, const at::Tensor& h_copy): gates (B, 4H)
+//     plus bias (4H, in the opmath dtype: float for 16-bit types) the pre-activations, activated
+//     gates out; writes c and h (B, H), and the same values to c_copy and h_copy where defined;
 //   void backward(grad_output, grad_h, grad_c, gates, c_prev, c, grad_gates): dh' = grad_output +
 //     grad_h (grad_output may be undefined: zero); grad_c: dc' in, the gradient of c_prev out;
 //     writes the pre-activations' gradients.
@@ -203,6 +204,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   const at::Tensor h_first = h0.contiguous(), c_first = c0.contiguous();
   const auto w_hh_t = device.prepare(w_hh.t(), total, steps.fewest());
   // The final states: per sequence, its last step's (packed sequences end at different steps).
+  // A padded batch's are the last step's, which its pointwise pass writes twice rather than
+  // copies after the loop: two launches fewer per call on CUDA, where an LSTMCell's whole step
+  // is a handful of them.
+  const bool finals_by_last_step = steps.steps() > 0 && steps.uniform();
+  at::Tensor h_n, c_n;
+  if (finals_by_last_step) {
+    h_n = at::empty({steps.batch, hidden}, input.options());
+    c_n = at::empty({steps.batch, hidden}, input.options());
+  }
   std::vector<std::pair<int64_t, at::Tensor>> h_final, c_final;
   at::Tensor h, c;
   for (int64_t step = 0; step < steps.steps(); ++step) {
@@ -216,16 +226,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     at::Tensor step_gates = steps.at_step(gates, step, reverse);
     device.multiply(h, w_hh_t, step_gates, true);
     at::Tensor step_c = steps.at_step(cell_states, step, reverse), step_h = steps.at_step(output, step, reverse);
-    device.forward(step_gates, bias, c, step_c, step_h);
+    const bool last = finals_by_last_step && step == steps.steps() - 1;
+    device.forward(step_gates, bias, c, step_c, step_h, last ? c_n : at::Tensor(), last ? h_n : at::Tensor());
   }
-  if (steps.steps() == 0) {
-    h_final.emplace_back(0, h_first);
-    c_final.emplace_back(0, c_first);
-  } else {
-    h_final.emplace_back(0, steps.at_step(output, steps.steps() - 1, reverse));
-    c_final.emplace_back(0, steps.at_step(cell_states, steps.steps() - 1, reverse));
+  if (!finals_by_last_step) {
+    if (steps.steps() == 0) {
+      h_final.emplace_back(0, h_first);
+      c_final.emplace_back(0, c_first);
+    } else {
+      h_final.emplace_back(0, steps.at_step(output, steps.steps() - 1, reverse));
+      c_final.emplace_back(0, steps.at_step(cell_states, steps.steps() - 1, reverse));
+    }
+    h_n = assemble_rows(std::move(h_final));
+    c_n = assemble_rows(std::move(c_final));
   }
-  at::Tensor h_n = assemble_rows(std::move(h_final)), c_n = assemble_rows(std::move(c_final));
   if (!batch_sizes.has_value()) {
     const int64_t time = input.size(0), batch = input.size(1);
     output = output.view({time, batch, hidden});
