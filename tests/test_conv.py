@@ -28,6 +28,10 @@ GEOMETRIES = [
     # wide padding, many channels per group: forward and grad_input by output positions (partial
     # tiles of positions and of channels, float32 and float64), like the MNIST CNN's conv2
     (2, 40, 9, 11, 40, (3, 7), (1, 1), (2, 6), (2, 2), 2),
+    # the same with kernel rows skipped where they read only padding rows: (4, 6) in part (grad_input
+    # by positions too), (6, 6) whole output rows that read no input row (their tiles sum nothing)
+    (2, 40, 9, 11, 40, (3, 7), (1, 1), (4, 6), (2, 2), 2),
+    (2, 40, 9, 11, 40, (3, 7), (1, 1), (6, 6), (2, 2), 2),
 ]
 
 

@@ -117,10 +117,11 @@ FASTNETS_ALWAYS_INLINE void col2im(const acc_t* col, int64_t ldc, const Conv2dGe
 // the next row's zeros; one more zero row at the bottom serves the last row. The columns with
 // ow >= out_w are computed and dropped (the work grows by padded_w / out_w).
 struct PaddedConv {
-  int64_t channels, pad_top, pad_left, padded_h, padded_w, kernel_h, kernel_w, dilation_h, dilation_w, out_h, out_w;
-  PaddedConv(int64_t channels_, int64_t height, int64_t width, int64_t pad_h, int64_t pad_w, int64_t kernel_h_,
+  int64_t channels, height, pad_top, pad_left, padded_h, padded_w, kernel_h, kernel_w, dilation_h, dilation_w, out_h,
+      out_w;
+  PaddedConv(int64_t channels_, int64_t height_, int64_t width, int64_t pad_h, int64_t pad_w, int64_t kernel_h_,
              int64_t kernel_w_, int64_t dilation_h_, int64_t dilation_w_, int64_t out_h_, int64_t out_w_)
-      : channels(channels_), pad_top(pad_h), pad_left(pad_w), padded_h(height + 2 * pad_h + 1),
+      : channels(channels_), height(height_), pad_top(pad_h), pad_left(pad_w), padded_h(height_ + 2 * pad_h + 1),
         padded_w(std::max(width + pad_w, out_w_)), kernel_h(kernel_h_), kernel_w(kernel_w_), dilation_h(dilation_h_),
         dilation_w(dilation_w_), out_h(out_h_), out_w(out_w_) {}
   int64_t columns() const { return out_h * padded_w; }
@@ -129,6 +130,33 @@ struct PaddedConv {
   int64_t tap_offset(int64_t q) const {
     const int64_t taps = kernel_h * kernel_w;
     return q / taps * plane() + q % taps / kernel_w * dilation_h * padded_w + q % kernel_w * dilation_w;
+  }
+  // The tap q = (c, r, s) at depth index d, taken by kernel rows, (r, c, s), where by_rows: the
+  // order of positions_gemm, which skips a tile's taps in the kernel rows that read padding rows
+  // only, a range at either end of its depth (kernel_rows_reading_source). Else q = d.
+  int64_t tap(int64_t d, bool by_rows) const {
+    if (!by_rows) return d;
+    const int64_t r = d / (channels * kernel_w), c = d / kernel_w % channels;
+    return (c * kernel_h + r) * kernel_w + d % kernel_w;
+  }
+  // The kernel rows [first, last) that read a source row (not the zero rows around it) for some
+  // output row in [oh_first, oh_last]: output row oh reads padded row oh + r * dilation_h.
+  std::pair<int64_t, int64_t> kernel_rows_reading_source(int64_t oh_first, int64_t oh_last) const {
+    const int64_t first = pad_top > oh_last ? (pad_top - oh_last + dilation_h - 1) / dilation_h : 0;
+    const int64_t reach = pad_top + height - 1 - oh_first;  // the last source row less oh_first
+    const int64_t last = reach < 0 ? 0 : std::min(kernel_h, reach / dilation_h + 1);
+    return {std::min(first, last), last};
+  }
+  // The inverse of tap(d, true): the depth index of tap q = (c, r, s) by kernel rows.
+  int64_t depth_by_rows(int64_t q) const {
+    const int64_t c = q / (kernel_h * kernel_w), r = q / kernel_w % kernel_h;
+    return (r * channels + c) * kernel_w + q % kernel_w;
+  }
+  // The output rows [first, last) for which some kernel row in [r_first, r_last] reads a source row.
+  std::pair<int64_t, int64_t> output_rows_reading_source(int64_t r_first, int64_t r_last) const {
+    const int64_t first = std::max<int64_t>(0, pad_top - r_last * dilation_h);
+    const int64_t last = std::min(out_h, pad_top + height - r_first * dilation_h);
+    return {std::min(first, std::max(last, int64_t(0))), std::max(last, int64_t(0))};
   }
   // Values of the padded buffer: the gemm's reads of padding columns run past the last plane.
   template <typename acc_t>
@@ -178,18 +206,22 @@ FASTNETS_ALWAYS_INLINE void padded_gemm(const PaddedConv& pc, int64_t rows, cons
                   [&](int64_t k) FASTNETS_INLINE_LAMBDA { return padded + offsets[k]; }, c, ldc, false);
 }
 
-std::vector<int64_t> tap_offsets(const PaddedConv& pc) {
+// The taps' offsets in depth order (PaddedConv::tap).
+std::vector<int64_t> tap_offsets(const PaddedConv& pc, bool by_rows) {
   std::vector<int64_t> offsets(pc.depth());
-  for (int64_t q = 0; q < pc.depth(); ++q) offsets[q] = pc.tap_offset(q);
+  for (int64_t d = 0; d < pc.depth(); ++d) offsets[d] = pc.tap_offset(pc.tap(d, by_rows));
   return offsets;
 }
 
 // Stride-1 products by output positions instead: tiles of kRows positions x kCols channels, the
 // positions' inputs broadcast from the padded copy (column + tap offset: no dropped columns) and
-// the weights read as rows of B (pack_channel_panels); each tile is summed in registers per depth
-// block, then in a tile buffer, and stored transposed, out[k * ldc + p]. Where a group has many
-// channels, the padding columns are many and the depth is not small (MNIST's conv2: 64 channels,
-// 16 padded columns per 14 outputs, depth 800), it is faster than padded_gemm (by_positions).
+// the weights read as rows of B (pack_channel_panels), both in the depth order by kernel rows
+// (PaddedConv::tap); each tile is summed in registers per depth block, then in a tile buffer, and
+// stored transposed, out[k * ldc + p]. A tile skips the kernel rows that read only the zero rows
+// above or below the source for its output rows (at most two): 7.3% of MNIST's conv2's products
+// (5x5, padding 2, 14x14 outputs), all of them zeros. Where a group has many channels, the padding
+// columns are many and the depth is not small (MNIST's conv2: 64 channels, 16 padded columns per
+// 14 outputs, depth 800), it is faster than padded_gemm (by_positions).
 // A tile's positions are at most two runs of one output row each (out_w >= kRows): the first
 // kSplit from `first`, the rest from `second`, so that the broadcasts need two base registers,
 // not one per position.
@@ -222,7 +254,7 @@ FASTNETS_ALWAYS_INLINE void positions_gemm(const PaddedConv& pc, int64_t channel
                                            const acc_t* padded, const std::vector<int64_t>& offsets, acc_t* out,
                                            int64_t ldc) {
   const int64_t positions = pc.out_h * pc.out_w, depth = pc.depth();
-  acc_t tile[Tile::kRows][Tile::kCols] = {};  // zeros where the depth is 0
+  acc_t tile[Tile::kRows][Tile::kCols];
   for (int64_t col = 0; col < channels; col += Tile::kCols) {
     const int64_t cols = std::min<int64_t>(Tile::kCols, channels - col);
     for (int64_t p0 = 0; p0 < positions; p0 += Tile::kRows) {
@@ -232,10 +264,15 @@ FASTNETS_ALWAYS_INLINE void positions_gemm(const PaddedConv& pc, int64_t channel
       const int64_t run = std::min(pc.out_w - ow, rows);
       const acc_t* second = run < rows ? padded + (oh + 1) * pc.padded_w : first;
       const acc_t* panel = weight_panels + col / kPanelCols<acc_t> * depth * kPanelCols<acc_t>;
-      for (int64_t d0 = 0; d0 < depth; d0 += kPositionsDepthBlock) {
+      const auto [first_row, last_row] = pc.kernel_rows_reading_source(oh, (p0 + rows - 1) / pc.out_w);
+      const int64_t row_depth = pc.channels * pc.kernel_w, depth_first = first_row * row_depth;
+      const int64_t depth_last = last_row * row_depth;
+      if (depth_first == depth_last) std::fill(&tile[0][0], &tile[0][0] + Tile::kRows * Tile::kCols, acc_t(0));
+      for (int64_t d0 = depth_first; d0 < depth_last; d0 += kPositionsDepthBlock) {
         positions_tile_split<Tile>(static_cast<int>(run), std::make_integer_sequence<int, Tile::kRows>(),
-                                   std::min(kPositionsDepthBlock, depth - d0), first, second, offsets.data() + d0,
-                                   panel + d0 * kPanelCols<acc_t>, col % kPanelCols<acc_t>, &tile[0][0], d0 > 0);
+                                   std::min(kPositionsDepthBlock, depth_last - d0), first, second,
+                                   offsets.data() + d0, panel + d0 * kPanelCols<acc_t>, col % kPanelCols<acc_t>,
+                                   &tile[0][0], d0 > depth_first);
       }
       for (int64_t j = 0; j < cols; ++j) {
         for (int64_t i = 0; i < rows; ++i) out[(col + j) * ldc + p0 + i] = tile[i][j];
@@ -275,16 +312,17 @@ void pack_channel_panels(int64_t depth, int64_t channels, const Value& value, ac
   }
 }
 
-// Weights as positions_gemm's B, one block per group: rows patch entries q, columns the group's
-// output channels.
+// Weights as positions_gemm's B, one block per group: rows patch entries in its depth order,
+// columns the group's output channels.
 template <typename acc_t, typename scalar_t>
 std::vector<acc_t> weight_panels(const scalar_t* w, const Conv2dGeometry& g) {
   const int64_t out_channels = g.group_out_channels(), patch = g.patch_size();
   const int64_t per_group = patch * padded_cols<acc_t>(out_channels);
+  const PaddedConv pc = padded_forward(g);
   std::vector<acc_t> panels(g.groups * per_group);
   for (int64_t group = 0; group < g.groups; ++group) {
     const scalar_t* wg = w + group * out_channels * patch;
-    const auto value = [&](int64_t q, int64_t k) { return static_cast<acc_t>(wg[k * patch + q]); };
+    const auto value = [&](int64_t d, int64_t k) { return static_cast<acc_t>(wg[k * patch + pc.tap(d, true)]); };
     pack_channel_panels(patch, out_channels, value, panels.data() + group * per_group);
   }
   return panels;
@@ -313,8 +351,8 @@ std::vector<acc_t> pack_weight(const scalar_t* w, const Conv2dGeometry& g, bool 
 
 // The weights of the padded grad_input, a convolution of the gradient with flipped kernels: input
 // channel c over depth q = (k, r', s'), weight[k][c][kernel_h - 1 - r'][kernel_w - 1 - s'];
-// by_positions: positions_gemm's B (rows q, columns c), else gemm's A panels (rows c). One block
-// per group.
+// by_positions: positions_gemm's B (rows q in its depth order, columns c), else gemm's A panels
+// (rows c). One block per group.
 template <typename acc_t, typename scalar_t>
 std::vector<acc_t> pack_flipped_weight(const scalar_t* w, const Conv2dGeometry& g, bool by_positions) {
   const int64_t out_channels = g.group_out_channels(), in_channels = g.group_in_channels();
@@ -327,7 +365,8 @@ std::vector<acc_t> pack_flipped_weight(const scalar_t* w, const Conv2dGeometry& 
       return static_cast<acc_t>(wg[(q / taps * in_channels + c) * taps + taps - 1 - q % taps]);
     };
     if (by_positions) {
-      pack_channel_panels(depth, in_channels, [&](int64_t q, int64_t c) { return flipped(c, q); },
+      const PaddedConv pc = padded_grad_input(g);
+      pack_channel_panels(depth, in_channels, [&](int64_t d, int64_t c) { return flipped(c, pc.tap(d, true)); },
                           packed.data() + group * per_group);
     } else {
       pack_panels(in_channels, depth, flipped, packed.data() + group * per_group);
@@ -358,7 +397,7 @@ void conv2d_forward_images(const scalar_t* x, const std::vector<at::opmath_type<
   const PaddedConv pc = padded_forward(g);
   const bool positions = padded_input && by_positions<acc_t>(pc, out_channels, g.out_plane());
   const int64_t per_group = positions ? patch * padded_cols<acc_t>(out_channels) : panels_size(out_channels, patch);
-  const std::vector<int64_t> offsets = padded_input ? tap_offsets(pc) : std::vector<int64_t>();
+  const std::vector<int64_t> offsets = padded_input ? tap_offsets(pc, positions) : std::vector<int64_t>();
   const int64_t columns = padded_input && !positions ? pc.columns() : g.out_plane();
   const int64_t ldc = padded_cols<acc_t>(columns), row = padded_input && !positions ? pc.padded_w : g.out_w;
   std::vector<acc_t> source(padded_input ? pc.buffer_size<acc_t>() : patch * ldc, acc_t(0)), out(out_channels * ldc);
@@ -592,17 +631,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
   const bool padded_input_grad = need_input && has_padded_grad_input(g);
   const PaddedConv pc = padded_grad_input(g);
   const bool input_grad_by_positions = padded_input_grad && by_positions<acc_t>(pc, in_channels, g.in_plane());
-  const std::vector<int64_t> offsets = padded_input_grad ? tap_offsets(pc) : std::vector<int64_t>();
+  const std::vector<int64_t> offsets =
+      padded_input_grad ? tap_offsets(pc, input_grad_by_positions) : std::vector<int64_t>();
   // col holds the gradient of input (c, h, w) at col[c * ldx + h * x_row + w]
   const int64_t ldx = padded_cols<acc_t>(input_grad_by_positions ? g.in_plane() : pc.columns());
   const int64_t x_row = input_grad_by_positions ? g.in_w : pc.padded_w;
   const int64_t flipped_per_group = input_grad_by_positions ? pc.depth() * padded_cols<acc_t>(in_channels)
                                                             : panels_size(in_channels, pc.depth());
   // grad_weight^T = patches x dy^T; for stride 1 the patch rows are read in place from a padded
-  // copy of the input (patch entry q, output p at offset(q) + column_of[p]), else built by im2col.
+  // copy of the input (patch entry q, output p at offset(q) + column_of[p]), in the depth order by
+  // kernel rows (PaddedConv::tap), so that a tile of kPanelRows entries skips the outputs whose
+  // reads of its kernel rows fall in the zero rows (8.6% of the products for MNIST's conv2); else
+  // built by im2col.
   const bool padded_weight_grad = need_weight && g.stride_h == 1 && g.stride_w == 1;
   const PaddedConv pf = padded_forward(g);
-  const std::vector<int64_t> input_offsets = padded_weight_grad ? tap_offsets(pf) : std::vector<int64_t>();
+  const std::vector<int64_t> input_offsets = padded_weight_grad ? tap_offsets(pf, true) : std::vector<int64_t>();
   std::vector<int64_t> column_of(padded_weight_grad ? positions : 0);
   for (size_t p = 0; p < column_of.size(); ++p) column_of[p] = p / g.out_w * pf.padded_w + p % g.out_w;
   const std::vector<acc_t> transposed =
@@ -612,7 +655,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
 
   at::Tensor grad_input = need_input ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
   scalar_t* gi = need_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
-  // Per chunk: the transposed weight gradient [group][q][k] and the bias gradient [channel].
+  // Per chunk: the transposed weight gradient [group][q][k] (q by kernel rows where padded_weight_grad)
+  // and the bias gradient [channel].
   const int64_t chunks = std::min(g.batch, kWeightGradChunks);
   const int64_t weight_chunk = need_weight ? g.groups * patch * ldk : 0, bias_chunk = need_bias ? g.out_channels : 0;
   std::vector<acc_t> weight_sums(chunks * weight_chunk, acc_t(0));
@@ -670,18 +714,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
                   for (int64_t p = 0; p < positions; ++p) panel_column[p * width] = dy[k * ldc + p];
                 }
                 fill_padded(xp + x_offset, g.in_plane(), g.in_h, g.in_w, g.in_w, pf, padded_x.data());
+                const int64_t row_depth = pf.channels * pf.kernel_w;
                 for (int64_t q0 = 0; q0 < patch; q0 += kPanelRows) {
                   const acc_t* rows[kPanelRows];  // rows past the patch repeat the last one, dropped
                   for (int i = 0; i < kPanelRows; ++i) {
                     rows[i] = padded_x.data() + input_offsets[std::min<int64_t>(q0 + i, patch - 1)];
                   }
-                  for (int64_t d0 = 0; d0 < positions; d0 += kDepthBlock) {
+                  const auto [first_row, last_row] = pf.output_rows_reading_source(
+                      q0 / row_depth, (std::min<int64_t>(q0 + kPanelRows, patch) - 1) / row_depth);
+                  for (int64_t d0 = first_row * g.out_w; d0 < last_row * g.out_w; d0 += kDepthBlock) {
                     const int64_t* columns = column_of.data() + d0;
                     const auto a_value = [&](int i, int64_t p) FASTNETS_INLINE_LAMBDA { return rows[i][columns[p]]; };
                     for (int64_t col = 0; col < out_channels; col += Tile::kCols) {
                       const acc_t* panel = dy_t.data() + (col / width * positions + d0) * width;
                       const auto b_row = [&](int64_t p) FASTNETS_INLINE_LAMBDA { return panel + p * width; };
-                      gemm_tile<Tile>(std::min(kDepthBlock, positions - d0), a_value, b_row, col % width,
+                      gemm_tile<Tile>(std::min(kDepthBlock, last_row * g.out_w - d0), a_value, b_row, col % width,
                                       sum + q0 * ldk + col, ldk, std::min<int64_t>(kPanelRows, patch - q0),
                                       std::min<int64_t>(Tile::kCols, out_channels - col), true);
                     }
@@ -710,7 +757,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
 
   const auto [grad_weight, grad_bias] = grads_from_chunks<scalar_t>(
       w, chunks, need_weight, need_bias, weight_sums, weight_chunk,
-      [&](int64_t channel, int64_t q) { return (channel / out_channels * patch + q) * ldk + channel % out_channels; },
+      [&](int64_t channel, int64_t q) {
+        const int64_t row = padded_weight_grad ? pf.depth_by_rows(q) : q;
+        return (channel / out_channels * patch + row) * ldk + channel % out_channels;
+      },
       bias_sums);
   return {grad_input, grad_weight, grad_bias};
 }
