@@ -204,6 +204,31 @@ def test_fused_weight_gradient_by_winners(geometry, pool_kernel, pool_stride, ne
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_weight_or_gradient_with_nan_or_inf_spreads_as_in_pytorch(bad):
+    """The CPU GEMMs by output positions skip the kernel rows that read only zero padding rows,
+    whose products are zeros only for finite factors: an inf or NaN weight (grad_output for the
+    weight gradient) must still make NaN of the outputs (weight gradients) whose dense sums take
+    0 x it, as torch's float64 convolution does: the MNIST conv2 shape, which goes by positions."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 32, 14, 14, generator=gen, dtype=torch.float64)
+    weight = torch.randn(64, 32, 5, 5, generator=gen, dtype=torch.float64)
+    grad_output = torch.randn(2, 64, 14, 14, generator=gen, dtype=torch.float64)
+    weight[0, 0, 0, 2] = bad  # kernel row 0: reads only padding for output rows 0 and 1
+    grad_output[1, 0, 0, 5] = bad  # output row 0: taken by kernel rows 0 and 1 at padding rows
+    expected = torch_F.conv2d(x, weight, padding=2)
+    assert expected[0, 0, :2].isnan().all()
+    torch.testing.assert_close(F.conv2d(x, weight, padding=2), expected, equal_nan=True)
+    pooled = torch_F.max_pool2d(torch_F.relu(expected), 2)
+    torch.testing.assert_close(F.conv_relu_pool2d(x, weight, None, padding=2), pooled, equal_nan=True)
+    weight[0, 0, 0, 2] = 1.0
+    leaves = [t.clone().requires_grad_() for t in (x, weight)]
+    torch_F.conv2d(*leaves, padding=2).backward(grad_output)
+    grad_weight = ops.conv2d_backward(grad_output, x, weight, [1, 1], [2, 2], [1, 1], 1, [False, True, False])[1]
+    assert leaves[1].grad[0, :, :2].isnan().all()
+    torch.testing.assert_close(grad_weight, leaves[1].grad, rtol=1e-12, atol=1e-11, equal_nan=True)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_fused_gradients_of_an_input_with_nan_or_inf(bad):
     """Where the input holds NaN or inf, the gradients' zeros times it are NaN, in PyTorch's
     three ops as in the fused layer (which then sums the weight gradient densely)."""

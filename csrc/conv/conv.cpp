@@ -131,28 +131,30 @@ struct PaddedConv {
     const int64_t taps = kernel_h * kernel_w;
     return q / taps * plane() + q % taps / kernel_w * dilation_h * padded_w + q % kernel_w * dilation_w;
   }
-  // The tap q = (c, r, s) at depth index d, taken by kernel rows, (r, c, s), where by_rows: the
-  // order of positions_gemm, which skips a tile's taps in the kernel rows that read padding rows
-  // only, a range at either end of its depth (kernel_rows_reading_source). Else q = d.
+  // The tap q = (c, r, s) at depth index d. by_rows: the depth runs by kernel rows, d = (r, c, s)
+  // (positions_gemm and the padded grad_weight), so that the taps of the kernel rows that read
+  // only zero rows are a range at either end; else d = q.
   int64_t tap(int64_t d, bool by_rows) const {
     if (!by_rows) return d;
     const int64_t r = d / (channels * kernel_w), c = d / kernel_w % channels;
     return (c * kernel_h + r) * kernel_w + d % kernel_w;
-  }
-  // The kernel rows [first, last) that read a source row (not the zero rows around it) for some
-  // output row in [oh_first, oh_last]: output row oh reads padded row oh + r * dilation_h.
-  std::pair<int64_t, int64_t> kernel_rows_reading_source(int64_t oh_first, int64_t oh_last) const {
-    const int64_t first = pad_top > oh_last ? (pad_top - oh_last + dilation_h - 1) / dilation_h : 0;
-    const int64_t reach = pad_top + height - 1 - oh_first;  // the last source row less oh_first
-    const int64_t last = reach < 0 ? 0 : std::min(kernel_h, reach / dilation_h + 1);
-    return {std::min(first, last), last};
   }
   // The inverse of tap(d, true): the depth index of tap q = (c, r, s) by kernel rows.
   int64_t depth_by_rows(int64_t q) const {
     const int64_t c = q / (kernel_h * kernel_w), r = q / kernel_w % kernel_h;
     return (r * channels + c) * kernel_w + q % kernel_w;
   }
-  // The output rows [first, last) for which some kernel row in [r_first, r_last] reads a source row.
+  // A range [first, last) of kernel rows holding every one that reads a source row (not the zero
+  // rows around it) for some output row in [oh_first, oh_last]: output row oh reads padded row
+  // oh + r * dilation_h.
+  std::pair<int64_t, int64_t> kernel_rows_reading_source(int64_t oh_first, int64_t oh_last) const {
+    const int64_t first = pad_top > oh_last ? (pad_top - oh_last + dilation_h - 1) / dilation_h : 0;
+    const int64_t reach = pad_top + height - 1 - oh_first;  // the last source row less oh_first
+    const int64_t last = reach < 0 ? 0 : std::min(kernel_h, reach / dilation_h + 1);
+    return {std::min(first, last), last};
+  }
+  // A range [first, last) of output rows holding every one for which some kernel row in
+  // [r_first, r_last] reads a source row.
   std::pair<int64_t, int64_t> output_rows_reading_source(int64_t r_first, int64_t r_last) const {
     const int64_t first = std::max<int64_t>(0, pad_top - r_last * dilation_h);
     const int64_t last = std::min(out_h, pad_top + height - r_first * dilation_h);
@@ -213,15 +215,27 @@ std::vector<int64_t> tap_offsets(const PaddedConv& pc, bool by_rows) {
   return offsets;
 }
 
+// Whether every value is finite. The taps skipped for reading zero rows only would add products
+// 0 x value, zeros only where the value is finite: with an inf or NaN weight (or, for grad_weight,
+// gradient) every tap is taken, and the NaN spread as the dense product and torch's float64
+// convolution spread it.
+template <typename acc_t>
+bool all_finite(const acc_t* values, int64_t count) {
+  int not_finite = 0;  // x - x is 0 for finite x, NaN for inf and NaN; an int OR vectorizes
+  for (int64_t i = 0; i < count; ++i) not_finite |= !(values[i] - values[i] == acc_t(0));
+  return not_finite == 0;
+}
+
 // Stride-1 products by output positions instead: tiles of kRows positions x kCols channels, the
 // positions' inputs broadcast from the padded copy (column + tap offset: no dropped columns) and
 // the weights read as rows of B (pack_channel_panels), both in the depth order by kernel rows
 // (PaddedConv::tap); each tile is summed in registers per depth block, then in a tile buffer, and
-// stored transposed, out[k * ldc + p]. A tile skips the kernel rows that read only the zero rows
-// above or below the source for its output rows (at most two): 7.3% of MNIST's conv2's products
-// (5x5, padding 2, 14x14 outputs), all of them zeros. Where a group has many channels, the padding
-// columns are many and the depth is not small (MNIST's conv2: 64 channels, 16 padded columns per
-// 14 outputs, depth 800), it is faster than padded_gemm (by_positions).
+// stored transposed, out[k * ldc + p]. Where skip_zero_rows (the weights finite: all_finite), a
+// tile skips the kernel rows that read only the zero rows above or below the source for its output
+// rows (at most two): 7.3% of MNIST's conv2's products (5x5, padding 2, 14x14 outputs), all of them
+// zeros. Where a group has many channels, the padding columns are many and the depth is not small
+// (MNIST's conv2: 64 channels, 16 padded columns per 14 outputs, depth 800), it is faster than
+// padded_gemm (by_positions).
 // A tile's positions are at most two runs of one output row each (out_w >= kRows): the first
 // kSplit from `first`, the rest from `second`, so that the broadcasts need two base registers,
 // not one per position.
@@ -252,7 +266,7 @@ FASTNETS_ALWAYS_INLINE void positions_tile_split(int split, std::integer_sequenc
 template <typename Tile, typename acc_t>
 FASTNETS_ALWAYS_INLINE void positions_gemm(const PaddedConv& pc, int64_t channels, const acc_t* weight_panels,
                                            const acc_t* padded, const std::vector<int64_t>& offsets, acc_t* out,
-                                           int64_t ldc) {
+                                           int64_t ldc, bool skip_zero_rows) {
   const int64_t positions = pc.out_h * pc.out_w, depth = pc.depth();
   acc_t tile[Tile::kRows][Tile::kCols];
   for (int64_t col = 0; col < channels; col += Tile::kCols) {
@@ -264,9 +278,12 @@ FASTNETS_ALWAYS_INLINE void positions_gemm(const PaddedConv& pc, int64_t channel
       const int64_t run = std::min(pc.out_w - ow, rows);
       const acc_t* second = run < rows ? padded + (oh + 1) * pc.padded_w : first;
       const acc_t* panel = weight_panels + col / kPanelCols<acc_t> * depth * kPanelCols<acc_t>;
-      const auto [first_row, last_row] = pc.kernel_rows_reading_source(oh, (p0 + rows - 1) / pc.out_w);
+      const auto [first_row, last_row] = skip_zero_rows
+                                             ? pc.kernel_rows_reading_source(oh, (p0 + rows - 1) / pc.out_w)
+                                             : std::pair<int64_t, int64_t>(0, pc.kernel_h);
       const int64_t row_depth = pc.channels * pc.kernel_w, depth_first = first_row * row_depth;
       const int64_t depth_last = last_row * row_depth;
+      // Output rows that read no source row (padding wider than the kernel's reach) are zero.
       if (depth_first == depth_last) std::fill(&tile[0][0], &tile[0][0] + Tile::kRows * Tile::kCols, acc_t(0));
       for (int64_t d0 = depth_first; d0 < depth_last; d0 += kPositionsDepthBlock) {
         positions_tile_split<Tile>(static_cast<int>(run), std::make_integer_sequence<int, Tile::kRows>(),
@@ -398,6 +415,7 @@ void conv2d_forward_images(const scalar_t* x, const std::vector<at::opmath_type<
   const bool positions = padded_input && by_positions<acc_t>(pc, out_channels, g.out_plane());
   const int64_t per_group = positions ? patch * padded_cols<acc_t>(out_channels) : panels_size(out_channels, patch);
   const std::vector<int64_t> offsets = padded_input ? tap_offsets(pc, positions) : std::vector<int64_t>();
+  const bool skip_zero_rows = positions && all_finite(weights.data(), static_cast<int64_t>(weights.size()));
   const int64_t columns = padded_input && !positions ? pc.columns() : g.out_plane();
   const int64_t ldc = padded_cols<acc_t>(columns), row = padded_input && !positions ? pc.padded_w : g.out_w;
   std::vector<acc_t> source(padded_input ? pc.buffer_size<acc_t>() : patch * ldc, acc_t(0)), out(out_channels * ldc);
@@ -410,7 +428,7 @@ void conv2d_forward_images(const scalar_t* x, const std::vector<at::opmath_type<
         if (padded_input) {
           fill_padded(xg, g.in_plane(), g.in_h, g.in_w, g.in_w, pc, source.data());
           if (positions) {
-            positions_gemm<Tile>(pc, out_channels, a, source.data(), offsets, out.data(), ldc);
+            positions_gemm<Tile>(pc, out_channels, a, source.data(), offsets, out.data(), ldc, skip_zero_rows);
           } else {
             padded_gemm<Tile>(pc, out_channels, a, source.data(), offsets, out.data(), ldc);
           }
@@ -641,8 +659,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
   // grad_weight^T = patches x dy^T; for stride 1 the patch rows are read in place from a padded
   // copy of the input (patch entry q, output p at offset(q) + column_of[p]), in the depth order by
   // kernel rows (PaddedConv::tap), so that a tile of kPanelRows entries skips the outputs whose
-  // reads of its kernel rows fall in the zero rows (8.6% of the products for MNIST's conv2); else
-  // built by im2col.
+  // reads of its kernel rows fall in the zero rows (8.6% of the products for MNIST's conv2), where
+  // the image's gradient is finite (all_finite); else built by im2col.
   const bool padded_weight_grad = need_weight && g.stride_h == 1 && g.stride_w == 1;
   const PaddedConv pf = padded_forward(g);
   const std::vector<int64_t> input_offsets = padded_weight_grad ? tap_offsets(pf, true) : std::vector<int64_t>();
@@ -652,6 +670,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
       !need_input ? std::vector<acc_t>()
       : padded_input_grad ? pack_flipped_weight<acc_t>(w.const_data_ptr<scalar_t>(), g, input_grad_by_positions)
                           : pack_weight<acc_t>(w.const_data_ptr<scalar_t>(), g, true);
+  const bool finite_weights = input_grad_by_positions && all_finite(transposed.data(), transposed.size());
 
   at::Tensor grad_input = need_input ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
   scalar_t* gi = need_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
@@ -684,7 +703,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
               fill_padded(dy.data(), ldc, g.out_h, g.out_w, g.out_w, pc, padded.data());
               const acc_t* flipped = transposed.data() + group * flipped_per_group;
               if (input_grad_by_positions) {
-                positions_gemm<Tile>(pc, in_channels, flipped, padded.data(), offsets, col.data(), ldx);
+                positions_gemm<Tile>(pc, in_channels, flipped, padded.data(), offsets, col.data(), ldx,
+                                     finite_weights);
               } else {
                 padded_gemm<Tile>(pc, in_channels, flipped, padded.data(), offsets, col.data(), ldx);
               }
@@ -713,6 +733,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
                   acc_t* panel_column = dy_t.data() + k / width * positions * width + k % width;
                   for (int64_t p = 0; p < positions; ++p) panel_column[p * width] = dy[k * ldc + p];
                 }
+                const bool finite = all_finite(dy.data(), out_channels * ldc);  // zeros past each plane
                 fill_padded(xp + x_offset, g.in_plane(), g.in_h, g.in_w, g.in_w, pf, padded_x.data());
                 const int64_t row_depth = pf.channels * pf.kernel_w;
                 for (int64_t q0 = 0; q0 < patch; q0 += kPanelRows) {
@@ -720,8 +741,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
                   for (int i = 0; i < kPanelRows; ++i) {
                     rows[i] = padded_x.data() + input_offsets[std::min<int64_t>(q0 + i, patch - 1)];
                   }
-                  const auto [first_row, last_row] = pf.output_rows_reading_source(
-                      q0 / row_depth, (std::min<int64_t>(q0 + kPanelRows, patch) - 1) / row_depth);
+                  const auto [first_row, last_row] =
+                      finite ? pf.output_rows_reading_source(
+                                   q0 / row_depth, (std::min<int64_t>(q0 + kPanelRows, patch) - 1) / row_depth)
+                             : std::pair<int64_t, int64_t>(0, g.out_h);
                   for (int64_t d0 = first_row * g.out_w; d0 < last_row * g.out_w; d0 += kDepthBlock) {
                     const int64_t* columns = column_of.data() + d0;
                     const auto a_value = [&](int i, int64_t p) FASTNETS_INLINE_LAMBDA { return rows[i][columns[p]]; };
