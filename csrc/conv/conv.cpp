@@ -393,12 +393,21 @@ std::vector<acc_t> pack_flipped_weight(const scalar_t* w, const Conv2dGeometry& 
 }
 
 // The forward's weights, packed for conv2d_forward_images: as B of positions_gemm where that
-// costs less (by_positions), else as A panels.
+// costs less (by_positions), else as A panels; and whether they are all finite (all_finite), found
+// once per call rather than by each thread's conv2d_forward_images.
+template <typename acc_t>
+struct ForwardWeights {
+  std::vector<acc_t> panels;
+  bool finite;
+};
+
 template <typename acc_t, typename scalar_t>
-std::vector<acc_t> forward_weights(const scalar_t* w, const Conv2dGeometry& g) {
+ForwardWeights<acc_t> forward_weights(const scalar_t* w, const Conv2dGeometry& g) {
   const bool positions = g.stride_h == 1 && g.stride_w == 1 &&
                          by_positions<acc_t>(padded_forward(g), g.group_out_channels(), g.out_plane());
-  return positions ? weight_panels<acc_t>(w, g) : pack_weight<acc_t>(w, g, false);
+  std::vector<acc_t> panels = positions ? weight_panels<acc_t>(w, g) : pack_weight<acc_t>(w, g, false);
+  const bool finite = all_finite(panels.data(), static_cast<int64_t>(panels.size()));
+  return {std::move(panels), finite};
 }
 
 // The forward GEMM of images [first, last): epilogue(n, group, out, ldc, row) receives the
@@ -406,7 +415,7 @@ std::vector<acc_t> forward_weights(const scalar_t* w, const Conv2dGeometry& g) {
 // row + ow]. Stride 1 reads a padded copy of the input (row = its padded width; out_w by
 // positions), other strides build the patch matrix (row = out_w). weights: forward_weights.
 template <typename scalar_t, typename Epilogue>
-void conv2d_forward_images(const scalar_t* x, const std::vector<at::opmath_type<scalar_t>>& weights,
+void conv2d_forward_images(const scalar_t* x, const ForwardWeights<at::opmath_type<scalar_t>>& weights,
                            const Conv2dGeometry& g, int64_t first, int64_t last, const Epilogue& epilogue) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t patch = g.patch_size(), out_channels = g.group_out_channels();
@@ -415,14 +424,14 @@ void conv2d_forward_images(const scalar_t* x, const std::vector<at::opmath_type<
   const bool positions = padded_input && by_positions<acc_t>(pc, out_channels, g.out_plane());
   const int64_t per_group = positions ? patch * padded_cols<acc_t>(out_channels) : panels_size(out_channels, patch);
   const std::vector<int64_t> offsets = padded_input ? tap_offsets(pc, positions) : std::vector<int64_t>();
-  const bool skip_zero_rows = positions && all_finite(weights.data(), static_cast<int64_t>(weights.size()));
+  const bool skip_zero_rows = positions && weights.finite;
   const int64_t columns = padded_input && !positions ? pc.columns() : g.out_plane();
   const int64_t ldc = padded_cols<acc_t>(columns), row = padded_input && !positions ? pc.padded_w : g.out_w;
   std::vector<acc_t> source(padded_input ? pc.buffer_size<acc_t>() : patch * ldc, acc_t(0)), out(out_channels * ldc);
   for (int64_t n = first; n < last; ++n) {
     for (int64_t group = 0; group < g.groups; ++group) {
       const scalar_t* xg = x + (n * g.in_channels + group * g.group_in_channels()) * g.in_plane();
-      const acc_t* a = weights.data() + group * per_group;
+      const acc_t* a = weights.panels.data() + group * per_group;
       call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
         using Tile = GemmTileFor<acc_t, decltype(isa)::value>;
         if (padded_input) {
@@ -451,7 +460,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   at::Tensor y = at::empty({g.batch, g.out_channels, g.out_h, g.out_w}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastnets::conv2d", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const std::vector<acc_t> panels = forward_weights<acc_t>(w.const_data_ptr<scalar_t>(), g);
+    const ForwardWeights<acc_t> weights = forward_weights<acc_t>(w.const_data_ptr<scalar_t>(), g);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
@@ -470,7 +479,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
       }
     };
     at::parallel_for(0, g.batch, 1, [&](int64_t first, int64_t last) {
-      conv2d_forward_images(xp, panels, g, first, last, store);
+      conv2d_forward_images(xp, weights, g, first, last, store);
     });
   });
   return y;
@@ -535,7 +544,7 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_pool2d_cpu(const at::Tensor& input,
   at::Tensor argmax = at::empty(y.sizes(), x.options().dtype(at::kByte));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "fastnets::conv_relu_pool2d", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const std::vector<acc_t> panels = forward_weights<acc_t>(w.const_data_ptr<scalar_t>(), g);
+    const ForwardWeights<acc_t> weights = forward_weights<acc_t>(w.const_data_ptr<scalar_t>(), g);
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
@@ -545,7 +554,7 @@ std::tuple<at::Tensor, at::Tensor> conv_relu_pool2d_cpu(const at::Tensor& input,
     const bool vector_pooling = kHaveVectorPooling && std::is_same_v<acc_t, float> && cpu_isa() == CpuIsa::kAvx512;
     at::parallel_for(0, g.batch, 1, [&](int64_t first, int64_t last) {
       std::vector<float> pooled_values(vector_pooling ? pooled : 0);
-      conv2d_forward_images(xp, panels, g, first, last, [&](int64_t n, int64_t group, acc_t* out, int64_t ldc,
+      conv2d_forward_images(xp, weights, g, first, last, [&](int64_t n, int64_t group, acc_t* out, int64_t ldc,
                                                             int64_t row) {
         for (int64_t k = 0; k < out_channels; ++k) {
           const int64_t channel = group * out_channels + k;
@@ -670,7 +679,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
       !need_input ? std::vector<acc_t>()
       : padded_input_grad ? pack_flipped_weight<acc_t>(w.const_data_ptr<scalar_t>(), g, input_grad_by_positions)
                           : pack_weight<acc_t>(w.const_data_ptr<scalar_t>(), g, true);
-  const bool finite_weights = input_grad_by_positions && all_finite(transposed.data(), transposed.size());
+  const bool finite_weights =
+      input_grad_by_positions && all_finite(transposed.data(), static_cast<int64_t>(transposed.size()));
 
   at::Tensor grad_input = need_input ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
   scalar_t* gi = need_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
