@@ -178,6 +178,24 @@ def test_stochastic_decision_is_exact_just_below_zero_in_float32():
         assert torch.equal(out[chosen], torch.full((int(chosen.sum()),), expected))
 
 
+@pytest.mark.parametrize("whole", [0.0, 1.0, 5.0, -2.0, -6.0])
+def test_stochastic_decision_is_exact_in_float32(whole):
+    """Away from (-1, 0): with fl = 0 and word w, x = whole + w * 2^-32 has frac * 2^32 = w, so
+    word < frac * 2^32 fails and it rounds down; 2^12 * 2^-32 higher it rounds up, as much lower
+    down again. Words that are multiples of 2^12 keep x within float32's 24 bits."""
+    n = 1 << 18
+    _, seed_offset = ops.fixed_point_quantize(torch.zeros(n), 8, 0, "stochastic", True, False,
+                                              torch.Generator().manual_seed(23))
+    words = frandom.philox_bits((n,), *frandom.unpack_seed_offset(seed_offset))
+    chosen = (words % 2**12 == 0) & (words >= 2**12) & (words < 2**32 - 2**12)
+    assert chosen.sum() > 0
+    for shift, up in ((0, False), (2**12, True), (-(2**12), False)):
+        x = torch.where(chosen, whole + (words + shift).double() * 2.0**-32, torch.full((n,), 0.5, dtype=torch.float64))
+        assert torch.equal(x.float().double(), x)
+        out, _ = ops.fixed_point_quantize(x.float(), 8, 0, "stochastic", True, False, torch.Generator().manual_seed(23))
+        assert torch.equal(out[chosen], torch.full((int(chosen.sum()),), whole + up))
+
+
 def test_stochastic_draws_and_reproduces(device):
     x = torch.full((1000,), 0.3, device=device)
     torch.manual_seed(0)

@@ -72,12 +72,13 @@ FASTNETS_HOST_DEVICE double fixed_point_code(double x, uint32_t word, const Fixe
 }
 
 // The same codes in float arithmetic, for float, half and bfloat16 inputs where float_exact:
-// twice the SIMD lanes of double, and the same bits. x * 2^fl and floor are exact; so is
-// frac = scaled - floor(scaled) except for scaled in (-1, 0), where frac = 1 + scaled. The
-// decision word < frac * 2^32 (word an integer: word < ceil(frac * 2^32)) is taken on uint32:
-//   otherwise:      t = ceil(frac * 2^32) <= 2^32 - 256 (frac < 1 has 24 bits), up iff word < t;
-//   scaled in (-1, 0): t = -ceil(scaled * 2^32) < 2^32, up iff word + t < 2^32, i.e. word <= ~t.
-// Every float converted to uint32 is in range (the conversion is undefined otherwise).
+// twice the SIMD lanes of double, and the same bits. x * 2^fl = whole + part, whole = trunc(x *
+// 2^fl): both exact, part in (-1, 1) with the sign of x. The decision word < frac * 2^32 (word an
+// integer: word < ceil(frac * 2^32)) is then taken on uint32 with c = ceil(part * 2^32), exact:
+//   part >= 0: down = whole, frac = part, up iff word < c (c <= 2^32 - 256: part has 24 bits);
+//   part < 0:  down = whole - 1, frac = 1 + part, up iff word < 2^32 + c = 2^32 - |c|.
+// NaN and +-inf give a NaN part, whose |c| is taken as 0 (float to uint32 is defined only in
+// range): never up, and whole (NaN, +-inf) saturates or stays NaN.
 struct FixedPointFormatFloat {
   float scale, eps, min_code, max_code;
 };
@@ -93,14 +94,17 @@ FASTNETS_HOST_DEVICE float fixed_point_code_nearest(float x, const FixedPointFor
 
 FASTNETS_HOST_DEVICE float fixed_point_code_stochastic(float x, uint32_t word, const FixedPointFormatFloat& format) {
   const float scaled = x * format.scale;
-  const float down = floorf(scaled);
-  const bool just_below_zero = scaled < 0.0f && scaled > -1.0f;
-  const float frac_bits = (scaled - down) * 4294967296.0f;  // NaN for +-inf and NaN: never up
-  const float t = just_below_zero ? -ceilf(scaled * 4294967296.0f) : (frac_bits == frac_bits ? ceilf(frac_bits) : 0.0f);
-  const uint32_t bits = static_cast<uint32_t>(t);
-  // Bitwise operators on the comparisons, so that the loops stay branch-free and vectorize.
-  const uint32_t limit = just_below_zero ? ~bits : bits;
-  const bool up = (word < limit) | (just_below_zero & (word == limit));
+  const float whole = truncf(scaled);
+  const float part = scaled - whole;
+  const bool below = part < 0.0f;
+  const float magnitude = fabsf(ceilf(part * 4294967296.0f));
+  const uint32_t bits = static_cast<uint32_t>(magnitude == magnitude ? magnitude : 0.0f);
+  // Below zero the bound 2^32 - bits is taken mod 2^32: 0 then stands for 2^32, always up. GCC 12
+  // vectorizes these selects, not the same written with & and | on the comparisons.
+  const uint32_t bound = below ? 0u - bits : bits;
+  const bool up = below ? (word < bound) | (bits == 0u) : word < bound;
+  // Exact: |whole| < 2^24 where below. Adding 0 where not up turns a -0 into 0, as the double math does.
+  const float down = below ? whole - 1.0f : whole;
   return fixed_point_limit(down + (up ? 1.0f : 0.0f), format);
 }
 
