@@ -109,13 +109,16 @@ def test_16_bit_step_is_the_float32_step_cast(device, dtype, format, first_step)
     (FixedPoint(12, 8, "stochastic"),) * 3,
     (FixedPoint(40, 30, "stochastic"),) * 3,  # not float-exact: the double arithmetic's kernel
     (FixedPoint(12, 8, "stochastic"), FixedPoint(12, 8, "nearest"), FixedPoint(16, 10, "stochastic")),
-], ids=["12-8", "40-30", "mixed"])
+    (None, FixedPoint(12, 8, "stochastic"), None),  # roundings off: their values only stored
+    (FixedPoint(12, 8, "stochastic"), None, FixedPoint(16, 10, "stochastic")),
+    (None, FixedPoint(12, 8, "nearest"), FixedPoint(16, 10, "stochastic")),
+], ids=["12-8", "40-30", "mixed", "weight-only", "no-weight", "no-grad-mixed"])
 def test_stochastic_equals_the_roundings_one_by_one(device, dtype, formats):
     """Stochastic roundings draw per parameter in the order gradient, weight, state: the fused
     step equals, for each parameter in turn, fixed_point_quantize_ of its gradient, torch's SGD
     step, then fixed_point_quantize_ of the parameter and of the buffer, from torch's generator
     in the same state (each stochastic call draws one stream, so the words are the same; a
-    nearest one draws none)."""
+    nearest one draws none, nor does a rounding that is off)."""
     grad_format, weight_format, state_format = formats
     parameters = make_parameters(dtype, device)
     reference_parameters = make_parameters(dtype, device)
@@ -130,10 +133,13 @@ def test_stochastic_equals_the_roundings_one_by_one(device, dtype, formats):
         torch.manual_seed(step)
         with torch.no_grad():
             for parameter, single in zip(reference_parameters, singles):
-                grad_format.quantize_(parameter.grad)
+                if grad_format is not None:
+                    grad_format.quantize_(parameter.grad)
                 single.step()
-                weight_format.quantize_(parameter)
-                state_format.quantize_(single.state[parameter]["momentum_buffer"])
+                if weight_format is not None:
+                    weight_format.quantize_(parameter)
+                if state_format is not None:
+                    state_format.quantize_(single.state[parameter]["momentum_buffer"])
     reference_buffers = [s.state[p]["momentum_buffer"] for p, s in zip(reference_parameters, singles)]
     assert_all_equal(state_of(fused, parameters),
                      [p.detach() for p in reference_parameters] + [p.grad for p in reference_parameters]
