@@ -104,6 +104,23 @@ def test_16_bit_step_is_the_float32_step_cast(device, dtype, format, first_step)
     assert_all_equal(results[0], results[1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16_bit_gradient_not_rounded_is_written_alike_for_every_rounding(dtype):
+    """With the gradient's rounding off and the weights' on, a 16-bit gradient goes through float32
+    and back whether the weights round to nearest (the one-pass step, as on CUDA) or
+    stochastically (the passes by groups): NaNs of other payloads come out in the same form."""
+    payloads = {torch.float16: [0x7C01, 0xFE01, 0x7E01], torch.bfloat16: [0xFFC0, 0x7F81, 0x7FC1]}[dtype]
+    grads = []
+    for stochastic in (0, 1):
+        grad = torch.full((300,), 0.5, dtype=dtype)
+        grad.view(torch.int16)[:3] = torch.tensor(payloads, dtype=torch.int32).to(torch.int16)
+        param = torch.ones(300, dtype=dtype)
+        ops.fixed_point_sgd_(param, grad, None, 0.1, weight_format=[12, 8, stochastic, 1, 0],
+                             generator=torch.Generator().manual_seed(0))
+        grads.append(grad.view(torch.int16))
+    assert torch.equal(grads[0], grads[1])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("formats", [
     (FixedPoint(12, 8, "stochastic"),) * 3,

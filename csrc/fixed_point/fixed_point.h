@@ -73,7 +73,7 @@ FASTNETS_HOST_DEVICE double fixed_point_code(double x, uint32_t word, const Fixe
 
 // The same codes in float arithmetic, for float, half and bfloat16 inputs where float_exact:
 // twice the SIMD lanes of double, and the same bits. x * 2^fl = whole + part, whole = trunc(x *
-// 2^fl): both exact, part in (-1, 1) with the sign of x. The decision word < frac * 2^32 (word an
+// 2^fl): both exact, part in (-1, 1), below 0 only where x is. The decision word < frac * 2^32 (word an
 // integer: word < ceil(frac * 2^32)) is then taken on uint32 with c = ceil(part * 2^32), exact:
 //   part >= 0: down = whole, frac = part, up iff word < c (c <= 2^32 - 256: part has 24 bits);
 //   part < 0:  down = whole - 1, frac = 1 + part, up iff word < 2^32 + c = 2^32 - |c|.

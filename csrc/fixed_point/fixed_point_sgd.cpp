@@ -74,6 +74,9 @@ FASTNETS_ALWAYS_INLINE void sgd_range(scalar_t* param, scalar_t* grad, scalar_t*
         for (int64_t j = 0; j < count; ++j) {
           grad[i + j] = step.template round<kMode>(step.round_grad, static_cast<real_t>(grad[i + j]), words[j]);
         }
+      } else if constexpr (!std::is_same_v<scalar_t, real_t>) {
+        // Through float and back, as update() writes it: a 16-bit NaN comes back in its standard form.
+        for (int64_t j = 0; j < count; ++j) grad[i + j] = static_cast<scalar_t>(static_cast<real_t>(grad[i + j]));
       }
       for (int64_t j = 0; j < count; ++j) {
         next[j] = kMomentum ? static_cast<real_t>(buffer[i + j]) : real_t(0);
