@@ -7,7 +7,7 @@
 // (vpmuludq) then gives the low word and, shifted, the high one, 6 instructions a round for 8
 // blocks against 8 when two 32-bit lanes share a 64-bit one (which takes two multiplies and two
 // blends). Per core, AVX-512: 2.65 G words/s on the Zen 4 development machine (2.2 with 32-bit
-// lanes; 5.0 on the Zen 5 one with those). AVX2 keeps 32-bit lanes, which were faster there (1.7 G
+// lanes; 5.0 on the Zen 5 one with those). AVX2 keeps 32-bit lanes, which were faster there (1.4-1.7 G
 // words/s on Zen 4 against 1.3-1.5; 2.2 on Zen 5; generic 8 lanes: 0.56). Tests hold the detected
 // level's words against a Python Philox (philox_bits) and the other levels' against the
 // baseline's (FASTNETS_CPU_ISA).

@@ -57,7 +57,8 @@ FASTNETS_ALWAYS_INLINE void sgd_range(scalar_t* param, scalar_t* grad, scalar_t*
     constexpr int64_t kGroup = 4 * kLanes;
     uint32_t words[kGroup] = {};
     real_t moved[kGroup], next[kGroup];
-    // A rounding that is off leaves its value as it is (grad) or only stores it (param, buffer).
+    // A rounding that is off draws nothing and computes nothing: param and buffer only store their
+    // values, and grad stays (16-bit types: goes through float and back, below).
     const auto round_into = [&](const auto& rounding, int s, int64_t i, int64_t count, const real_t* values,
                                 scalar_t* out) FASTNETS_INLINE_LAMBDA {
       if (!rounding.enabled) {
