@@ -32,6 +32,8 @@ GEOMETRIES = [
     # by positions too), (6, 6) whole output rows that read no input row (their tiles sum nothing)
     (2, 40, 9, 11, 40, (3, 7), (1, 1), (4, 6), (2, 2), 2),
     (2, 40, 9, 11, 40, (3, 7), (1, 1), (6, 6), (2, 2), 2),
+    # by positions with output rows wider than a tile (three runs of 10 positions)
+    (1, 32, 4, 30, 32, (5, 5), (1, 1), (2, 2), (1, 1), 1),
 ]
 
 

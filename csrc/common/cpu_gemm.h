@@ -21,6 +21,9 @@ struct GemmTile {
   static constexpr int kVectors = kVectorsOfTile;
   static constexpr int kLanes = kVectorBytes / static_cast<int>(sizeof(T));
   static constexpr int kCols = kLanes * kVectors;
+  // The same tile with kOtherRows rows.
+  template <int kOtherRows>
+  using WithRows = GemmTile<T, kVectorBytes, kOtherRows, kVectorsOfTile>;
 };
 
 // Every tile has kPanelRows rows, so A is packed the same way whatever the instruction set; the

@@ -107,6 +107,12 @@ FASTNETS_ALWAYS_INLINE void col2im(const acc_t* col, int64_t ldc, const Conv2dGe
   }
 }
 
+// The order of a stride-1 convolution's depth, its taps q = (c, r, s) of channel c, kernel row r
+// and kernel column s. kKernelRows, d = (r, c, s) (the padded grad_weight), and kKernelColumns,
+// d = (s, r, c) (positions_gemm), put the taps of the kernel rows that read only zero rows, and
+// for kKernelColumns those of a kernel column, in ranges.
+enum class DepthOrder { kTaps, kKernelRows, kKernelColumns };
+
 // Stride-1 convolutions as a GEMM read straight from a zero-padded copy of the source, without
 // im2col: in planes of padded_w columns, output (oh, ow) is column oh * padded_w + ow, and tap
 // q = (c, r, s) reads the source at column + tap_offset(q), tap_offset = c * plane + r *
@@ -117,13 +123,13 @@ FASTNETS_ALWAYS_INLINE void col2im(const acc_t* col, int64_t ldc, const Conv2dGe
 // the next row's zeros; one more zero row at the bottom serves the last row. The columns with
 // ow >= out_w are computed and dropped (the work grows by padded_w / out_w).
 struct PaddedConv {
-  int64_t channels, height, pad_top, pad_left, padded_h, padded_w, kernel_h, kernel_w, dilation_h, dilation_w, out_h,
-      out_w;
-  PaddedConv(int64_t channels_, int64_t height_, int64_t width, int64_t pad_h, int64_t pad_w, int64_t kernel_h_,
+  int64_t channels, height, width, pad_top, pad_left, padded_h, padded_w, kernel_h, kernel_w, dilation_h, dilation_w,
+      out_h, out_w;
+  PaddedConv(int64_t channels_, int64_t height_, int64_t width_, int64_t pad_h, int64_t pad_w, int64_t kernel_h_,
              int64_t kernel_w_, int64_t dilation_h_, int64_t dilation_w_, int64_t out_h_, int64_t out_w_)
-      : channels(channels_), height(height_), pad_top(pad_h), pad_left(pad_w), padded_h(height_ + 2 * pad_h + 1),
-        padded_w(std::max(width + pad_w, out_w_)), kernel_h(kernel_h_), kernel_w(kernel_w_), dilation_h(dilation_h_),
-        dilation_w(dilation_w_), out_h(out_h_), out_w(out_w_) {}
+      : channels(channels_), height(height_), width(width_), pad_top(pad_h), pad_left(pad_w),
+        padded_h(height_ + 2 * pad_h + 1), padded_w(std::max(width_ + pad_w, out_w_)), kernel_h(kernel_h_),
+        kernel_w(kernel_w_), dilation_h(dilation_h_), dilation_w(dilation_w_), out_h(out_h_), out_w(out_w_) {}
   int64_t columns() const { return out_h * padded_w; }
   int64_t plane() const { return padded_h * padded_w; }
   int64_t depth() const { return channels * kernel_h * kernel_w; }
@@ -131,15 +137,21 @@ struct PaddedConv {
     const int64_t taps = kernel_h * kernel_w;
     return q / taps * plane() + q % taps / kernel_w * dilation_h * padded_w + q % kernel_w * dilation_w;
   }
-  // The tap q = (c, r, s) at depth index d. by_rows: the depth runs by kernel rows, d = (r, c, s)
-  // (positions_gemm and the padded grad_weight), so that the taps of the kernel rows that read
-  // only zero rows are a range at either end; else d = q.
-  int64_t tap(int64_t d, bool by_rows) const {
-    if (!by_rows) return d;
-    const int64_t r = d / (channels * kernel_w), c = d / kernel_w % channels;
-    return (c * kernel_h + r) * kernel_w + d % kernel_w;
+  // The tap q = (c, r, s) at depth index d in the given order (DepthOrder).
+  int64_t tap(int64_t d, DepthOrder order) const {
+    switch (order) {
+      case DepthOrder::kKernelRows: {
+        const int64_t r = d / (channels * kernel_w), c = d / kernel_w % channels;
+        return (c * kernel_h + r) * kernel_w + d % kernel_w;
+      }
+      case DepthOrder::kKernelColumns: {
+        const int64_t s = d / (kernel_h * channels), r = d / channels % kernel_h;
+        return (d % channels * kernel_h + r) * kernel_w + s;
+      }
+      default: return d;
+    }
   }
-  // The inverse of tap(d, true): the depth index of tap q = (c, r, s) by kernel rows.
+  // The inverse of tap(d, DepthOrder::kKernelRows): tap q = (c, r, s)'s depth index by kernel rows.
   int64_t depth_by_rows(int64_t q) const {
     const int64_t c = q / (kernel_h * kernel_w), r = q / kernel_w % kernel_h;
     return (r * channels + c) * kernel_w + q % kernel_w;
@@ -152,6 +164,14 @@ struct PaddedConv {
     const int64_t reach = pad_top + height - 1 - oh_first;  // the last source row less oh_first
     const int64_t last = reach < 0 ? 0 : std::min(kernel_h, reach / dilation_h + 1);
     return {std::min(first, last), last};
+  }
+  // The outputs in [ow_first, ow_last) of a row whose kernel column s reads a source column (not
+  // the zero columns around it), a range [first, last): output ow reads padded column ow + s *
+  // dilation_w.
+  std::pair<int64_t, int64_t> outputs_reading_source_column(int64_t s, int64_t ow_first, int64_t ow_last) const {
+    const int64_t first = std::max(ow_first, pad_left - s * dilation_w);
+    const int64_t last = std::min(ow_last, pad_left + width - s * dilation_w);
+    return {first, std::max(first, last)};
   }
   // A range [first, last) of output rows holding every one for which some kernel row in
   // [r_first, r_last] reads a source row.
@@ -209,14 +229,14 @@ FASTNETS_ALWAYS_INLINE void padded_gemm(const PaddedConv& pc, int64_t rows, cons
 }
 
 // The taps' offsets in depth order (PaddedConv::tap).
-std::vector<int64_t> tap_offsets(const PaddedConv& pc, bool by_rows) {
+std::vector<int64_t> tap_offsets(const PaddedConv& pc, DepthOrder order) {
   std::vector<int64_t> offsets(pc.depth());
-  for (int64_t d = 0; d < pc.depth(); ++d) offsets[d] = pc.tap_offset(pc.tap(d, by_rows));
+  for (int64_t d = 0; d < pc.depth(); ++d) offsets[d] = pc.tap_offset(pc.tap(d, order));
   return offsets;
 }
 
-// Whether every value is finite. The taps skipped for reading zero rows only would add products
-// 0 x value, zeros only where the value is finite: with an inf or NaN weight (or, for grad_weight,
+// Whether every value is finite. The products skipped for reading zero padding would be 0 x
+// value, zeros only where the value is finite: with an inf or NaN weight (or, for grad_weight,
 // gradient) every tap is taken, and the NaN spread as the dense product and torch's float64
 // convolution spread it.
 template <typename acc_t>
@@ -226,76 +246,96 @@ bool all_finite(const acc_t* values, int64_t count) {
   return not_finite == 0;
 }
 
-// Stride-1 products by output positions instead: tiles of kRows positions x kCols channels, the
-// positions' inputs broadcast from the padded copy (column + tap offset: no dropped columns) and
-// the weights read as rows of B (pack_channel_panels), both in the depth order by kernel rows
-// (PaddedConv::tap); each tile is summed in registers per depth block, then in a tile buffer, and
-// stored transposed, out[k * ldc + p]. Where skip_zero_rows (the weights finite: all_finite), a
-// tile skips the kernel rows that read only the zero rows above or below the source for its output
-// rows (at most two): 7.3% of MNIST's conv2's products (5x5, padding 2, 14x14 outputs), all of them
-// zeros. Where a group has many channels, the padding columns are many and the depth is not small
+// Stride-1 products by output positions instead: tiles of a run of up to kRowTilePositions
+// positions of one output row x Tile::kCols channels, the positions' inputs broadcast from the
+// padded copy (column + tap offset: no dropped columns) and the weights read as rows of B
+// (pack_channel_panels), both in the depth order by kernel columns (DepthOrder::kKernelColumns).
+// Where skip_padding (the weights finite: all_finite), a tile leaves out every product with the
+// zero padding, as oneDNN does: the kernel rows that read only zero rows for its output row, and
+// for each kernel column, the positions at either end that read a zero column; its depth thus
+// goes by kernel columns, each a sub-tile of the positions that read the source. For MNIST's
+// conv2 (5x5, padding 2, 14x14 outputs) that leaves out 16.4% of the products, all of them zeros.
+// Where a group has many channels, the padding columns are many and the depth is not small
 // (MNIST's conv2: 64 channels, 16 padded columns per 14 outputs, depth 800), it is faster than
 // padded_gemm (by_positions).
-// A tile's positions are at most two runs of one output row each (out_w >= kRows): the first
-// kSplit from `first`, the rest from `second`, so that the broadcasts need two base registers,
-// not one per position.
-// Depth summed in registers before a tile buffer takes the sum: a two-level sum, within PyTorch's
-// float32 error on depths of a few hundred (blocks of 256 gave 3x its error on a depth of 300); the
-// tile buffer stays in L1, and blocks of 64 measured no slower.
+// A tile's sums are summed in registers per depth block within a kernel column, then in a tile
+// buffer (in L1), and stored transposed, out[k * ldc + p]: a two-level sum, within PyTorch's
+// float32 error on depths of a few hundred (blocks of 256 gave 3x its error on a depth of 300).
 constexpr int64_t kPositionsDepthBlock = 64;
 
-template <int kSplit, typename Tile, typename acc_t>
-FASTNETS_ALWAYS_INLINE void positions_tile(int64_t depth, const acc_t* first, const acc_t* second, const int64_t* tap,
-                                           const acc_t* panel, int64_t col, acc_t* tile, bool accumulate) {
-  const auto a_value = [first, second, tap](int i, int64_t q) FASTNETS_INLINE_LAMBDA {
-    return i < kSplit ? first[i + tap[q]] : second[i - kSplit + tap[q]];
-  };
+// 14 positions x 2 vectors of accumulators and B's 2 vectors fit AVX-512's 32 registers (the
+// broadcasts come from memory); 14 x 1, one of B and a broadcast fit the 16 of AVX2 and SSE.
+constexpr int kRowTilePositions = 14;
+
+// The sub-tile of kPositions positions from `inputs`: tile[i][j] += sum over the depth of
+// inputs[i + tap[q]] x panel[q][col + j].
+template <int kPositions, typename Tile, typename acc_t>
+FASTNETS_ALWAYS_INLINE void positions_tile(int64_t depth, const acc_t* inputs, const int64_t* tap,
+                                           const acc_t* panel, int64_t col, acc_t* tile) {
+  using SubTile = typename Tile::template WithRows<kPositions>;
+  const auto a_value = [inputs, tap](int i, int64_t q) FASTNETS_INLINE_LAMBDA { return inputs[i + tap[q]]; };
   const auto b_row = [panel](int64_t q) FASTNETS_INLINE_LAMBDA { return panel + q * kPanelCols<acc_t>; };
-  gemm_tile<Tile>(depth, a_value, b_row, col, tile, Tile::kCols, Tile::kRows, Tile::kCols, accumulate);
+  gemm_tile<SubTile>(depth, a_value, b_row, col, tile, Tile::kCols, kPositions, Tile::kCols, true);
 }
 
-template <typename Tile, typename acc_t, int... kSplits>
-FASTNETS_ALWAYS_INLINE void positions_tile_split(int split, std::integer_sequence<int, kSplits...>, int64_t depth,
-                                                 const acc_t* first, const acc_t* second, const int64_t* tap,
-                                                 const acc_t* panel, int64_t col, acc_t* tile, bool accumulate) {
-  ((split == kSplits + 1 ? positions_tile<kSplits + 1, Tile>(depth, first, second, tap, panel, col, tile, accumulate)
-                         : void()),
-   ...);
+template <typename Tile, typename acc_t, int... kCounts>
+FASTNETS_ALWAYS_INLINE void positions_tile_of(int positions, std::integer_sequence<int, kCounts...>, int64_t depth,
+                                              const acc_t* inputs, const int64_t* tap, const acc_t* panel,
+                                              int64_t col, acc_t* tile) {
+  ((positions == kCounts + 1 ? positions_tile<kCounts + 1, Tile>(depth, inputs, tap, panel, col, tile) : void()), ...);
 }
 
 template <typename Tile, typename acc_t>
 FASTNETS_ALWAYS_INLINE void positions_gemm(const PaddedConv& pc, int64_t channels, const acc_t* weight_panels,
                                            const acc_t* padded, const std::vector<int64_t>& offsets, acc_t* out,
-                                           int64_t ldc, bool skip_zero_rows) {
-  const int64_t positions = pc.out_h * pc.out_w, depth = pc.depth();
-  acc_t tile[Tile::kRows][Tile::kCols];
+                                           int64_t ldc, bool skip_padding) {
+  const int64_t depth = pc.depth(), column_depth = pc.kernel_h * pc.channels;
+  // Runs of equal length, at most kRowTilePositions each.
+  const int64_t runs = (pc.out_w + kRowTilePositions - 1) / kRowTilePositions;
+  const int64_t run_length = (pc.out_w + runs - 1) / runs;
+  acc_t tile[kRowTilePositions][Tile::kCols];
   for (int64_t col = 0; col < channels; col += Tile::kCols) {
     const int64_t cols = std::min<int64_t>(Tile::kCols, channels - col);
-    for (int64_t p0 = 0; p0 < positions; p0 += Tile::kRows) {
-      const int64_t rows = std::min<int64_t>(Tile::kRows, positions - p0), oh = p0 / pc.out_w, ow = p0 % pc.out_w;
-      const acc_t* first = padded + oh * pc.padded_w + ow;
-      // The rest from the next output row; past the last position (dropped) the first run again.
-      const int64_t run = std::min(pc.out_w - ow, rows);
-      const acc_t* second = run < rows ? padded + (oh + 1) * pc.padded_w : first;
-      const acc_t* panel = weight_panels + col / kPanelCols<acc_t> * depth * kPanelCols<acc_t>;
-      const auto [first_row, last_row] = skip_zero_rows
-                                             ? pc.kernel_rows_reading_source(oh, (p0 + rows - 1) / pc.out_w)
-                                             : std::pair<int64_t, int64_t>(0, pc.kernel_h);
-      const int64_t row_depth = pc.channels * pc.kernel_w, depth_first = first_row * row_depth;
-      const int64_t depth_last = last_row * row_depth;
-      // Output rows that read no source row (padding wider than the kernel's reach) are zero.
-      if (depth_first == depth_last) std::fill(&tile[0][0], &tile[0][0] + Tile::kRows * Tile::kCols, acc_t(0));
-      for (int64_t d0 = depth_first; d0 < depth_last; d0 += kPositionsDepthBlock) {
-        positions_tile_split<Tile>(static_cast<int>(run), std::make_integer_sequence<int, Tile::kRows>(),
-                                   std::min(kPositionsDepthBlock, depth_last - d0), first, second,
-                                   offsets.data() + d0, panel + d0 * kPanelCols<acc_t>, col % kPanelCols<acc_t>,
-                                   &tile[0][0], d0 > depth_first);
-      }
-      for (int64_t j = 0; j < cols; ++j) {
-        for (int64_t i = 0; i < rows; ++i) out[(col + j) * ldc + p0 + i] = tile[i][j];
+    const acc_t* panel = weight_panels + col / kPanelCols<acc_t> * depth * kPanelCols<acc_t>;
+    for (int64_t oh = 0; oh < pc.out_h; ++oh) {
+      const auto [first_row, last_row] =
+          skip_padding ? pc.kernel_rows_reading_source(oh, oh) : std::pair<int64_t, int64_t>(0, pc.kernel_h);
+      for (int64_t ow0 = 0; ow0 < pc.out_w; ow0 += run_length) {
+        const int64_t ow_last = std::min(pc.out_w, ow0 + run_length);
+        std::fill(&tile[0][0], &tile[0][0] + kRowTilePositions * Tile::kCols, acc_t(0));
+        for (int64_t s = 0; s < pc.kernel_w; ++s) {
+          const auto [first, last] = skip_padding ? pc.outputs_reading_source_column(s, ow0, ow_last)
+                                                  : std::pair<int64_t, int64_t>(ow0, ow_last);
+          if (first == last) continue;
+          const acc_t* inputs = padded + oh * pc.padded_w + first;
+          const int64_t depth_last = s * column_depth + last_row * pc.channels;
+          for (int64_t d0 = s * column_depth + first_row * pc.channels; d0 < depth_last; d0 += kPositionsDepthBlock) {
+            positions_tile_of<Tile>(static_cast<int>(last - first),
+                                    std::make_integer_sequence<int, kRowTilePositions>(),
+                                    std::min(kPositionsDepthBlock, depth_last - d0), inputs, offsets.data() + d0,
+                                    panel + d0 * kPanelCols<acc_t>, col % kPanelCols<acc_t>, &tile[first - ow0][0]);
+          }
+        }
+        for (int64_t j = 0; j < cols; ++j) {
+          for (int64_t ow = ow0; ow < ow_last; ++ow) out[(col + j) * ldc + oh * pc.out_w + ow] = tile[ow - ow0][j];
+        }
       }
     }
   }
+}
+
+// positions_gemm for the best instruction set, compiled once per accumulation type rather than
+// inlined into each caller's instruction-set branch (that inlining made the grad_weight loop
+// beside it in conv2d_backward_images 20% slower).
+template <typename acc_t>
+__attribute__((noinline)) void positions_gemm_best_isa(const PaddedConv& pc, int64_t channels,
+                                                       const acc_t* weight_panels, const acc_t* padded,
+                                                       const std::vector<int64_t>& offsets, acc_t* out, int64_t ldc,
+                                                       bool skip_padding) {
+  call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
+    positions_gemm<GemmTileFor<acc_t, decltype(isa)::value>>(pc, channels, weight_panels, padded, offsets, out, ldc,
+                                                             skip_padding);
+  });
 }
 
 // positions_gemm stores each tile transposed, through a tile buffer: about the work of this many
@@ -336,10 +376,12 @@ std::vector<acc_t> weight_panels(const scalar_t* w, const Conv2dGeometry& g) {
   const int64_t out_channels = g.group_out_channels(), patch = g.patch_size();
   const int64_t per_group = patch * padded_cols<acc_t>(out_channels);
   const PaddedConv pc = padded_forward(g);
+  std::vector<int64_t> tap_of(patch);  // found once: tap's divisions made packing 3% of the forward
+  for (int64_t d = 0; d < patch; ++d) tap_of[d] = pc.tap(d, DepthOrder::kKernelColumns);
   std::vector<acc_t> panels(g.groups * per_group);
   for (int64_t group = 0; group < g.groups; ++group) {
     const scalar_t* wg = w + group * out_channels * patch;
-    const auto value = [&](int64_t d, int64_t k) { return static_cast<acc_t>(wg[k * patch + pc.tap(d, true)]); };
+    const auto value = [&](int64_t d, int64_t k) { return static_cast<acc_t>(wg[k * patch + tap_of[d]]); };
     pack_channel_panels(patch, out_channels, value, panels.data() + group * per_group);
   }
   return panels;
@@ -375,15 +417,20 @@ std::vector<acc_t> pack_flipped_weight(const scalar_t* w, const Conv2dGeometry& 
   const int64_t out_channels = g.group_out_channels(), in_channels = g.group_in_channels();
   const int64_t taps = g.kernel_h * g.kernel_w, depth = out_channels * taps;
   const int64_t per_group = by_positions ? depth * padded_cols<acc_t>(in_channels) : panels_size(in_channels, depth);
+  // Depth index d of channel c reads the weights at first_read[d] + c * taps (q = (k, r', s') its
+  // tap, in positions_gemm's order where by_positions).
+  const PaddedConv pc = padded_grad_input(g);
+  std::vector<int64_t> first_read(depth);
+  for (int64_t d = 0; d < depth; ++d) {
+    const int64_t q = by_positions ? pc.tap(d, DepthOrder::kKernelColumns) : d;
+    first_read[d] = q / taps * in_channels * taps + taps - 1 - q % taps;
+  }
   std::vector<acc_t> packed(per_group * g.groups);
   for (int64_t group = 0; group < g.groups; ++group) {
     const scalar_t* wg = w + group * out_channels * in_channels * taps;
-    const auto flipped = [&](int64_t c, int64_t q) {
-      return static_cast<acc_t>(wg[(q / taps * in_channels + c) * taps + taps - 1 - q % taps]);
-    };
+    const auto flipped = [&](int64_t c, int64_t d) { return static_cast<acc_t>(wg[first_read[d] + c * taps]); };
     if (by_positions) {
-      const PaddedConv pc = padded_grad_input(g);
-      pack_channel_panels(depth, in_channels, [&](int64_t d, int64_t c) { return flipped(c, pc.tap(d, true)); },
+      pack_channel_panels(depth, in_channels, [&](int64_t d, int64_t c) { return flipped(c, d); },
                           packed.data() + group * per_group);
     } else {
       pack_panels(in_channels, depth, flipped, packed.data() + group * per_group);
@@ -423,8 +470,9 @@ void conv2d_forward_images(const scalar_t* x, const ForwardWeights<at::opmath_ty
   const PaddedConv pc = padded_forward(g);
   const bool positions = padded_input && by_positions<acc_t>(pc, out_channels, g.out_plane());
   const int64_t per_group = positions ? patch * padded_cols<acc_t>(out_channels) : panels_size(out_channels, patch);
-  const std::vector<int64_t> offsets = padded_input ? tap_offsets(pc, positions) : std::vector<int64_t>();
-  const bool skip_zero_rows = positions && weights.finite;
+  const DepthOrder order = positions ? DepthOrder::kKernelColumns : DepthOrder::kTaps;
+  const std::vector<int64_t> offsets = padded_input ? tap_offsets(pc, order) : std::vector<int64_t>();
+  const bool skip_padding = positions && weights.finite;
   const int64_t columns = padded_input && !positions ? pc.columns() : g.out_plane();
   const int64_t ldc = padded_cols<acc_t>(columns), row = padded_input && !positions ? pc.padded_w : g.out_w;
   std::vector<acc_t> source(padded_input ? pc.buffer_size<acc_t>() : patch * ldc, acc_t(0)), out(out_channels * ldc);
@@ -437,7 +485,7 @@ void conv2d_forward_images(const scalar_t* x, const ForwardWeights<at::opmath_ty
         if (padded_input) {
           fill_padded(xg, g.in_plane(), g.in_h, g.in_w, g.in_w, pc, source.data());
           if (positions) {
-            positions_gemm<Tile>(pc, out_channels, a, source.data(), offsets, out.data(), ldc, skip_zero_rows);
+            positions_gemm_best_isa(pc, out_channels, a, source.data(), offsets, out.data(), ldc, skip_padding);
           } else {
             padded_gemm<Tile>(pc, out_channels, a, source.data(), offsets, out.data(), ldc);
           }
@@ -659,7 +707,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
   const PaddedConv pc = padded_grad_input(g);
   const bool input_grad_by_positions = padded_input_grad && by_positions<acc_t>(pc, in_channels, g.in_plane());
   const std::vector<int64_t> offsets =
-      padded_input_grad ? tap_offsets(pc, input_grad_by_positions) : std::vector<int64_t>();
+      padded_input_grad
+          ? tap_offsets(pc, input_grad_by_positions ? DepthOrder::kKernelColumns : DepthOrder::kTaps)
+          : std::vector<int64_t>();
   // col holds the gradient of input (c, h, w) at col[c * ldx + h * x_row + w]
   const int64_t ldx = padded_cols<acc_t>(input_grad_by_positions ? g.in_plane() : pc.columns());
   const int64_t x_row = input_grad_by_positions ? g.in_w : pc.padded_w;
@@ -672,7 +722,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
   // the image's gradient is finite (all_finite); else built by im2col.
   const bool padded_weight_grad = need_weight && g.stride_h == 1 && g.stride_w == 1;
   const PaddedConv pf = padded_forward(g);
-  const std::vector<int64_t> input_offsets = padded_weight_grad ? tap_offsets(pf, true) : std::vector<int64_t>();
+  const std::vector<int64_t> input_offsets =
+      padded_weight_grad ? tap_offsets(pf, DepthOrder::kKernelRows) : std::vector<int64_t>();
   std::vector<int64_t> column_of(padded_weight_grad ? positions : 0);
   for (size_t p = 0; p < column_of.size(); ++p) column_of[p] = p / g.out_w * pf.padded_w + p % g.out_w;
   const std::vector<acc_t> transposed =
@@ -713,8 +764,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
               fill_padded(dy.data(), ldc, g.out_h, g.out_w, g.out_w, pc, padded.data());
               const acc_t* flipped = transposed.data() + group * flipped_per_group;
               if (input_grad_by_positions) {
-                positions_gemm<Tile>(pc, in_channels, flipped, padded.data(), offsets, col.data(), ldx,
-                                     finite_weights);
+                positions_gemm_best_isa(pc, in_channels, flipped, padded.data(), offsets, col.data(), ldx,
+                                        finite_weights);
               } else {
                 padded_gemm<Tile>(pc, in_channels, flipped, padded.data(), offsets, col.data(), ldx);
               }
