@@ -108,10 +108,10 @@ FASTNETS_ALWAYS_INLINE void col2im(const acc_t* col, int64_t ldc, const Conv2dGe
 }
 
 // The order of a stride-1 convolution's depth, its taps q = (c, r, s) of channel c, kernel row r
-// and kernel column s. kKernelRows, d = (r, c, s) (the padded grad_weight), and kKernelColumns,
-// d = (s, r, c) (positions_gemm), put the taps of the kernel rows that read only zero rows, and
-// for kKernelColumns those of a kernel column, in ranges.
-enum class DepthOrder { kTaps, kKernelRows, kKernelColumns };
+// and kernel column s: kTaps, d = q, or kKernelColumns, d = (s, r, c) (positions_gemm and
+// weight_grad_by_taps), which puts the taps of one kernel column, and in it those of one kernel
+// row, in a range.
+enum class DepthOrder { kTaps, kKernelColumns };
 
 // Stride-1 convolutions as a GEMM read straight from a zero-padded copy of the source, without
 // im2col: in planes of padded_w columns, output (oh, ow) is column oh * padded_w + ow, and tap
@@ -139,22 +139,9 @@ struct PaddedConv {
   }
   // The tap q = (c, r, s) at depth index d in the given order (DepthOrder).
   int64_t tap(int64_t d, DepthOrder order) const {
-    switch (order) {
-      case DepthOrder::kKernelRows: {
-        const int64_t r = d / (channels * kernel_w), c = d / kernel_w % channels;
-        return (c * kernel_h + r) * kernel_w + d % kernel_w;
-      }
-      case DepthOrder::kKernelColumns: {
-        const int64_t s = d / (kernel_h * channels), r = d / channels % kernel_h;
-        return (d % channels * kernel_h + r) * kernel_w + s;
-      }
-      default: return d;
-    }
-  }
-  // The inverse of tap(d, DepthOrder::kKernelRows): tap q = (c, r, s)'s depth index by kernel rows.
-  int64_t depth_by_rows(int64_t q) const {
-    const int64_t c = q / (kernel_h * kernel_w), r = q / kernel_w % kernel_h;
-    return (r * channels + c) * kernel_w + q % kernel_w;
+    if (order == DepthOrder::kTaps) return d;
+    const int64_t s = d / (kernel_h * channels), r = d / channels % kernel_h;
+    return (d % channels * kernel_h + r) * kernel_w + s;
   }
   // A range [first, last) of kernel rows holding every one that reads a source row (not the zero
   // rows around it) for some output row in [oh_first, oh_last]: output row oh reads padded row
@@ -335,6 +322,110 @@ __attribute__((noinline)) void positions_gemm_best_isa(const PaddedConv& pc, int
   call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
     positions_gemm<GemmTileFor<acc_t, decltype(isa)::value>>(pc, channels, weight_panels, padded, offsets, out, ldc,
                                                              skip_padding);
+  });
+}
+
+// grad_weight of a stride-1 convolution, by taps: grad_weight^T[q][k] = sum over outputs p of
+// input(q, p) x dy[k][p], in tiles of kPanelRows taps x Tile::kCols channels, the taps in the
+// depth order by kernel columns (DepthOrder::kKernelColumns). The input is held zero-padded with
+// channels last, so that a tile's taps (the same kernel row r and column s, consecutive channels)
+// read one run of values per output. Where the gradient is finite (all_finite), such a tile takes
+// only the outputs whose reads of (r, s) fall in the source, not in the zero padding: the output
+// rows of output_rows_reading_source(r, r) and, in each, the outputs of
+// outputs_reading_source_column(s, 0, out_w), listed once per kernel column (TapOutputs).
+// Tiles of several (r, s) (channels not a multiple of kPanelRows) and non-finite gradients take
+// every output: products with the zero padding add zeros, or spread the gradient's NaN as the
+// dense product does.
+struct TapOutputs {
+  // Per list, per output (oh, ow) in order: the offset of its padded position (oh * padded_w +
+  // ow) in the channels-last input, and its row p * kPanelCols of dy^T's panels. Lists 0 to
+  // kernel_w - 1 hold the outputs that kernel column s reads the source for, list kernel_w all.
+  std::vector<int64_t> input, gradient, start, per_row;
+  TapOutputs() = default;
+  TapOutputs(const PaddedConv& pf, int64_t panel_cols) {
+    for (int64_t s = 0; s <= pf.kernel_w; ++s) {
+      const auto [first, last] =
+          s < pf.kernel_w ? pf.outputs_reading_source_column(s, 0, pf.out_w) : std::pair<int64_t, int64_t>(0, pf.out_w);
+      start.push_back(static_cast<int64_t>(input.size()));
+      per_row.push_back(last - first);
+      for (int64_t oh = 0; oh < pf.out_h; ++oh) {
+        for (int64_t ow = first; ow < last; ++ow) {
+          input.push_back((oh * pf.padded_w + ow) * pf.channels);
+          gradient.push_back((oh * pf.out_w + ow) * panel_cols);
+        }
+      }
+    }
+  }
+};
+
+// Copies input planes [channels][height][width] into the zero-padded channels-last buffer of pf:
+// value (c, h, w) at ((h + pad_top) * padded_w + w + pad_left) * channels + c; the rest stays zero.
+template <typename acc_t, typename scalar_t>
+void fill_padded_channels_last(const scalar_t* x, const PaddedConv& pf, acc_t* padded) {
+  for (int64_t h = 0; h < pf.height; ++h) {
+    for (int64_t c = 0; c < pf.channels; ++c) {
+      const scalar_t* in = x + (c * pf.height + h) * pf.width;
+      acc_t* out = padded + ((h + pf.pad_top) * pf.padded_w + pf.pad_left) * pf.channels + c;
+      for (int64_t w = 0; w < pf.width; ++w) out[w * pf.channels] = static_cast<acc_t>(in[w]);
+    }
+  }
+}
+
+// sum[d][k] += the weight gradient of tap d (depth order by kernel columns) and channel k < channels
+// for one image: padded its input (fill_padded_channels_last), dy_panels its gradient in panels of
+// kPanelCols channels, [k / width][p][k % width].
+template <typename Tile, typename acc_t>
+FASTNETS_ALWAYS_INLINE void weight_grad_by_taps(const PaddedConv& pf, const TapOutputs& outputs, const acc_t* padded,
+                                                const acc_t* dy_panels, int64_t channels, bool skip_padding,
+                                                acc_t* sum, int64_t ldk) {
+  constexpr int64_t width = kPanelCols<acc_t>;
+  const int64_t patch = pf.depth(), positions = pf.out_h * pf.out_w;
+  for (int64_t q0 = 0; q0 < patch; q0 += kPanelRows) {
+    const int64_t rows = std::min<int64_t>(kPanelRows, patch - q0);
+    // The tile's taps: one (r, s) and consecutive channels, or (rows past the patch repeating the
+    // last tap, dropped) any taps.
+    const int64_t s = q0 / (pf.kernel_h * pf.channels), r = q0 / pf.channels % pf.kernel_h;
+    const bool one_tap = rows == kPanelRows && q0 % pf.channels + kPanelRows <= pf.channels;
+    int64_t tap_input[kPanelRows];
+    for (int i = 0; i < kPanelRows; ++i) {
+      const int64_t q = pf.tap(std::min<int64_t>(q0 + i, patch - 1), DepthOrder::kKernelColumns);
+      const int64_t c = q / (pf.kernel_h * pf.kernel_w);
+      tap_input[i] = pf.tap_offset(q - c * pf.kernel_h * pf.kernel_w) * pf.channels + c;
+    }
+    const int64_t list = one_tap && skip_padding ? s : pf.kernel_w;
+    const auto [first_row, last_row] =
+        one_tap && skip_padding ? pf.output_rows_reading_source(r, r) : std::pair<int64_t, int64_t>(0, pf.out_h);
+    const int64_t first = outputs.start[list] + first_row * outputs.per_row[list];
+    const int64_t last = outputs.start[list] + last_row * outputs.per_row[list];
+    for (int64_t d0 = first; d0 < last; d0 += kDepthBlock) {
+      const int64_t* input = outputs.input.data() + d0;
+      const int64_t* gradient = outputs.gradient.data() + d0;
+      const acc_t* taps = padded + tap_input[0];
+      for (int64_t col = 0; col < channels; col += Tile::kCols) {
+        const acc_t* panel = dy_panels + col / width * positions * width;
+        const auto b_row = [&](int64_t p) FASTNETS_INLINE_LAMBDA { return panel + gradient[p]; };
+        const int64_t depth = std::min(kDepthBlock, last - d0), cols = std::min<int64_t>(Tile::kCols, channels - col);
+        if (one_tap) {
+          const auto a_value = [&](int i, int64_t p) FASTNETS_INLINE_LAMBDA { return taps[input[p] + i]; };
+          gemm_tile<Tile>(depth, a_value, b_row, col % width, sum + q0 * ldk + col, ldk, rows, cols, true);
+        } else {
+          const auto a_value = [&](int i, int64_t p) FASTNETS_INLINE_LAMBDA { return padded[input[p] + tap_input[i]]; };
+          gemm_tile<Tile>(depth, a_value, b_row, col % width, sum + q0 * ldk + col, ldk, rows, cols, true);
+        }
+      }
+    }
+  }
+}
+
+// weight_grad_by_taps for the best instruction set, compiled once per accumulation type.
+template <typename acc_t>
+__attribute__((noinline)) void weight_grad_by_taps_best_isa(const PaddedConv& pf, const TapOutputs& outputs,
+                                                            const acc_t* padded, const acc_t* dy_panels,
+                                                            int64_t channels, bool skip_padding, acc_t* sum,
+                                                            int64_t ldk) {
+  call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
+    weight_grad_by_taps<GemmTileFor<acc_t, decltype(isa)::value>>(pf, outputs, padded, dy_panels, channels,
+                                                                  skip_padding, sum, ldk);
   });
 }
 
@@ -663,14 +754,20 @@ std::pair<at::Tensor, at::Tensor> grads_from_chunks(const at::Tensor& w, int64_t
   if (need_weight) {
     grad_weight = at::empty(w.sizes(), w.options());
     scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
+    // The chunks summed in their own layout first: read at weight_index's stride, chunk by chunk,
+    // they missed the cache (a millisecond of MNIST's conv2 at N=64, 8% of its grad_weight).
+    std::vector<acc_t> total(weight_chunk);
+    at::parallel_for(0, weight_chunk, 4096, [&](int64_t first, int64_t last) {
+      for (int64_t i = first; i < last; ++i) {
+        acc_t sum = acc_t(0);
+        for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += weight_sums[chunk * weight_chunk + i];
+        total[i] = sum;
+      }
+    });
     at::parallel_for(0, out_channels, 1, [&](int64_t first, int64_t last) {
       for (int64_t channel = first; channel < last; ++channel) {
         for (int64_t q = 0; q < patch; ++q) {
-          acc_t sum = acc_t(0);
-          for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-            sum += weight_sums[chunk * weight_chunk + weight_index(channel, q)];
-          }
-          gw[channel * patch + q] = static_cast<scalar_t>(sum);
+          gw[channel * patch + q] = static_cast<scalar_t>(total[weight_index(channel, q)]);
         }
       }
     });
@@ -715,17 +812,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
   const int64_t x_row = input_grad_by_positions ? g.in_w : pc.padded_w;
   const int64_t flipped_per_group = input_grad_by_positions ? pc.depth() * padded_cols<acc_t>(in_channels)
                                                             : panels_size(in_channels, pc.depth());
-  // grad_weight^T = patches x dy^T; for stride 1 the patch rows are read in place from a padded
-  // copy of the input (patch entry q, output p at offset(q) + column_of[p]), in the depth order by
-  // kernel rows (PaddedConv::tap), so that a tile of kPanelRows entries skips the outputs whose
-  // reads of its kernel rows fall in the zero rows (8.6% of the products for MNIST's conv2), where
-  // the image's gradient is finite (all_finite); else built by im2col.
+  // grad_weight^T = patches x dy^T: for stride 1 by taps from a padded channels-last copy of the
+  // input (weight_grad_by_taps), else with the patches built by im2col.
   const bool padded_weight_grad = need_weight && g.stride_h == 1 && g.stride_w == 1;
   const PaddedConv pf = padded_forward(g);
-  const std::vector<int64_t> input_offsets =
-      padded_weight_grad ? tap_offsets(pf, DepthOrder::kKernelRows) : std::vector<int64_t>();
-  std::vector<int64_t> column_of(padded_weight_grad ? positions : 0);
-  for (size_t p = 0; p < column_of.size(); ++p) column_of[p] = p / g.out_w * pf.padded_w + p % g.out_w;
+  const TapOutputs tap_outputs = padded_weight_grad ? TapOutputs(pf, kPanelCols<acc_t>) : TapOutputs();
   const std::vector<acc_t> transposed =
       !need_input ? std::vector<acc_t>()
       : padded_input_grad ? pack_flipped_weight<acc_t>(w.const_data_ptr<scalar_t>(), g, input_grad_by_positions)
@@ -750,7 +841,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
     std::vector<acc_t> dx(need_input && !padded_input_grad ? in_channels * g.in_plane() : 0);
     std::vector<acc_t> padded(padded_input_grad ? pc.buffer_size<acc_t>() : 0, acc_t(0));
     std::vector<acc_t> x_panels(need_weight && !padded_weight_grad ? patch_panels : 0, acc_t(0));
-    std::vector<acc_t> padded_x(padded_weight_grad ? pf.buffer_size<acc_t>() : 0, acc_t(0));
+    std::vector<acc_t> padded_x(padded_weight_grad ? pf.padded_h * pf.padded_w * pf.channels : 0, acc_t(0));
     for (int64_t chunk = first_chunk; chunk < last_chunk; ++chunk) {
       acc_t* weight_sum = weight_sums.data() + chunk * weight_chunk;
       double* bias_sum = bias_sums.data() + chunk * bias_chunk;
@@ -795,29 +886,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
                   for (int64_t p = 0; p < positions; ++p) panel_column[p * width] = dy[k * ldc + p];
                 }
                 const bool finite = all_finite(dy.data(), out_channels * ldc);  // zeros past each plane
-                fill_padded(xp + x_offset, g.in_plane(), g.in_h, g.in_w, g.in_w, pf, padded_x.data());
-                const int64_t row_depth = pf.channels * pf.kernel_w;
-                for (int64_t q0 = 0; q0 < patch; q0 += kPanelRows) {
-                  const acc_t* rows[kPanelRows];  // rows past the patch repeat the last one, dropped
-                  for (int i = 0; i < kPanelRows; ++i) {
-                    rows[i] = padded_x.data() + input_offsets[std::min<int64_t>(q0 + i, patch - 1)];
-                  }
-                  const auto [first_row, last_row] =
-                      finite ? pf.output_rows_reading_source(
-                                   q0 / row_depth, (std::min<int64_t>(q0 + kPanelRows, patch) - 1) / row_depth)
-                             : std::pair<int64_t, int64_t>(0, g.out_h);
-                  for (int64_t d0 = first_row * g.out_w; d0 < last_row * g.out_w; d0 += kDepthBlock) {
-                    const int64_t* columns = column_of.data() + d0;
-                    const auto a_value = [&](int i, int64_t p) FASTNETS_INLINE_LAMBDA { return rows[i][columns[p]]; };
-                    for (int64_t col = 0; col < out_channels; col += Tile::kCols) {
-                      const acc_t* panel = dy_t.data() + (col / width * positions + d0) * width;
-                      const auto b_row = [&](int64_t p) FASTNETS_INLINE_LAMBDA { return panel + p * width; };
-                      gemm_tile<Tile>(std::min(kDepthBlock, last_row * g.out_w - d0), a_value, b_row, col % width,
-                                      sum + q0 * ldk + col, ldk, std::min<int64_t>(kPanelRows, patch - q0),
-                                      std::min<int64_t>(Tile::kCols, out_channels - col), true);
-                    }
-                  }
-                }
+                fill_padded_channels_last(xp + x_offset, pf, padded_x.data());
+                weight_grad_by_taps_best_isa(pf, tap_outputs, padded_x.data(), dy_t.data(), out_channels, finite, sum,
+                                             ldk);
               } else {
                 for (int64_t k = 0; k < out_channels; ++k) {
                   for (int64_t p = 0; p < positions; ++p) dy_t[p * ldk + k] = dy[k * ldc + p];
@@ -839,10 +910,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
     }
   });
 
+  std::vector<int64_t> depth_of_tap(padded_weight_grad ? patch : 0);  // the rows of weight_sums
+  for (size_t d = 0; d < depth_of_tap.size(); ++d) depth_of_tap[pf.tap(d, DepthOrder::kKernelColumns)] = d;
   const auto [grad_weight, grad_bias] = grads_from_chunks<scalar_t>(
       w, chunks, need_weight, need_bias, weight_sums, weight_chunk,
       [&](int64_t channel, int64_t q) {
-        const int64_t row = padded_weight_grad ? pf.depth_by_rows(q) : q;
+        const int64_t row = padded_weight_grad ? depth_of_tap[q] : q;
         return (channel / out_channels * patch + row) * ldk + channel % out_channels;
       },
       bias_sums);
