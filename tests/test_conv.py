@@ -32,8 +32,8 @@ GEOMETRIES = [
     # by positions too), (6, 6) whole output rows that read no input row (their tiles sum nothing)
     (2, 40, 9, 11, 40, (3, 7), (1, 1), (4, 6), (2, 2), 2),
     (2, 40, 9, 11, 40, (3, 7), (1, 1), (6, 6), (2, 2), 2),
-    # by positions with output rows wider than a tile (three runs of 10 positions)
-    (1, 32, 4, 30, 32, (5, 5), (1, 1), (2, 2), (1, 1), 1),
+    # by positions with output rows wider than a tile (runs of 10, 10 and 9 positions)
+    (1, 32, 4, 29, 32, (5, 5), (1, 1), (2, 2), (1, 1), 1),
 ]
 
 
@@ -77,7 +77,7 @@ def test_conv2d_matches_pytorch_float64(device, geometry, with_bias):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("geometry", [GEOMETRIES[0], GEOMETRIES[1], GEOMETRIES[6], GEOMETRIES[10]])
+@pytest.mark.parametrize("geometry", [GEOMETRIES[i] for i in (0, 1, 6, 10, 13)])
 def test_conv2d_lower_precision_within_pytorch_error(device, dtype, geometry):
     x, weight, bias = make(geometry, device=device)
     stride, padding, dilation, groups = arguments(geometry)
@@ -207,8 +207,8 @@ def test_fused_weight_gradient_by_winners(geometry, pool_kernel, pool_stride, ne
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_weight_or_gradient_with_nan_or_inf_spreads_as_in_pytorch(bad):
-    """The CPU GEMMs by output positions skip the kernel rows that read only zero padding rows,
-    whose products are zeros only for finite factors: an inf or NaN weight (grad_output for the
+    """The CPU GEMMs by output positions (and grad_weight) skip the products with the zero padding,
+    zeros only for finite factors: an inf or NaN weight (grad_output for the
     weight gradient) must still make NaN of the outputs (weight gradients) whose dense sums take
     0 x it, as torch's float64 convolution does: the MNIST conv2 shape, which goes by positions."""
     gen = torch.Generator().manual_seed(0)
@@ -228,6 +228,24 @@ def test_weight_or_gradient_with_nan_or_inf_spreads_as_in_pytorch(bad):
     grad_weight = ops.conv2d_backward(grad_output, x, weight, [1, 1], [2, 2], [1, 1], 1, [False, True, False])[1]
     assert leaves[1].grad[0, :, :2].isnan().all()
     torch.testing.assert_close(grad_weight, leaves[1].grad, rtol=1e-12, atol=1e-11, equal_nan=True)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("geometry", [GEOMETRIES[6], GEOMETRIES[0]])  # grad_input by positions, by channels
+def test_input_gradient_of_a_weight_with_nan_or_inf_as_in_pytorch(bad, geometry):
+    """PyTorch's CPU backward forms grad_input as col2im(W^T dy): an inf or NaN weight reaches only
+    the inputs it reads, never through the gradient's zero padding. The flipped convolution by
+    positions leaves those products out; by channels it would form them, and gives way to col2im."""
+    x, weight, _ = make(geometry)
+    weight[0, 0, 0, 0] = bad
+    stride, padding, dilation, groups = [list(a) if isinstance(a, tuple) else a for a in arguments(geometry)]
+    out = torch_F.conv2d(x, weight, None, stride, padding, dilation, groups)
+    grad_output = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    expected = torch.ops.aten.convolution_backward(grad_output, x, weight, None, stride, padding, dilation, False,
+                                                   [0, 0], groups, [True, False, False])[0]
+    assert not expected.isfinite().all() and expected.isfinite().any()
+    ours = ops.conv2d_backward(grad_output, x, weight, stride, padding, dilation, groups, [True, False, False])[0]
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-11, equal_nan=True)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

@@ -42,8 +42,8 @@ wide = [t.requires_grad_() for t in (torch.randn(2, 40, 9, 11), torch.randn(40, 
 by_positions = fastnets.functional.conv2d(*wide, padding=(2, 6), dilation=2, groups=2)  # tiles of output positions
 by_positions.backward(torch.randn_like(by_positions))
 results["conv"] += [by_positions.detach()] + [leaf.grad for leaf in wide]
-long_rows = [t.requires_grad_() for t in (torch.randn(1, 32, 4, 30), torch.randn(32, 32, 5, 5))]
-by_runs = fastnets.functional.conv2d(*long_rows, padding=2)  # output rows in three tiles of positions
+long_rows = [t.requires_grad_() for t in (torch.randn(1, 32, 4, 29), torch.randn(32, 32, 5, 5))]
+by_runs = fastnets.functional.conv2d(*long_rows, padding=2)  # output rows in three runs of positions
 by_runs.backward(torch.randn_like(by_runs))
 results["conv"] += [by_runs.detach()] + [leaf.grad for leaf in long_rows]
 winners = [t.requires_grad_() for t in (torch.randn(2, 20, 10, 9), torch.randn(6, 20, 3, 3), torch.randn(6))]

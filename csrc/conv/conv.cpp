@@ -223,9 +223,9 @@ std::vector<int64_t> tap_offsets(const PaddedConv& pc, DepthOrder order) {
 }
 
 // Whether every value is finite. The products skipped for reading zero padding would be 0 x
-// value, zeros only where the value is finite: with an inf or NaN weight (or, for grad_weight,
-// gradient) every tap is taken, and the NaN spread as the dense product and torch's float64
-// convolution spread it.
+// value, zeros only where the value is finite: with an inf or NaN weight (for the forward) or
+// gradient (for grad_weight) every product is taken, and the NaN spreads as it does in torch's
+// float64 convolution, whose im2col holds the zeros.
 template <typename acc_t>
 bool all_finite(const acc_t* values, int64_t count) {
   int not_finite = 0;  // x - x is 0 for finite x, NaN for inf and NaN; an int OR vectorizes
@@ -250,8 +250,9 @@ bool all_finite(const acc_t* values, int64_t count) {
 // float32 error on depths of a few hundred (blocks of 256 gave 3x its error on a depth of 300).
 constexpr int64_t kPositionsDepthBlock = 64;
 
-// 14 positions x 2 vectors of accumulators and B's 2 vectors fit AVX-512's 32 registers (the
-// broadcasts come from memory); 14 x 1, one of B and a broadcast fit the 16 of AVX2 and SSE.
+// 14 positions x 2 vectors of accumulators, B's 2 vectors and a broadcast fit AVX-512's 32
+// registers, and 14 x 1, one of B and a broadcast fit the 16 of AVX2 and SSE; 14 is also the row of
+// MNIST's conv2, one run a row.
 constexpr int kRowTilePositions = 14;
 
 // The sub-tile of kPositions positions from `inputs`: tile[i][j] += sum over the depth of
@@ -277,7 +278,7 @@ FASTNETS_ALWAYS_INLINE void positions_gemm(const PaddedConv& pc, int64_t channel
                                            const acc_t* padded, const std::vector<int64_t>& offsets, acc_t* out,
                                            int64_t ldc, bool skip_padding) {
   const int64_t depth = pc.depth(), column_depth = pc.kernel_h * pc.channels;
-  // Runs of equal length, at most kRowTilePositions each.
+  // Runs of nearly equal length (the last shorter), at most kRowTilePositions each.
   const int64_t runs = (pc.out_w + kRowTilePositions - 1) / kRowTilePositions;
   const int64_t run_length = (pc.out_w + runs - 1) / runs;
   acc_t tile[kRowTilePositions][Tile::kCols];
@@ -436,7 +437,10 @@ constexpr int64_t kPositionsTileCost = 32;
 
 // Whether positions_gemm costs less than padded_gemm for `channels` output rows (A's panels of
 // kPanelRows channels) over `positions` outputs read from the padded layout pc: the values each
-// computes, over the depth plus positions_gemm's cost per tile.
+// computes, over the depth plus positions_gemm's cost per tile, and rows of at least kPanelRows
+// outputs (shorter runs leave accumulators idle). The model and kPositionsTileCost date from tiles
+// of 8 positions that skipped no padding column: it leaves out the products positions_gemm now
+// skips, so it errs towards channels.
 template <typename acc_t>
 bool by_positions(const PaddedConv& pc, int64_t channels, int64_t positions) {
   const auto whole = [](int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; };
@@ -799,10 +803,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
   const int64_t transposed_per_group = panels_size(patch, out_channels), patch_panels = panels_size(patch, positions);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   // grad_input: a flipped-kernel convolution of the padded gradient where the stride is 1, else
-  // col2im(W^T dy).
-  const bool padded_input_grad = need_input && has_padded_grad_input(g);
+  // col2im(W^T dy). col2im, like PyTorch's CPU backward, never multiplies a weight by the
+  // gradient's zero padding, so an inf or NaN weight reaches only the inputs it reads. By positions
+  // those products are left out alike (skip_padding); by channels (padded_gemm) they are formed,
+  // so inf or NaN weights go by col2im there.
+  const bool stride_one_input_grad = need_input && has_padded_grad_input(g);
   const PaddedConv pc = padded_grad_input(g);
-  const bool input_grad_by_positions = padded_input_grad && by_positions<acc_t>(pc, in_channels, g.in_plane());
+  const bool input_grad_by_positions =
+      stride_one_input_grad && by_positions<acc_t>(pc, in_channels, g.in_plane());
+  const bool padded_input_grad =
+      input_grad_by_positions || (stride_one_input_grad && at::isfinite(w).all().item<bool>());
   const std::vector<int64_t> offsets =
       padded_input_grad
           ? tap_offsets(pc, input_grad_by_positions ? DepthOrder::kKernelColumns : DepthOrder::kTaps)
@@ -821,8 +831,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
       !need_input ? std::vector<acc_t>()
       : padded_input_grad ? pack_flipped_weight<acc_t>(w.const_data_ptr<scalar_t>(), g, input_grad_by_positions)
                           : pack_weight<acc_t>(w.const_data_ptr<scalar_t>(), g, true);
-  const bool finite_weights =
-      input_grad_by_positions && all_finite(transposed.data(), static_cast<int64_t>(transposed.size()));
 
   at::Tensor grad_input = need_input ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
   scalar_t* gi = need_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
@@ -855,8 +863,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
               fill_padded(dy.data(), ldc, g.out_h, g.out_w, g.out_w, pc, padded.data());
               const acc_t* flipped = transposed.data() + group * flipped_per_group;
               if (input_grad_by_positions) {
-                positions_gemm_best_isa(pc, in_channels, flipped, padded.data(), offsets, col.data(), ldx,
-                                        finite_weights);
+                positions_gemm_best_isa(pc, in_channels, flipped, padded.data(), offsets, col.data(), ldx, true);
               } else {
                 padded_gemm<Tile>(pc, in_channels, flipped, padded.data(), offsets, col.data(), ldx);
               }
