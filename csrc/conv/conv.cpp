@@ -363,11 +363,12 @@ struct TapOutputs {
 // value (c, h, w) at ((h + pad_top) * padded_w + w + pad_left) * channels + c; the rest stays zero.
 template <typename acc_t, typename scalar_t>
 void fill_padded_channels_last(const scalar_t* x, const PaddedConv& pf, acc_t* padded) {
+  const int64_t plane = pf.height * pf.width;
   for (int64_t h = 0; h < pf.height; ++h) {
-    for (int64_t c = 0; c < pf.channels; ++c) {
-      const scalar_t* in = x + (c * pf.height + h) * pf.width;
-      acc_t* out = padded + ((h + pf.pad_top) * pf.padded_w + pf.pad_left) * pf.channels + c;
-      for (int64_t w = 0; w < pf.width; ++w) out[w * pf.channels] = static_cast<acc_t>(in[w]);
+    for (int64_t w = 0; w < pf.width; ++w) {
+      const scalar_t* in = x + h * pf.width + w;
+      acc_t* out = padded + ((h + pf.pad_top) * pf.padded_w + pf.pad_left + w) * pf.channels;
+      for (int64_t c = 0; c < pf.channels; ++c) out[c] = static_cast<acc_t>(in[c * plane]);
     }
   }
 }
@@ -888,9 +889,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
                 // dy^T in panels of kPanelCols channels, [k / width][p][k % width]: a tile's
                 // gradients are one stream (4% faster than rows of ldk).
                 constexpr int64_t width = kPanelCols<acc_t>;
-                for (int64_t k = 0; k < out_channels; ++k) {
-                  acc_t* panel_column = dy_t.data() + k / width * positions * width + k % width;
-                  for (int64_t p = 0; p < positions; ++p) panel_column[p * width] = dy[k * ldc + p];
+                for (int64_t k0 = 0; k0 < out_channels; k0 += width) {
+                  const int64_t count = std::min(width, out_channels - k0);
+                  for (int64_t p = 0; p < positions; ++p) {
+                    acc_t* panel_row = dy_t.data() + (k0 * positions + p * width);
+                    for (int64_t j = 0; j < count; ++j) panel_row[j] = dy[(k0 + j) * ldc + p];
+                  }
                 }
                 const bool finite = all_finite(dy.data(), out_channels * ldc);  // zeros past each plane
                 fill_padded_channels_last(xp + x_offset, pf, padded_x.data());
