@@ -34,6 +34,8 @@ GEOMETRIES = [
     (2, 40, 9, 11, 40, (3, 7), (1, 1), (6, 6), (2, 2), 2),
     # by positions with output rows wider than a tile (runs of 10, 10 and 9 positions)
     (1, 32, 4, 29, 32, (5, 5), (1, 1), (2, 2), (1, 1), 1),
+    # by positions with output rows narrower than 8 (runs of 5) and a partial tile of channels
+    (2, 32, 6, 5, 24, (5, 5), (1, 1), (2, 2), (1, 1), 1),
 ]
 
 
