@@ -36,6 +36,11 @@ GEOMETRIES = [
     (1, 32, 4, 29, 32, (5, 5), (1, 1), (2, 2), (1, 1), 1),
     # by positions with output rows narrower than 8 (runs of 5) and a partial tile of channels
     (2, 32, 6, 5, 24, (5, 5), (1, 1), (2, 2), (1, 1), 1),
+    # by positions with column stride 2 (grad_input by col2im): square, with dilation, groups and
+    # uneven padding, and with row stride 3
+    (2, 32, 14, 14, 64, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+    (2, 40, 11, 12, 40, (3, 3), (1, 2), (2, 1), (2, 1), 2),
+    (2, 48, 13, 31, 40, (3, 5), (3, 2), (1, 2), (1, 2), 2),
 ]
 
 

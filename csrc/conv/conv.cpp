@@ -5,9 +5,11 @@
 // in a per-thread buffer (in L2 for layers like the MNIST CNN's); only the output (for the fused
 // layer: the pooled output and a 1-byte argmax) reaches memory. Stride-1 convolutions skip
 // im2col: the GEMM reads a zero-padded copy of the input (see PaddedConv), with output channels
-// as rows, or, where that costs less, output positions (positions_gemm, by_positions).
+// as rows, or, where that costs less, output positions (positions_gemm, by_positions; also for
+// column stride 2).
 // Backward: grad_input = a flipped-kernel convolution of the padded gradient for stride 1
-// (channels or positions as rows, alike), else col2im(W^T dy), per image;
+// (channels or positions as rows, alike), else col2im(W^T dy), per image; grad_weight by taps
+// from a padded copy of the input (weight_grad_by_taps).
 // grad_weight and grad_bias are summed per image into kWeightGradChunks fixed chunks of the
 // batch, then the chunks in order: the same bits for any thread count. The fused layer's weight
 // and bias gradients go by the pool's active winners instead where most of the convolution's
@@ -62,32 +64,31 @@ struct PatchTap {
 
 // The patch matrix of one image and group, x pointing at the group's first input channel:
 // entry (q, p) = input read by patch entry q for output p = oh * out_w + ow (zero in the
-// padding), written to rows[q] + p * kPositionStride. kPositionStride 1 gives rows of a matrix;
-// kPanelRows gives the panels of gemm's A (rows[q] = panel start + q % kPanelRows).
-template <int kPositionStride, typename acc_t, typename scalar_t, typename Rows>
+// padding), written to row_of(q)[p].
+template <typename acc_t, typename scalar_t, typename Rows>
 FASTNETS_ALWAYS_INLINE void im2col(const scalar_t* x, const Conv2dGeometry& g, const Rows& row_of) {
   for (int64_t q = 0; q < g.patch_size(); ++q) {
     const PatchTap t(g, q);
     acc_t* out = row_of(q);
     const scalar_t* plane = x + t.channel * g.in_plane();
     for (int64_t oh = 0; oh < g.out_h; ++oh) {
-      acc_t* o = out + oh * g.out_w * kPositionStride;
+      acc_t* o = out + oh * g.out_w;
       if (oh < t.oh_first || oh >= t.oh_last) {
-        for (int64_t ow = 0; ow < g.out_w; ++ow) o[ow * kPositionStride] = acc_t(0);
+        for (int64_t ow = 0; ow < g.out_w; ++ow) o[ow] = acc_t(0);
         continue;
       }
       const scalar_t* in = plane + (oh * g.stride_h + t.row_offset) * g.in_w;
-      for (int64_t ow = 0; ow < t.ow_first; ++ow) o[ow * kPositionStride] = acc_t(0);
+      for (int64_t ow = 0; ow < t.ow_first; ++ow) o[ow] = acc_t(0);
       if (g.stride_w == 1) {
         for (int64_t ow = t.ow_first; ow < t.ow_last; ++ow) {
-          o[ow * kPositionStride] = static_cast<acc_t>(in[ow + t.col_offset]);
+          o[ow] = static_cast<acc_t>(in[ow + t.col_offset]);
         }
       } else {
         for (int64_t ow = t.ow_first; ow < t.ow_last; ++ow) {
-          o[ow * kPositionStride] = static_cast<acc_t>(in[ow * g.stride_w + t.col_offset]);
+          o[ow] = static_cast<acc_t>(in[ow * g.stride_w + t.col_offset]);
         }
       }
-      for (int64_t ow = t.ow_last; ow < g.out_w; ++ow) o[ow * kPositionStride] = acc_t(0);
+      for (int64_t ow = t.ow_last; ow < g.out_w; ++ow) o[ow] = acc_t(0);
     }
   }
 }
@@ -122,14 +123,19 @@ enum class DepthOrder { kTaps, kKernelColumns };
 // row), so that the reads past its end (at most pad_left, the padding being symmetric) land in
 // the next row's zeros; one more zero row at the bottom serves the last row. The columns with
 // ow >= out_w are computed and dropped (the work grows by padded_w / out_w).
+// positions_gemm and weight_grad_by_taps read the same layout for any stride: output (oh, ow)
+// reads padded row oh * stride_h + r * dilation_h and column ow * stride_w + s * dilation_w, at
+// most the last source column plus pad_left, hence the same wrap into the next row's zeros.
 struct PaddedConv {
   int64_t channels, height, width, pad_top, pad_left, padded_h, padded_w, kernel_h, kernel_w, dilation_h, dilation_w,
-      out_h, out_w;
+      out_h, out_w, stride_h, stride_w;
   PaddedConv(int64_t channels_, int64_t height_, int64_t width_, int64_t pad_h, int64_t pad_w, int64_t kernel_h_,
-             int64_t kernel_w_, int64_t dilation_h_, int64_t dilation_w_, int64_t out_h_, int64_t out_w_)
+             int64_t kernel_w_, int64_t dilation_h_, int64_t dilation_w_, int64_t out_h_, int64_t out_w_,
+             int64_t stride_h_ = 1, int64_t stride_w_ = 1)
       : channels(channels_), height(height_), width(width_), pad_top(pad_h), pad_left(pad_w),
         padded_h(height_ + 2 * pad_h + 1), padded_w(std::max(width_ + pad_w, out_w_)), kernel_h(kernel_h_),
-        kernel_w(kernel_w_), dilation_h(dilation_h_), dilation_w(dilation_w_), out_h(out_h_), out_w(out_w_) {}
+        kernel_w(kernel_w_), dilation_h(dilation_h_), dilation_w(dilation_w_), out_h(out_h_), out_w(out_w_),
+        stride_h(stride_h_), stride_w(stride_w_) {}
   int64_t columns() const { return out_h * padded_w; }
   int64_t plane() const { return padded_h * padded_w; }
   int64_t depth() const { return channels * kernel_h * kernel_w; }
@@ -143,29 +149,26 @@ struct PaddedConv {
     const int64_t s = d / (kernel_h * channels), r = d / channels % kernel_h;
     return (d % channels * kernel_h + r) * kernel_w + s;
   }
-  // A range [first, last) of kernel rows holding every one that reads a source row (not the zero
-  // rows around it) for some output row in [oh_first, oh_last]: output row oh reads padded row
-  // oh + r * dilation_h.
-  std::pair<int64_t, int64_t> kernel_rows_reading_source(int64_t oh_first, int64_t oh_last) const {
-    const int64_t first = pad_top > oh_last ? (pad_top - oh_last + dilation_h - 1) / dilation_h : 0;
-    const int64_t reach = pad_top + height - 1 - oh_first;  // the last source row less oh_first
-    const int64_t last = reach < 0 ? 0 : std::min(kernel_h, reach / dilation_h + 1);
-    return {std::min(first, last), last};
+  // The kernel rows r with which output row oh reads a source row (not the zero rows around it),
+  // a range [first, last): padded row oh * stride_h + r * dilation_h.
+  std::pair<int64_t, int64_t> kernel_rows_reading_source(int64_t oh) const {
+    return reading_source(pad_top - oh * stride_h, height, dilation_h, 0, kernel_h);
   }
-  // The outputs in [ow_first, ow_last) of a row whose kernel column s reads a source column (not
-  // the zero columns around it), a range [first, last): output ow reads padded column ow + s *
-  // dilation_w.
+  // The output rows that read a source row with kernel row r, a range [first, last).
+  std::pair<int64_t, int64_t> output_rows_reading_source(int64_t r) const {
+    return reading_source(pad_top - r * dilation_h, height, stride_h, 0, out_h);
+  }
+  // The outputs in [ow_first, ow_last) of a row whose kernel column s reads a source column, a
+  // range [first, last): padded column ow * stride_w + s * dilation_w.
   std::pair<int64_t, int64_t> outputs_reading_source_column(int64_t s, int64_t ow_first, int64_t ow_last) const {
-    const int64_t first = std::max(ow_first, pad_left - s * dilation_w);
-    const int64_t last = std::min(ow_last, pad_left + width - s * dilation_w);
-    return {first, std::max(first, last)};
+    return reading_source(pad_left - s * dilation_w, width, stride_w, ow_first, ow_last);
   }
-  // A range [first, last) of output rows holding every one for which some kernel row in
-  // [r_first, r_last] reads a source row.
-  std::pair<int64_t, int64_t> output_rows_reading_source(int64_t r_first, int64_t r_last) const {
-    const int64_t first = std::max<int64_t>(0, pad_top - r_last * dilation_h);
-    const int64_t last = std::min(out_h, pad_top + height - r_first * dilation_h);
-    return {std::min(first, std::max(last, int64_t(0))), std::max(last, int64_t(0))};
+  // The i in [lo, hi) with start <= i * step < start + size (step > 0), a range [first, last).
+  static std::pair<int64_t, int64_t> reading_source(int64_t start, int64_t size, int64_t step, int64_t lo,
+                                                    int64_t hi) {
+    const auto ceil_div = [step](int64_t a) { return a >= 0 ? (a + step - 1) / step : -(-a / step); };
+    const int64_t first = std::max(lo, ceil_div(start)), last = std::min(hi, ceil_div(start + size));
+    return {first, std::max(first, last)};
   }
   // Values of the padded buffer: the gemm's reads of padding columns run past the last plane.
   template <typename acc_t>
@@ -178,7 +181,7 @@ struct PaddedConv {
 // grad_output planes padded by the kernel span less the padding (a flipped-kernel convolution).
 PaddedConv padded_forward(const Conv2dGeometry& g) {
   return PaddedConv(g.group_in_channels(), g.in_h, g.in_w, g.pad_h, g.pad_w, g.kernel_h, g.kernel_w, g.dilation_h,
-                    g.dilation_w, g.out_h, g.out_w);
+                    g.dilation_w, g.out_h, g.out_w, g.stride_h, g.stride_w);
 }
 
 bool has_padded_grad_input(const Conv2dGeometry& g) {
@@ -255,23 +258,30 @@ constexpr int64_t kPositionsDepthBlock = 64;
 // MNIST's conv2, one run a row.
 constexpr int kRowTilePositions = 14;
 
-// The sub-tile of kPositions positions from `inputs`: tile[i][j] += sum over the depth of
-// inputs[i + tap[q]] x panel[q][col + j].
-template <int kPositions, typename Tile, typename acc_t>
+// The sub-tile of kPositions positions from `inputs`, kStride apart: tile[i][j] += sum over the
+// depth of inputs[i * kStride + tap[q]] x panel[q][col + j].
+template <int kStride, int kPositions, typename Tile, typename acc_t>
 FASTNETS_ALWAYS_INLINE void positions_tile(int64_t depth, const acc_t* inputs, const int64_t* tap,
                                            const acc_t* panel, int64_t col, acc_t* tile) {
   using SubTile = typename Tile::template WithRows<kPositions>;
-  const auto a_value = [inputs, tap](int i, int64_t q) FASTNETS_INLINE_LAMBDA { return inputs[i + tap[q]]; };
+  const auto a_value = [inputs, tap](int i, int64_t q) FASTNETS_INLINE_LAMBDA {
+    return inputs[i * kStride + tap[q]];
+  };
   const auto b_row = [panel](int64_t q) FASTNETS_INLINE_LAMBDA { return panel + q * kPanelCols<acc_t>; };
   gemm_tile<SubTile>(depth, a_value, b_row, col, tile, Tile::kCols, kPositions, Tile::kCols, true);
 }
 
-template <typename Tile, typename acc_t, int... kCounts>
+template <int kStride, typename Tile, typename acc_t, int... kCounts>
 FASTNETS_ALWAYS_INLINE void positions_tile_of(int positions, std::integer_sequence<int, kCounts...>, int64_t depth,
                                               const acc_t* inputs, const int64_t* tap, const acc_t* panel,
                                               int64_t col, acc_t* tile) {
-  ((positions == kCounts + 1 ? positions_tile<kCounts + 1, Tile>(depth, inputs, tap, panel, col, tile) : void()), ...);
+  ((positions == kCounts + 1 ? positions_tile<kStride, kCounts + 1, Tile>(depth, inputs, tap, panel, col, tile)
+                             : void()),
+   ...);
 }
+
+// Column strides that positions_gemm compiles for (others build im2col).
+bool has_positions_stride(int64_t stride_w) { return stride_w == 1 || stride_w == 2; }
 
 template <typename Tile, typename acc_t>
 FASTNETS_ALWAYS_INLINE void positions_gemm(const PaddedConv& pc, int64_t channels, const acc_t* weight_panels,
@@ -287,7 +297,7 @@ FASTNETS_ALWAYS_INLINE void positions_gemm(const PaddedConv& pc, int64_t channel
     const acc_t* panel = weight_panels + col / kPanelCols<acc_t> * depth * kPanelCols<acc_t>;
     for (int64_t oh = 0; oh < pc.out_h; ++oh) {
       const auto [first_row, last_row] =
-          skip_padding ? pc.kernel_rows_reading_source(oh, oh) : std::pair<int64_t, int64_t>(0, pc.kernel_h);
+          skip_padding ? pc.kernel_rows_reading_source(oh) : std::pair<int64_t, int64_t>(0, pc.kernel_h);
       for (int64_t ow0 = 0; ow0 < pc.out_w; ow0 += run_length) {
         const int64_t ow_last = std::min(pc.out_w, ow0 + run_length);
         std::fill(&tile[0][0], &tile[0][0] + kRowTilePositions * Tile::kCols, acc_t(0));
@@ -295,13 +305,20 @@ FASTNETS_ALWAYS_INLINE void positions_gemm(const PaddedConv& pc, int64_t channel
           const auto [first, last] = skip_padding ? pc.outputs_reading_source_column(s, ow0, ow_last)
                                                   : std::pair<int64_t, int64_t>(ow0, ow_last);
           if (first == last) continue;
-          const acc_t* inputs = padded + oh * pc.padded_w + first;
+          const acc_t* inputs = padded + oh * pc.stride_h * pc.padded_w + first * pc.stride_w;
           const int64_t depth_last = s * column_depth + last_row * pc.channels;
           for (int64_t d0 = s * column_depth + first_row * pc.channels; d0 < depth_last; d0 += kPositionsDepthBlock) {
-            positions_tile_of<Tile>(static_cast<int>(last - first),
-                                    std::make_integer_sequence<int, kRowTilePositions>(),
-                                    std::min(kPositionsDepthBlock, depth_last - d0), inputs, offsets.data() + d0,
-                                    panel + d0 * kPanelCols<acc_t>, col % kPanelCols<acc_t>, &tile[first - ow0][0]);
+            const int count = static_cast<int>(last - first);
+            const auto sequence = std::make_integer_sequence<int, kRowTilePositions>();
+            const int64_t depth = std::min(kPositionsDepthBlock, depth_last - d0);
+            acc_t* sub_tile = &tile[first - ow0][0];
+            if (pc.stride_w == 1) {
+              positions_tile_of<1, Tile>(count, sequence, depth, inputs, offsets.data() + d0,
+                                         panel + d0 * kPanelCols<acc_t>, col % kPanelCols<acc_t>, sub_tile);
+            } else {
+              positions_tile_of<2, Tile>(count, sequence, depth, inputs, offsets.data() + d0,
+                                         panel + d0 * kPanelCols<acc_t>, col % kPanelCols<acc_t>, sub_tile);
+            }
           }
         }
         for (int64_t j = 0; j < cols; ++j) {
@@ -332,14 +349,15 @@ __attribute__((noinline)) void positions_gemm_best_isa(const PaddedConv& pc, int
 // channels last, so that a tile's taps (the same kernel row r and column s, consecutive channels)
 // read one run of values per output. Where the gradient is finite (all_finite), such a tile takes
 // only the outputs whose reads of (r, s) fall in the source, not in the zero padding: the output
-// rows of output_rows_reading_source(r, r) and, in each, the outputs of
+// rows of output_rows_reading_source(r) and, in each, the outputs of
 // outputs_reading_source_column(s, 0, out_w), listed once per kernel column (TapOutputs).
 // Tiles of several (r, s) (channels not a multiple of kPanelRows) and non-finite gradients take
 // every output: products with the zero padding add zeros, or spread the gradient's NaN as the
 // dense product does.
 struct TapOutputs {
-  // Per list, per output (oh, ow) in order: the offset of its padded position (oh * padded_w +
-  // ow) in the channels-last input, and its row p * kPanelCols of dy^T's panels. Lists 0 to
+  // Per list, per output (oh, ow) in order: the offset of its padded position (oh * stride_h *
+  // padded_w + ow * stride_w) in the channels-last input, and its row p * kPanelCols of dy^T's
+  // panels. Lists 0 to
   // kernel_w - 1 hold the outputs that kernel column s reads the source for, list kernel_w all.
   std::vector<int64_t> input, gradient, start, per_row;
   TapOutputs() = default;
@@ -351,7 +369,7 @@ struct TapOutputs {
       per_row.push_back(last - first);
       for (int64_t oh = 0; oh < pf.out_h; ++oh) {
         for (int64_t ow = first; ow < last; ++ow) {
-          input.push_back((oh * pf.padded_w + ow) * pf.channels);
+          input.push_back((oh * pf.stride_h * pf.padded_w + ow * pf.stride_w) * pf.channels);
           gradient.push_back((oh * pf.out_w + ow) * panel_cols);
         }
       }
@@ -396,7 +414,7 @@ FASTNETS_ALWAYS_INLINE void weight_grad_by_taps(const PaddedConv& pf, const TapO
     }
     const int64_t list = one_tap && skip_padding ? s : pf.kernel_w;
     const auto [first_row, last_row] =
-        one_tap && skip_padding ? pf.output_rows_reading_source(r, r) : std::pair<int64_t, int64_t>(0, pf.out_h);
+        one_tap && skip_padding ? pf.output_rows_reading_source(r) : std::pair<int64_t, int64_t>(0, pf.out_h);
     const int64_t first = outputs.start[list] + first_row * outputs.per_row[list];
     const int64_t last = outputs.start[list] + last_row * outputs.per_row[list];
     for (int64_t d0 = first; d0 < last; d0 += kDepthBlock) {
@@ -431,25 +449,44 @@ __attribute__((noinline)) void weight_grad_by_taps_best_isa(const PaddedConv& pf
   });
 }
 
-// positions_gemm stores each tile transposed, through a tile buffer: about the work of this many
-// depth steps of the tile. MNIST's conv1 (depth 25) ran 1.5x slower by positions than by
-// channels, though it computes 10% fewer values that way.
+// positions_gemm stores each output through a tile buffer, transposed: about the work of this
+// many products per output. (With the earlier tiles of 8 positions, MNIST's conv1, depth 25, ran
+// 1.5x slower by positions than by channels, though it computed 10% fewer values that way.)
 constexpr int64_t kPositionsTileCost = 32;
 
-// Whether positions_gemm costs less than padded_gemm for `channels` output rows (A's panels of
-// kPanelRows channels) over `positions` outputs read from the padded layout pc: the values each
-// computes, over the depth plus positions_gemm's cost per tile. The model and kPositionsTileCost
-// date from tiles of 8 positions that skipped no padding column: it leaves out the products
-// positions_gemm now skips, so it errs towards channels. Narrow outputs, which those tiles left to
-// channels, go by positions too: one thread, 64 -> 64 channels, 5x5 kernels, padding 2, batch 64,
-// the forward at 7x7 took 7.8 ms by channels and 4.4 by positions (torch: 4.1), at 4x4 3.8 and
-// 1.3 (torch: 1.2).
+// Whether positions_gemm costs less than the GEMM by channels (padded_gemm over pc.columns() for
+// stride 1, gemm over im2col's out_h * out_w otherwise: channel_columns) for `channels` output
+// rows (A's panels of kPanelRows channels) over `positions` outputs read from the padded layout
+// pc: the products each computes (by positions, those with the source only), plus
+// positions_gemm's cost per tile (kPositionsTileCost, in products per position). Narrow outputs
+// go by positions too: one thread, 64 -> 64 channels, 5x5 kernels, padding 2, batch 64, the
+// forward at 7x7 took 7.8 ms by channels and 4.4 by positions (torch: 4.1), at 4x4 3.8 and 1.3
+// (torch: 1.2).
 template <typename acc_t>
-bool by_positions(const PaddedConv& pc, int64_t channels, int64_t positions) {
-  const auto whole = [](int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; };
-  const int64_t depth = pc.depth();
-  return whole(positions, kPanelRows) * padded_cols<acc_t>(channels) * (depth + kPositionsTileCost) <
-             whole(channels, kPanelRows) * padded_cols<acc_t>(pc.columns()) * depth;
+bool by_positions(const PaddedConv& pc, int64_t channels, int64_t positions, int64_t channel_columns) {
+  int64_t row_taps = 0, column_taps = 0;  // summed over the output rows, and over the kernel columns
+  for (int64_t oh = 0; oh < pc.out_h; ++oh) {
+    const auto [first, last] = pc.kernel_rows_reading_source(oh);
+    row_taps += last - first;
+  }
+  for (int64_t s = 0; s < pc.kernel_w; ++s) {
+    const auto [first, last] = pc.outputs_reading_source_column(s, 0, pc.out_w);
+    column_taps += last - first;
+  }
+  const int64_t products = row_taps * column_taps * pc.channels;
+  return padded_cols<acc_t>(channels) * (products + kPositionsTileCost * positions) <
+         (channels + kPanelRows - 1) / kPanelRows * kPanelRows * padded_cols<acc_t>(channel_columns) * pc.depth();
+}
+
+// Whether the forward goes by positions (positions_gemm), for stride 1 and column stride 2.
+// Stride 2 by channels built im2col: one thread, 64 -> 128 channels, 3x3, padding 1, 28x28
+// inputs, batch 32, the forward took 12.6 ms that way (torch: 9.0).
+template <typename acc_t>
+bool forward_by_positions(const Conv2dGeometry& g) {
+  if (!has_positions_stride(g.stride_w)) return false;
+  const PaddedConv pc = padded_forward(g);
+  const bool stride_one = g.stride_h == 1 && g.stride_w == 1;
+  return by_positions<acc_t>(pc, g.group_out_channels(), g.out_plane(), stride_one ? pc.columns() : g.out_plane());
 }
 
 // positions_gemm's B for one group: value(q, k) for rows q < depth and channels k < channels, in
@@ -547,8 +584,7 @@ struct ForwardWeights {
 
 template <typename acc_t, typename scalar_t>
 ForwardWeights<acc_t> forward_weights(const scalar_t* w, const Conv2dGeometry& g) {
-  const bool positions = g.stride_h == 1 && g.stride_w == 1 &&
-                         by_positions<acc_t>(padded_forward(g), g.group_out_channels(), g.out_plane());
+  const bool positions = forward_by_positions<acc_t>(g);
   std::vector<acc_t> panels = positions ? weight_panels<acc_t>(w, g) : pack_weight<acc_t>(w, g, false);
   const bool finite = all_finite(panels.data(), static_cast<int64_t>(panels.size()));
   return {std::move(panels), finite};
@@ -556,16 +592,17 @@ ForwardWeights<acc_t> forward_weights(const scalar_t* w, const Conv2dGeometry& g
 
 // The forward GEMM of images [first, last): epilogue(n, group, out, ldc, row) receives the
 // group's convolution output without bias, output (oh, ow) of channel k at out[k * ldc + oh *
-// row + ow]. Stride 1 reads a padded copy of the input (row = its padded width; out_w by
-// positions), other strides build the patch matrix (row = out_w). weights: forward_weights.
+// row + ow]. Stride 1 and the GEMM by positions read a padded copy of the input (row = its padded
+// width; out_w by positions), other strides build the patch matrix (row = out_w). weights:
+// forward_weights.
 template <typename scalar_t, typename Epilogue>
 void conv2d_forward_images(const scalar_t* x, const ForwardWeights<at::opmath_type<scalar_t>>& weights,
                            const Conv2dGeometry& g, int64_t first, int64_t last, const Epilogue& epilogue) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t patch = g.patch_size(), out_channels = g.group_out_channels();
-  const bool padded_input = g.stride_h == 1 && g.stride_w == 1;
   const PaddedConv pc = padded_forward(g);
-  const bool positions = padded_input && by_positions<acc_t>(pc, out_channels, g.out_plane());
+  const bool positions = forward_by_positions<acc_t>(g);
+  const bool padded_input = positions || (g.stride_h == 1 && g.stride_w == 1);
   const int64_t per_group = positions ? patch * padded_cols<acc_t>(out_channels) : panels_size(out_channels, patch);
   const DepthOrder order = positions ? DepthOrder::kKernelColumns : DepthOrder::kTaps;
   const std::vector<int64_t> offsets = padded_input ? tap_offsets(pc, order) : std::vector<int64_t>();
@@ -587,7 +624,7 @@ void conv2d_forward_images(const scalar_t* x, const ForwardWeights<at::opmath_ty
             padded_gemm<Tile>(pc, out_channels, a, source.data(), offsets, out.data(), ldc);
           }
         } else {
-          im2col<1, acc_t>(xg, g, [&](int64_t q) { return source.data() + q * ldc; });
+          im2col<acc_t>(xg, g, [&](int64_t q) { return source.data() + q * ldc; });
           gemm<Tile>(out_channels, columns, patch, a, source.data(), ldc, out.data(), ldc, false);
         }
       });
@@ -802,7 +839,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
   const int64_t patch = g.patch_size(), positions = g.out_plane();
   const int64_t in_channels = g.group_in_channels(), out_channels = g.group_out_channels();
   const int64_t ldc = padded_cols<acc_t>(positions), ldk = padded_cols<acc_t>(out_channels);
-  const int64_t transposed_per_group = panels_size(patch, out_channels), patch_panels = panels_size(patch, positions);
+  const int64_t transposed_per_group = panels_size(patch, out_channels);
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   // grad_input: a flipped-kernel convolution of the padded gradient where the stride is 1, else
   // col2im(W^T dy). col2im, like PyTorch's CPU backward, never multiplies a weight by the
@@ -812,7 +849,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
   const bool stride_one_input_grad = need_input && has_padded_grad_input(g);
   const PaddedConv pc = padded_grad_input(g);
   const bool input_grad_by_positions =
-      stride_one_input_grad && by_positions<acc_t>(pc, in_channels, g.in_plane());
+      stride_one_input_grad && by_positions<acc_t>(pc, in_channels, g.in_plane(), pc.columns());
   const bool padded_input_grad =
       input_grad_by_positions || (stride_one_input_grad && at::isfinite(w).all().item<bool>());
   const std::vector<int64_t> offsets =
@@ -824,11 +861,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
   const int64_t x_row = input_grad_by_positions ? g.in_w : pc.padded_w;
   const int64_t flipped_per_group = input_grad_by_positions ? pc.depth() * padded_cols<acc_t>(in_channels)
                                                             : panels_size(in_channels, pc.depth());
-  // grad_weight^T = patches x dy^T: for stride 1 by taps from a padded channels-last copy of the
-  // input (weight_grad_by_taps), else with the patches built by im2col.
-  const bool padded_weight_grad = need_weight && g.stride_h == 1 && g.stride_w == 1;
+  // grad_weight^T = patches x dy^T, by taps from a padded channels-last copy of the input
+  // (weight_grad_by_taps), any stride. With the patches built by im2col, which forms every product
+  // with the padding, stride 2 took 1.1x torch's time.
   const PaddedConv pf = padded_forward(g);
-  const TapOutputs tap_outputs = padded_weight_grad ? TapOutputs(pf, kPanelCols<acc_t>) : TapOutputs();
+  const TapOutputs tap_outputs = need_weight ? TapOutputs(pf, kPanelCols<acc_t>) : TapOutputs();
   const std::vector<acc_t> transposed =
       !need_input ? std::vector<acc_t>()
       : padded_input_grad ? pack_flipped_weight<acc_t>(w.const_data_ptr<scalar_t>(), g, input_grad_by_positions)
@@ -836,7 +873,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
 
   at::Tensor grad_input = need_input ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
   scalar_t* gi = need_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
-  // Per chunk: the transposed weight gradient [group][q][k] (q by kernel rows where padded_weight_grad)
+  // Per chunk: the transposed weight gradient [group][d][k] (d the depth order by kernel columns)
   // and the bias gradient [channel].
   const int64_t chunks = std::min(g.batch, kWeightGradChunks);
   const int64_t weight_chunk = need_weight ? g.groups * patch * ldk : 0, bias_chunk = need_bias ? g.out_channels : 0;
@@ -850,8 +887,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
     std::vector<acc_t> col(need_input ? (padded_input_grad ? in_channels * ldx : patch * ldc) : 0);
     std::vector<acc_t> dx(need_input && !padded_input_grad ? in_channels * g.in_plane() : 0);
     std::vector<acc_t> padded(padded_input_grad ? pc.buffer_size<acc_t>() : 0, acc_t(0));
-    std::vector<acc_t> x_panels(need_weight && !padded_weight_grad ? patch_panels : 0, acc_t(0));
-    std::vector<acc_t> padded_x(padded_weight_grad ? pf.padded_h * pf.padded_w * pf.channels : 0, acc_t(0));
+    std::vector<acc_t> padded_x(need_weight ? pf.padded_h * pf.padded_w * pf.channels : 0, acc_t(0));
     for (int64_t chunk = first_chunk; chunk < last_chunk; ++chunk) {
       acc_t* weight_sum = weight_sums.data() + chunk * weight_chunk;
       double* bias_sum = bias_sums.data() + chunk * bias_chunk;
@@ -885,31 +921,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
               for (size_t i = 0; i < dx.size(); ++i) gi[x_offset + i] = static_cast<scalar_t>(dx[i]);
             }
             if (need_weight) {
-              acc_t* sum = weight_sum + group * patch * ldk;
-              if (padded_weight_grad) {
-                // dy^T in panels of kPanelCols channels, [k / width][p][k % width]: a tile's
-                // gradients are one stream (4% faster than rows of ldk).
-                constexpr int64_t width = kPanelCols<acc_t>;
-                for (int64_t k0 = 0; k0 < out_channels; k0 += width) {
-                  const int64_t count = std::min(width, out_channels - k0);
-                  for (int64_t p = 0; p < positions; ++p) {
-                    acc_t* panel_row = dy_t.data() + (k0 * positions + p * width);
-                    for (int64_t j = 0; j < count; ++j) panel_row[j] = dy[(k0 + j) * ldc + p];
-                  }
+              // dy^T in panels of kPanelCols channels, [k / width][p][k % width]: a tile's
+              // gradients are one stream (4% faster than rows of ldk).
+              constexpr int64_t width = kPanelCols<acc_t>;
+              for (int64_t k0 = 0; k0 < out_channels; k0 += width) {
+                const int64_t count = std::min(width, out_channels - k0);
+                for (int64_t p = 0; p < positions; ++p) {
+                  acc_t* panel_row = dy_t.data() + (k0 * positions + p * width);
+                  for (int64_t j = 0; j < count; ++j) panel_row[j] = dy[(k0 + j) * ldc + p];
                 }
-                const bool finite = all_finite(dy.data(), out_channels * ldc);  // zeros past each plane
-                fill_padded_channels_last(xp + x_offset, pf, padded_x.data());
-                weight_grad_by_taps_best_isa(pf, tap_outputs, padded_x.data(), dy_t.data(), out_channels, finite, sum,
-                                             ldk);
-              } else {
-                for (int64_t k = 0; k < out_channels; ++k) {
-                  for (int64_t p = 0; p < positions; ++p) dy_t[p * ldk + k] = dy[k * ldc + p];
-                }
-                im2col<kPanelRows, acc_t>(xp + x_offset, g, [&](int64_t q) {
-                  return x_panels.data() + q / kPanelRows * kPanelRows * positions + q % kPanelRows;
-                });
-                gemm<Tile>(patch, out_channels, positions, x_panels.data(), dy_t.data(), ldk, sum, ldk, true);
               }
+              const bool finite = all_finite(dy.data(), out_channels * ldc);  // zeros past each plane
+              fill_padded_channels_last(xp + x_offset, pf, padded_x.data());
+              weight_grad_by_taps_best_isa(pf, tap_outputs, padded_x.data(), dy_t.data(), out_channels, finite,
+                                           weight_sum + group * patch * ldk, ldk);
             }
           });
           if (need_bias) {
@@ -922,13 +947,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
     }
   });
 
-  std::vector<int64_t> depth_of_tap(padded_weight_grad ? patch : 0);  // the rows of weight_sums
+  std::vector<int64_t> depth_of_tap(need_weight ? patch : 0);  // the rows of weight_sums
   for (size_t d = 0; d < depth_of_tap.size(); ++d) depth_of_tap[pf.tap(d, DepthOrder::kKernelColumns)] = d;
   const auto [grad_weight, grad_bias] = grads_from_chunks<scalar_t>(
       w, chunks, need_weight, need_bias, weight_sums, weight_chunk,
       [&](int64_t channel, int64_t q) {
-        const int64_t row = padded_weight_grad ? depth_of_tap[q] : q;
-        return (channel / out_channels * patch + row) * ldk + channel % out_channels;
+        return (channel / out_channels * patch + depth_of_tap[q]) * ldk + channel % out_channels;
       },
       bias_sums);
   return {grad_input, grad_weight, grad_bias};
