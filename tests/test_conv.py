@@ -39,8 +39,8 @@ GEOMETRIES = [
     # by positions with column stride 2 (grad_input by col2im): square, with dilation, groups and
     # uneven padding, and with row stride 3
     (2, 32, 14, 14, 64, (3, 3), (2, 2), (1, 1), (1, 1), 1),
-    (2, 40, 11, 12, 40, (3, 3), (1, 2), (2, 1), (2, 1), 2),
-    (2, 48, 13, 31, 40, (3, 5), (3, 2), (1, 2), (1, 2), 2),
+    (2, 40, 11, 12, 64, (3, 3), (1, 2), (2, 1), (2, 1), 2),
+    (2, 48, 13, 31, 64, (3, 5), (3, 2), (1, 2), (1, 2), 2),
 ]
 
 
@@ -141,7 +141,7 @@ POOLS = [((2, 2), None), ((3, 3), (2, 2)), ((2, 3), (1, 2)), ((1, 1), (1, 1)), (
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("geometry", [GEOMETRIES[i] for i in (0, 1, 3, 6, 8, 9, 10)])
+@pytest.mark.parametrize("geometry", [GEOMETRIES[i] for i in (0, 1, 3, 6, 8, 9, 10, 15, 16)])
 @pytest.mark.parametrize("pool_kernel,pool_stride", POOLS)
 def test_fused_matches_three_ops_float64(device, geometry, pool_kernel, pool_stride):
     x, weight, bias = make(geometry, device=device)
@@ -253,6 +253,35 @@ def test_input_gradient_of_a_weight_with_nan_or_inf_as_in_pytorch(bad, geometry)
     assert not expected.isfinite().all() and expected.isfinite().any()
     ours = ops.conv2d_backward(grad_output, x, weight, stride, padding, dilation, groups, [True, False, False])[0]
     torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-11, equal_nan=True)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("geometry", [GEOMETRIES[i] for i in (15, 16, 17)])
+def test_strided_nan_or_inf_spreads_as_in_pytorch(bad, geometry):
+    """Strided layers by positions (the forward) and by taps (grad_weight) leave out the products
+    with the zero padding only for finite factors: with an inf or NaN weight, or gradient for
+    grad_weight, every product is taken, as in torch's float64 convolution; grad_input (col2im)
+    never forms them, with torch's backward alike."""
+    x, weight, _ = make(geometry)
+    stride, padding, dilation, groups = [list(a) if isinstance(a, tuple) else a for a in arguments(geometry)]
+    weight[0, 0, 0, 0] = bad  # reads the top-left padding for the first output row and column
+    expected = torch_F.conv2d(x, weight, None, stride, padding, dilation, groups)
+    assert not expected.isfinite().all()
+    torch.testing.assert_close(F.conv2d(x, weight, None, stride, padding, dilation, groups), expected, rtol=1e-12,
+                               atol=1e-11, equal_nan=True)
+    grad_output = torch.randn(expected.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+    def both(mask, index):
+        theirs = torch.ops.aten.convolution_backward(grad_output, x, weight, None, stride, padding, dilation, False,
+                                                     [0, 0], groups, mask)[index]
+        ours = ops.conv2d_backward(grad_output, x, weight, stride, padding, dilation, groups, mask)[index]
+        assert not theirs.isfinite().all()
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-11, equal_nan=True)
+
+    both([True, False, False], 0)
+    weight[0, 0, 0, 0] = 1.0
+    grad_output[1, 0, 0, 0] = bad  # output (0, 0): its taps at the top-left read padding
+    both([False, True, False], 1)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

@@ -46,6 +46,10 @@ long_rows = [t.requires_grad_() for t in (torch.randn(1, 32, 4, 29), torch.randn
 by_runs = fastnets.functional.conv2d(*long_rows, padding=2)  # output rows in three runs of positions
 by_runs.backward(torch.randn_like(by_runs))
 results["conv"] += [by_runs.detach()] + [leaf.grad for leaf in long_rows]
+strided = [t.requires_grad_() for t in (torch.randn(2, 32, 13, 14), torch.randn(64, 32, 3, 3))]
+by_stride = fastnets.functional.conv2d(*strided, stride=2, padding=1)  # by positions, column stride 2
+by_stride.backward(torch.randn_like(by_stride))
+results["conv"] += [by_stride.detach()] + [leaf.grad for leaf in strided]
 winners = [t.requires_grad_() for t in (torch.randn(2, 20, 10, 9), torch.randn(6, 20, 3, 3), torch.randn(6))]
 by_winners = fastnets.functional.conv_relu_pool2d(*winners, padding=1)  # weight gradient by the pool's winners
 by_winners.backward(torch.randn_like(by_winners))

@@ -3,13 +3,14 @@
 //
 // Per image and group the convolution is a GEMM over the image's patch matrix (im2col), built
 // in a per-thread buffer (in L2 for layers like the MNIST CNN's); only the output (for the fused
-// layer: the pooled output and a 1-byte argmax) reaches memory. Stride-1 convolutions skip
+// layer: the pooled output and a 1-byte argmax) reaches memory. Stride-1 convolutions, and
+// those that go by output positions (positions_gemm, by_positions: column stride 1 or 2), skip
 // im2col: the GEMM reads a zero-padded copy of the input (see PaddedConv), with output channels
-// as rows, or, where that costs less, output positions (positions_gemm, by_positions; also for
-// column stride 2).
+// (padded_gemm, stride 1) or output positions as rows.
 // Backward: grad_input = a flipped-kernel convolution of the padded gradient for stride 1
-// (channels or positions as rows, alike), else col2im(W^T dy), per image; grad_weight by taps
-// from a padded copy of the input (weight_grad_by_taps).
+// (channels or positions as rows, alike), else (and where the padding is wider than the kernel's
+// reach, or by channels with inf or NaN weights) col2im(W^T dy), per image; grad_weight by taps
+// from a padded channels-last copy of the input (weight_grad_by_taps), any stride.
 // grad_weight and grad_bias are summed per image into kWeightGradChunks fixed chunks of the
 // batch, then the chunks in order: the same bits for any thread count. The fused layer's weight
 // and bias gradients go by the pool's active winners instead where most of the convolution's
@@ -108,7 +109,7 @@ FASTNETS_ALWAYS_INLINE void col2im(const acc_t* col, int64_t ldc, const Conv2dGe
   }
 }
 
-// The order of a stride-1 convolution's depth, its taps q = (c, r, s) of channel c, kernel row r
+// The order of a convolution's depth, its taps q = (c, r, s) of channel c, kernel row r
 // and kernel column s: kTaps, d = q, or kKernelColumns, d = (s, r, c) (positions_gemm and
 // weight_grad_by_taps), which puts the taps of one kernel column, and in it those of one kernel
 // row, in a range.
@@ -236,9 +237,9 @@ bool all_finite(const acc_t* values, int64_t count) {
   return not_finite == 0;
 }
 
-// Stride-1 products by output positions instead: tiles of a run of up to kRowTilePositions
-// positions of one output row x Tile::kCols channels, the positions' inputs broadcast from the
-// padded copy (column + tap offset: no dropped columns) and the weights read as rows of B
+// Products by output positions instead (column stride 1 or 2, any row stride): tiles of a run
+// of up to kRowTilePositions positions of one output row x Tile::kCols channels, the positions'
+// inputs broadcast from the padded copy (no dropped columns) and the weights read as rows of B
 // (pack_channel_panels), both in the depth order by kernel columns (DepthOrder::kKernelColumns).
 // Where skip_padding (the weights finite: all_finite), a tile leaves out every product with the
 // zero padding, as oneDNN does: the kernel rows that read only zero rows for its output row, and
@@ -247,7 +248,7 @@ bool all_finite(const acc_t* values, int64_t count) {
 // conv2 (5x5, padding 2, 14x14 outputs) that leaves out 16.4% of the products, all of them zeros.
 // Where a group has many channels, the padding columns are many and the depth is not small
 // (MNIST's conv2: 64 channels, 16 padded columns per 14 outputs, depth 800), it is faster than
-// padded_gemm (by_positions).
+// padded_gemm, and for column stride 2 than im2col (by_positions).
 // A tile's sums are summed in registers per depth block within a kernel column, then in a tile
 // buffer (in L1), and stored transposed, out[k * ldc + p]: a two-level sum, within PyTorch's
 // float32 error on depths of a few hundred (blocks of 256 gave 3x its error on a depth of 300).
@@ -343,7 +344,7 @@ __attribute__((noinline)) void positions_gemm_best_isa(const PaddedConv& pc, int
   });
 }
 
-// grad_weight of a stride-1 convolution, by taps: grad_weight^T[q][k] = sum over outputs p of
+// grad_weight by taps (any stride): grad_weight^T[q][k] = sum over outputs p of
 // input(q, p) x dy[k][p], in tiles of kPanelRows taps x Tile::kCols channels, the taps in the
 // depth order by kernel columns (DepthOrder::kKernelColumns). The input is held zero-padded with
 // channels last, so that a tile's taps (the same kernel row r and column s, consecutive channels)
@@ -357,8 +358,8 @@ __attribute__((noinline)) void positions_gemm_best_isa(const PaddedConv& pc, int
 struct TapOutputs {
   // Per list, per output (oh, ow) in order: the offset of its padded position (oh * stride_h *
   // padded_w + ow * stride_w) in the channels-last input, and its row p * kPanelCols of dy^T's
-  // panels. Lists 0 to
-  // kernel_w - 1 hold the outputs that kernel column s reads the source for, list kernel_w all.
+  // panels. Lists 0 to kernel_w - 1 hold the outputs that kernel column s reads the source for,
+  // list kernel_w all.
   std::vector<int64_t> input, gradient, start, per_row;
   TapOutputs() = default;
   TapOutputs(const PaddedConv& pf, int64_t panel_cols) {
@@ -377,17 +378,32 @@ struct TapOutputs {
   }
 };
 
+// Calls set(i, j) for i < rows, j < cols in blocks of kTransposeBlock columns, i within: a
+// transposing copy that reads rows and writes columns (or the reverse) then touches each cache line
+// of either side once per block. Row by row, planes 4 KB apart (32x32 floats) all fell in one L1
+// set: the 3 -> 64 channel 32x32 grad_weight ran 2.6x slower.
+constexpr int64_t kTransposeBlock = 16;
+
+template <typename Set>
+FASTNETS_ALWAYS_INLINE void for_transpose_blocks(int64_t rows, int64_t cols, const Set& set) {
+  for (int64_t j0 = 0; j0 < cols; j0 += kTransposeBlock) {
+    const int64_t j_last = std::min(cols, j0 + kTransposeBlock);
+    for (int64_t i = 0; i < rows; ++i) {
+      for (int64_t j = j0; j < j_last; ++j) set(i, j);
+    }
+  }
+}
+
 // Copies input planes [channels][height][width] into the zero-padded channels-last buffer of pf:
 // value (c, h, w) at ((h + pad_top) * padded_w + w + pad_left) * channels + c; the rest stays zero.
 template <typename acc_t, typename scalar_t>
 void fill_padded_channels_last(const scalar_t* x, const PaddedConv& pf, acc_t* padded) {
   const int64_t plane = pf.height * pf.width;
   for (int64_t h = 0; h < pf.height; ++h) {
-    for (int64_t w = 0; w < pf.width; ++w) {
-      const scalar_t* in = x + h * pf.width + w;
-      acc_t* out = padded + ((h + pf.pad_top) * pf.padded_w + pf.pad_left + w) * pf.channels;
-      for (int64_t c = 0; c < pf.channels; ++c) out[c] = static_cast<acc_t>(in[c * plane]);
-    }
+    acc_t* row = padded + ((h + pf.pad_top) * pf.padded_w + pf.pad_left) * pf.channels;
+    for_transpose_blocks(pf.channels, pf.width, [&](int64_t c, int64_t w) {
+      row[w * pf.channels + c] = static_cast<acc_t>(x[c * plane + h * pf.width + w]);
+    });
   }
 }
 
@@ -478,7 +494,7 @@ bool by_positions(const PaddedConv& pc, int64_t channels, int64_t positions, int
          (channels + kPanelRows - 1) / kPanelRows * kPanelRows * padded_cols<acc_t>(channel_columns) * pc.depth();
 }
 
-// Whether the forward goes by positions (positions_gemm), for stride 1 and column stride 2.
+// Whether the forward goes by positions (positions_gemm): column stride 1 or 2, any row stride.
 // Stride 2 by channels built im2col: one thread, 64 -> 128 channels, 3x3, padding 1, 28x28
 // inputs, batch 32, the forward took 12.6 ms that way (torch: 9.0).
 template <typename acc_t>
@@ -924,13 +940,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
               // dy^T in panels of kPanelCols channels, [k / width][p][k % width]: a tile's
               // gradients are one stream (4% faster than rows of ldk).
               constexpr int64_t width = kPanelCols<acc_t>;
-              for (int64_t k0 = 0; k0 < out_channels; k0 += width) {
-                const int64_t count = std::min(width, out_channels - k0);
-                for (int64_t p = 0; p < positions; ++p) {
-                  acc_t* panel_row = dy_t.data() + (k0 * positions + p * width);
-                  for (int64_t j = 0; j < count; ++j) panel_row[j] = dy[(k0 + j) * ldc + p];
-                }
-              }
+              for_transpose_blocks(out_channels, positions, [&](int64_t k, int64_t p) {
+                dy_t[(k / width * positions + p) * width + k % width] = dy[k * ldc + p];
+              });
               const bool finite = all_finite(dy.data(), out_channels * ldc);  // zeros past each plane
               fill_padded_channels_last(xp + x_offset, pf, padded_x.data());
               weight_grad_by_taps_best_isa(pf, tap_outputs, padded_x.data(), dy_t.data(), out_channels, finite,
