@@ -879,7 +879,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
                                                             : panels_size(in_channels, pc.depth());
   // grad_weight^T = patches x dy^T, by taps from a padded channels-last copy of the input
   // (weight_grad_by_taps), any stride. With the patches built by im2col, which forms every product
-  // with the padding, stride 2 took 1.1x torch's time.
+  // with the padding, the backward of a stride-2 layer (64 -> 128 channels, 3x3, 28x28, batch 32,
+  // one thread) took 25.7 ms; by taps 23.1 (torch: 22.4-24.0).
   const PaddedConv pf = padded_forward(g);
   const TapOutputs tap_outputs = need_weight ? TapOutputs(pf, kPanelCols<acc_t>) : TapOutputs();
   const std::vector<acc_t> transposed =
