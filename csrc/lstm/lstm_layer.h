@@ -1,11 +1,12 @@
 #pragma once
 // One LSTM layer (one direction) over a whole sequence, forward and backward through time: the
 // loop, shared by the CPU and CUDA ops, which pass in their GEMMs and pointwise kernels.
-// As haste does: one GEMM for the input projections of all time steps, then per step the
-// recurrent GEMM (accumulated into that step's gates) and the fused pointwise kernel, which adds
-// the bias. Backward: per step the fused pointwise backward and one GEMM for dh; after the loop
-// one GEMM for the input gradient and one for both weight gradients (two for short sequences),
-// the bias gradient as a reduction.
+// As haste does: one GEMM for the input projections of all time steps (or, where the device
+// asks for it, each step's just before that step), then per step the recurrent GEMM (accumulated
+// into that step's gates) and the fused pointwise kernel, which adds the bias. Backward: per step
+// the fused pointwise backward and one GEMM for dh; after the loop one GEMM for the input
+// gradient and one for both weight gradients (two for short sequences), the bias gradient as a
+// reduction.
 #include <ATen/OpMathType.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
@@ -36,6 +37,9 @@ namespace fastnets {
 //     when that pays, or when BLAS's results would depend on the thread count);
 //   void multiply(const at::Tensor& a, const Right& b, at::Tensor& c, bool accumulate):
 //     c (+)= a b, c with unit column stride;
+//   bool project_per_step(const LstmSteps& steps, const at::Tensor& gates): whether the forward
+//     projects each step's inputs just before its recurrent GEMM, which then adds to gates still
+//     in cache, instead of all steps' in one GEMM first;
 //   void forward(at::Tensor& gates, const at::Tensor& bias, const at::Tensor& c_prev, at::Tensor& c,
 //                at::Tensor& h, const at::Tensor& c_copy, const at::Tensor& h_copy): gates (B, 4H)
 //     plus bias (4H, in the opmath dtype: float for 16-bit types) the pre-activations, activated
@@ -197,8 +201,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   } else {
     bias = at::zeros({4 * hidden}, input.options().dtype(opmath));
   }
-  device.multiply(input.contiguous().view({total, features}), device.prepare(w_ih.t(), total, total), gates,
-                  false);
+  const at::Tensor flat_input = input.contiguous().view({total, features});
+  const bool per_step = device.project_per_step(steps, gates);
+  if (!per_step) device.multiply(flat_input, device.prepare(w_ih.t(), total, total), gates, false);
+  using Right = decltype(device.prepare(w_ih, 0, 0));
+  const Right w_ih_t = per_step ? device.prepare(w_ih.t(), total, steps.fewest()) : Right{};
   at::Tensor output = at::empty({total, hidden}, input.options());
   at::Tensor cell_states = at::empty({total, hidden}, input.options());
   const at::Tensor h_first = h0.contiguous(), c_first = c0.contiguous();
@@ -224,6 +231,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
       c_final.emplace_back(h.size(0), steps.at_step(cell_states, step - 1, reverse).narrow(0, h.size(0), ended));
     }
     at::Tensor step_gates = steps.at_step(gates, step, reverse);
+    if (per_step) device.multiply(steps.at_step(flat_input, step, reverse), w_ih_t, step_gates, false);
     device.multiply(h, w_hh_t, step_gates, true);
     at::Tensor step_c = steps.at_step(cell_states, step, reverse), step_h = steps.at_step(output, step, reverse);
     const bool last = finals_by_last_step && step == steps.steps() - 1;
