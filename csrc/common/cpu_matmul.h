@@ -62,7 +62,9 @@ namespace cpu_matmul_detail {
 // ends); a larger request, or one while all are in use, gets its own allocation.
 inline at::Tensor packing_scratch(int64_t numel, at::ScalarType dtype) {
   constexpr int64_t kScratchBytes = int64_t(32) << 20;
-  constexpr size_t kBuffers = 2;  // a product's two packed operands (the LSTM frees w_hh's copy before)
+  // A product's two packed operands; or the LSTM forward's two weights, used through its loop
+  // while its left-hand operands (rows of the input and of h) are read in place.
+  constexpr size_t kBuffers = 2;
   thread_local std::array<at::Tensor, kBuffers> buffers;
   const int64_t bytes = numel * static_cast<int64_t>(c10::elementSize(dtype));
   if (bytes > 0 && bytes <= kScratchBytes) {

@@ -129,9 +129,10 @@ void lstm_pointwise_backward_cpu(const at::Tensor& grad_output, const at::Tensor
 constexpr int64_t kTiledMinRows = 32;
 constexpr int64_t kPackedMinRows = 256;
 // The input projections step by step (CpuLstm::project_per_step) where a step's gates fit half
-// of this machine's 1 MB L2 and its GEMMs have the rows to run at full rate: each step's
-// recurrent GEMM then adds to gates just written, instead of to gates that one GEMM for all steps
-// wrote out to memory long before (T 50, 2 threads, ms, one GEMM / per step: B 64 H 512 forward
+// of the development machine's 1 MB L2 (tuned there, on 2 cores: other caches and core counts
+// may want other limits) and its GEMMs have the rows to run at full rate: each step's recurrent
+// GEMM then adds to gates just written, instead of to gates that one GEMM for all steps wrote
+// out to memory long before (T 50, 2 threads, ms, one GEMM / per step: B 64 H 512 forward
 // 65.3-67.8 / 63.6-64.5, B 32 H 512 33.5-34.5 / 33.2-33.7, B 128 H 256 38.4-41.1 / 35.0-40.2;
 // with 1 MB of gates per step it lost: B 128 H 512 143.8-162.8 / 151.5-156.4, B 64 H 1024
 // 286.6-312.1 / 307.0-321.6, B 256 H 512 279.8-296.4 / 286.0-311.8).
@@ -168,8 +169,8 @@ struct CpuLstm {
 
   static bool project_per_step(const LstmSteps& steps, const at::Tensor& gates) {
     const int64_t step_bytes = steps.batch * gates.size(1) * static_cast<int64_t>(gates.element_size());
-    return cpu_matmul_supports(gates.scalar_type()) && steps.fewest() >= kPerStepProjectionMinRows &&
-           step_bytes <= kPerStepProjectionMaxBytes;
+    return cpu_matmul_supports(gates.scalar_type()) && steps.steps() > 0 &&
+           steps.fewest() >= kPerStepProjectionMinRows && step_bytes <= kPerStepProjectionMaxBytes;
   }
 
   static constexpr auto forward = lstm_pointwise_forward_cpu;

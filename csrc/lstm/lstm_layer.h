@@ -201,9 +201,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   } else {
     bias = at::zeros({4 * hidden}, input.options().dtype(opmath));
   }
-  const at::Tensor flat_input = input.contiguous().view({total, features});
+  at::Tensor flat_input = input.contiguous().view({total, features});
   const bool per_step = device.project_per_step(steps, gates);
-  if (!per_step) device.multiply(flat_input, device.prepare(w_ih.t(), total, total), gates, false);
+  if (!per_step) {
+    device.multiply(flat_input, device.prepare(w_ih.t(), total, total), gates, false);
+    flat_input.reset();  // a copy, where the input was not contiguous: not kept through the loop
+  }
   using Right = decltype(device.prepare(w_ih, 0, 0));
   const Right w_ih_t = per_step ? device.prepare(w_ih.t(), total, steps.fewest()) : Right{};
   at::Tensor output = at::empty({total, hidden}, input.options());
