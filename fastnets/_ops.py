@@ -433,16 +433,18 @@ def _lstm_layer_fake(input, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=Fa
 
 @torch.library.register_fake("fastnets::lstm_layer_backward")
 def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates,
-                              cell_states, reverse=False, output_mask=(True, True, True), cudnn_tf32=False,
+                              cell_states, reverse=False, output_mask=(True, True, True, True), cudnn_tf32=False,
                               batch_sizes=None):
-    # any of the three gradients may be None; the gradients output_mask leaves out are empty
-    none = input.new_empty(0)
-    wanted_input, wanted_weights, wanted_bias = output_mask
-    return (torch.empty_like(input, memory_format=torch.contiguous_format) if wanted_input else none,
-            h0.new_empty(h0.shape), c0.new_empty(c0.shape),
-            w_ih.new_empty(w_ih.shape) if wanted_weights else none,
-            w_hh.new_empty(w_hh.shape) if wanted_weights else none,
-            w_ih.new_empty(w_ih.shape[0]) if wanted_bias else none)
+    # any of the three gradients may be None; the gradients output_mask leaves out are empty, one
+    # tensor apiece (an op's outputs do not alias each other)
+    def none():
+        return input.new_empty(0)
+    wanted_input, wanted_weights, wanted_bias, wanted_states = output_mask
+    return (torch.empty_like(input, memory_format=torch.contiguous_format) if wanted_input else none(),
+            h0.new_empty(h0.shape) if wanted_states else none(), c0.new_empty(c0.shape) if wanted_states else none(),
+            w_ih.new_empty(w_ih.shape) if wanted_weights else none(),
+            w_hh.new_empty(w_hh.shape) if wanted_weights else none(),
+            w_ih.new_empty(w_ih.shape[0]) if wanted_bias else none())
 
 
 def _lstm_layer_setup_context(ctx, inputs, output):
@@ -461,7 +463,7 @@ def _lstm_layer_backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _gra
         return (None,) * 10
     needs = ctx.needs_input_grad
     has_b_ih, has_b_hh = ctx.has_bias
-    mask = [needs[0], needs[3] or needs[4], (has_b_ih and needs[5]) or (has_b_hh and needs[6])]
+    mask = [needs[0], needs[3] or needs[4], (has_b_ih and needs[5]) or (has_b_hh and needs[6]), needs[1] or needs[2]]
     grads = ops.lstm_layer_backward(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates,
                                     cell_states, ctx.reverse, mask, ctx.cudnn_tf32, batch_sizes)
     grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = grads

@@ -356,7 +356,7 @@ def test_opcheck(device):
                    output, gates, cells, False))
     check_opcheck(ops.lstm_layer_backward.default,
                   (None, torch.randn_like(h_n), None, x, h0, c0, w_ih, w_hh, output, gates, cells, True,
-                   [True, True, True], True))
+                   [True, True, True, False], True))
     packed, sizes = make(6, 5), torch.tensor([3, 2, 1])  # steps of 3, 2 and 1 sequences
     args = (packed.detach().requires_grad_(), h0, c0.detach().requires_grad_(), w_ih, w_hh, b, b)
     for reverse in (False, True):
@@ -364,7 +364,7 @@ def test_opcheck(device):
         output, h_n, c_n, gates, cells = ops.lstm_layer(packed, h0, c0, w_ih, w_hh, b, b, reverse, True, sizes)
         check_opcheck(ops.lstm_layer_backward.default,
                       (torch.randn_like(output), torch.randn_like(h_n), None, packed, h0, c0, w_ih, w_hh, output,
-                       gates, cells, reverse, [True, True, False], True, sizes))
+                       gates, cells, reverse, [True, True, False, True], True, sizes))
     check_opcheck(ops.matmul.default, (make(7, 5), make(5, 9)))
 
 
@@ -659,9 +659,40 @@ def test_gradients_not_needed_are_not_computed_and_the_rest_match_torch():
     w_ih, w_hh = torch.randn(20, 6, dtype=torch.float64), torch.randn(20, 5, dtype=torch.float64)
     h0 = torch.zeros(3, 5, dtype=torch.float64)
     output, h_n, c_n, gates, cells = ops.lstm_layer(x, h0, h0, w_ih, w_hh)
-    grad_input, _, _, grad_w_ih, grad_w_hh, grad_bias = ops.lstm_layer_backward(
-        torch.ones_like(output), None, None, x, h0, h0, w_ih, w_hh, output, gates, cells, False, [False, True, False])
+    grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = ops.lstm_layer_backward(
+        torch.ones_like(output), None, None, x, h0, h0, w_ih, w_hh, output, gates, cells, False,
+        [False, True, False, False])
     assert grad_input.numel() == 0 and grad_bias.numel() == 0 and grad_w_ih.shape == (20, 6)
+    assert grad_h0.numel() == 0 and grad_c0.numel() == 0
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_initial_states_gradient_only_where_wanted(device, steps):
+    """Without the initial states' gradient the first step's GEMM for dh is left out (an
+    LSTMCell's backward with states that need no gradient: one GEMM of five); the other
+    gradients are the same bits as with it, and the states' gradient, when wanted, matches torch."""
+    torch.manual_seed(0)
+    x = torch.randn(steps, 5, 6, dtype=torch.float64, device=device)
+    h0, c0 = (torch.randn(5, 7, dtype=torch.float64, device=device) for _ in range(2))
+    w_ih = torch.randn(28, 6, dtype=torch.float64, device=device)
+    w_hh = torch.randn(28, 7, dtype=torch.float64, device=device)
+    output, h_n, c_n, gates, cells = ops.lstm_layer(x, h0, c0, w_ih, w_hh)
+    grad_output, grad_h_n = torch.randn_like(output), torch.randn_like(h_n)
+    results = {wanted: ops.lstm_layer_backward(grad_output, grad_h_n, None, x, h0, c0, w_ih, w_hh, output, gates,
+                                               cells, False, [True, True, True, wanted])
+               for wanted in (False, True)}
+    assert results[False][1].numel() == 0 and results[False][2].numel() == 0
+    for index in (0, 3, 4, 5):
+        assert torch.equal(results[False][index], results[True][index])
+    reference = torch.nn.LSTM(6, 7, bias=False).double().to(device)
+    with torch.no_grad():
+        reference.weight_ih_l0.copy_(w_ih)
+        reference.weight_hh_l0.copy_(w_hh)
+    states = (h0[None].clone().requires_grad_(), c0[None].clone().requires_grad_())
+    ref_output, (ref_h_n, _) = reference(x, states)
+    torch.autograd.backward([ref_output, ref_h_n], [grad_output, grad_h_n[None]])
+    torch.testing.assert_close(results[True][1], states[0].grad[0])
+    torch.testing.assert_close(results[True][2], states[1].grad[0])
 
 
 def test_drop_in_extras():

@@ -190,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& grad_c_n, const at::Tensor& input,
     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cell_states, bool reverse,
-    std::array<bool, 3> output_mask, bool /*cudnn_tf32*/,
+    std::array<bool, 4> output_mask, bool /*cudnn_tf32*/,
     const std::optional<at::Tensor>& batch_sizes) {
   return lstm_layer_backward(CpuLstm{}, grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates,
                              cell_states, reverse, output_mask, batch_sizes);
@@ -217,11 +217,12 @@ TORCH_LIBRARY_FRAGMENT(fastnets, m) {
       "(Tensor output, Tensor h_n, Tensor c_n, Tensor gates, Tensor cell_states)");
   // Backward through time of lstm_layer: the gradients of input, h0, c0, w_ih, w_hh and the bias
   // (b_ih and b_hh alike), from those of output, h_n and c_n (None: zero) and the forward's saved
-  // tensors; output_mask (input, weights, bias) leaves those not wanted uncomputed (empty).
+  // tensors; output_mask (input, weights, bias, initial states) leaves those not wanted
+  // uncomputed (empty).
   m.def(
       "lstm_layer_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor input, Tensor h0, "
       "Tensor c0, Tensor w_ih, Tensor w_hh, Tensor output, Tensor gates, Tensor cell_states, bool reverse=False, "
-      "bool[3] output_mask=[True, True, True], bool cudnn_tf32=False, Tensor? batch_sizes=None) "
+      "bool[4] output_mask=[True, True, True, True], bool cudnn_tf32=False, Tensor? batch_sizes=None) "
       "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_bias)");
 }

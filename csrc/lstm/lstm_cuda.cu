@@ -250,7 +250,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& grad_c_n, const at::Tensor& input,
     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& output, const at::Tensor& gates, const at::Tensor& cell_states, bool reverse,
-    std::array<bool, 3> output_mask, bool cudnn_tf32,
+    std::array<bool, 4> output_mask, bool cudnn_tf32,
     const std::optional<at::Tensor>& batch_sizes) {
   const c10::cuda::CUDAGuard guard(input.device());
   return lstm_layer_backward(CudaLstm{cudnn_tf32}, grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh,

@@ -263,13 +263,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
 // Returns (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias); grad_bias is the
 // gradient of b_ih and of b_hh alike. An undefined gradient of output, h_n or c_n counts as zero
 // (autograd passes none for outputs the loss did not use) and is never materialized.
-// output_mask = (input, weights, bias): the gradients not wanted are not computed (empty tensors).
+// output_mask = (input, weights, bias, initial states h0 and c0): the gradients not wanted are
+// not computed (empty tensors); without the states', the first step's GEMM for dh is left out
+// (a cell's backward: one GEMM of five).
 template <typename Device>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_backward(
     const Device& device, const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
     const std::optional<at::Tensor>& grad_c_n, const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output, const at::Tensor& gates,
-    const at::Tensor& cell_states, bool reverse, std::array<bool, 3> output_mask,
+    const at::Tensor& cell_states, bool reverse, std::array<bool, 4> output_mask,
     const std::optional<at::Tensor>& batch_sizes) {
   // The per-step views and products below are the kernel's own, never seen by autograd: skip its
   // view tracking, a few microseconds of host time per step where the GPU waits on the host.
@@ -317,15 +319,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t last_rows = steps.steps() > 0 ? steps.rows_at(steps.steps() - 1, reverse) : batch;
   at::Tensor grad_h = final_grad(grad_h_n, 0, last_rows), grad_c = final_grad(grad_c_n, 0, last_rows);
   std::vector<std::pair<int64_t, at::Tensor>> grad_h_first, grad_c_first;  // blocks of grad_h0, grad_c0
+  const bool grad_states = output_mask[3];
   {  // w_hh's copy lives through the loop only: the CPU's packing buffer then serves the weight gradients
-    const auto w_hh_right = device.prepare(w_hh, total, steps.fewest());
+    using Right = decltype(device.prepare(w_hh, 0, 0));
+    const Right w_hh_right = steps.steps() > 1 || grad_states ? device.prepare(w_hh, total, steps.fewest()) : Right{};
     for (int64_t step = steps.steps() - 1; step >= 0; --step) {
       const at::Tensor c_prev = steps.entering(saved_c, c_first, step, reverse);
       at::Tensor step_grad_gates = steps.at_step(grad_gates, step, reverse);
       const at::Tensor step_grad_output = grad_out.defined() ? steps.at_step(grad_out, step, reverse) : grad_out;
       device.backward(step_grad_output, grad_h, grad_c, steps.at_step(saved_gates, step, reverse), c_prev,
                       steps.at_step(saved_c, step, reverse), step_grad_gates);
-      device.multiply(step_grad_gates, w_hh_right, grad_h, false);
+      if (step > 0 || grad_states) device.multiply(step_grad_gates, w_hh_right, grad_h, false);
       // grad_h and grad_c now hold the gradients of the state entering this step: the step
       // before's rows, and the initial state's for sequences that started here.
       const int64_t rows = grad_h.size(0), before = step > 0 ? steps.rows_at(step - 1, reverse) : 0;
@@ -344,8 +348,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     grad_h_first.emplace_back(0, grad_h);
     grad_c_first.emplace_back(0, grad_c);
   }
-  const at::Tensor none = at::empty({0}, input.options());
-  at::Tensor grad_input = none, grad_w_ih = none, grad_w_hh = none;
+  // An empty tensor apiece for the gradients not wanted: an op's outputs must not alias each other.
+  const auto none = [&input] { return at::empty({0}, input.options()); };
+  at::Tensor grad_input = none(), grad_w_ih = none(), grad_w_hh = none();
   if (output_mask[0]) {
     grad_input = at::empty({total, features}, input.options());
     device.multiply(grad_gates, device.prepare(w_ih, total, total), grad_input, false);
@@ -387,11 +392,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     }
   }
   return {grad_input,
-          assemble_rows(std::move(grad_h_first), /*owned=*/true),  // the running gradients' buffers
-          assemble_rows(std::move(grad_c_first), /*owned=*/true),
+          grad_states ? assemble_rows(std::move(grad_h_first), /*owned=*/true) : none(),  // the running
+          grad_states ? assemble_rows(std::move(grad_c_first), /*owned=*/true) : none(),  // gradients' buffers
           grad_w_ih,
           grad_w_hh,
-          output_mask[2] ? grad_gates.sum(0) : none};
+          output_mask[2] ? grad_gates.sum(0) : none()};
 }
 
 }  // namespace fastnets
