@@ -669,8 +669,9 @@ def test_gradients_not_needed_are_not_computed_and_the_rest_match_torch():
 @pytest.mark.parametrize("steps", [1, 4])
 def test_initial_states_gradient_only_where_wanted(device, steps):
     """Without the initial states' gradient the first step's GEMM for dh is left out (an
-    LSTMCell's backward with states that need no gradient: one GEMM of five); the other
-    gradients are the same bits as with it, and the states' gradient, when wanted, matches torch."""
+    LSTMCell's backward with states that need no gradient: one GEMM of its four); the other
+    gradients are the same bits as with it (packed sequences and the reverse direction too), and
+    the states' gradient, when wanted, matches torch."""
     torch.manual_seed(0)
     x = torch.randn(steps, 5, 6, dtype=torch.float64, device=device)
     h0, c0 = (torch.randn(5, 7, dtype=torch.float64, device=device) for _ in range(2))
@@ -693,6 +694,17 @@ def test_initial_states_gradient_only_where_wanted(device, steps):
     torch.autograd.backward([ref_output, ref_h_n], [grad_output, grad_h_n[None]])
     torch.testing.assert_close(results[True][1], states[0].grad[0])
     torch.testing.assert_close(results[True][2], states[1].grad[0])
+
+    sizes = torch.tensor([3] + [1] * (steps + 1))  # two sequences of one step, one of steps + 2
+    packed = torch.randn(steps + 4, 6, dtype=torch.float64, device=device)
+    for reverse in (False, True):
+        output, h_n, c_n, gates, cells = ops.lstm_layer(packed, h0[:3], c0[:3], w_ih, w_hh, None, None, reverse,
+                                                        False, sizes)
+        grads = [ops.lstm_layer_backward(torch.ones_like(output), h_n, c_n, packed, h0[:3], c0[:3], w_ih, w_hh,
+                                         output, gates, cells, reverse, [True, True, True, wanted], False, sizes)
+                 for wanted in (False, True)]
+        for index in (0, 3, 4, 5):
+            assert torch.equal(grads[0][index], grads[1][index])
 
 
 def test_drop_in_extras():

@@ -265,7 +265,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
 // (autograd passes none for outputs the loss did not use) and is never materialized.
 // output_mask = (input, weights, bias, initial states h0 and c0): the gradients not wanted are
 // not computed (empty tensors); without the states', the first step's GEMM for dh is left out
-// (a cell's backward: one GEMM of five).
+// (a cell's backward: one GEMM of its four, or of three where its rows outnumber input and
+// hidden size together and one GEMM takes both weight gradients).
 template <typename Device>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_backward(
     const Device& device, const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
@@ -322,7 +323,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const bool grad_states = output_mask[3];
   {  // w_hh's copy lives through the loop only: the CPU's packing buffer then serves the weight gradients
     using Right = decltype(device.prepare(w_hh, 0, 0));
-    const Right w_hh_right = steps.steps() > 1 || grad_states ? device.prepare(w_hh, total, steps.fewest()) : Right{};
+    const bool recurrent_gemms = steps.steps() > 1 || (grad_states && steps.steps() > 0);
+    const Right w_hh_right = recurrent_gemms ? device.prepare(w_hh, total, steps.fewest()) : Right{};
     for (int64_t step = steps.steps() - 1; step >= 0; --step) {
       const at::Tensor c_prev = steps.entering(saved_c, c_first, step, reverse);
       at::Tensor step_grad_gates = steps.at_step(grad_gates, step, reverse);
@@ -331,7 +333,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                       steps.at_step(saved_c, step, reverse), step_grad_gates);
       if (step > 0 || grad_states) device.multiply(step_grad_gates, w_hh_right, grad_h, false);
       // grad_h and grad_c now hold the gradients of the state entering this step: the step
-      // before's rows, and the initial state's for sequences that started here.
+      // before's rows, and the initial state's for sequences that started here (grad_h at the
+      // first step only where the states' gradient is wanted).
       const int64_t rows = grad_h.size(0), before = step > 0 ? steps.rows_at(step - 1, reverse) : 0;
       if (step == 0 || rows > before) {
         grad_h_first.emplace_back(before, grad_h.narrow(0, before, rows - before));
