@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "common/cpu_isa.h"
+#include "common/cpu_scan.h"
 #include "common/macros.h"
 #include "conv/conv_shape.h"
 #include "common/cpu_gemm.h"
@@ -226,16 +227,10 @@ std::vector<int64_t> tap_offsets(const PaddedConv& pc, DepthOrder order) {
   return offsets;
 }
 
-// Whether every value is finite. The products skipped for reading zero padding would be 0 x
-// value, zeros only where the value is finite: with an inf or NaN weight (for the forward) or
-// gradient (for grad_weight) every product is taken, and the NaN spreads as it does in torch's
-// float64 convolution, whose im2col holds the zeros.
-template <typename acc_t>
-bool all_finite(const acc_t* values, int64_t count) {
-  int not_finite = 0;  // x - x is 0 for finite x, NaN for inf and NaN; an int OR vectorizes
-  for (int64_t i = 0; i < count; ++i) not_finite |= !(values[i] - values[i] == acc_t(0));
-  return not_finite == 0;
-}
+// The products skipped for reading zero padding would be 0 x value, zeros only where the value
+// is finite (all_finite): with an inf or NaN weight (for the forward) or gradient (for
+// grad_weight) every product is taken, and the NaN spreads as it does in torch's float64
+// convolution, whose im2col holds the zeros.
 
 // Products by output positions instead (column stride 1 or 2, any row stride): tiles of a run
 // of up to kRowTilePositions positions of one output row x Tile::kCols channels, the positions'

@@ -37,6 +37,9 @@ namespace fastnets {
 //     when that pays, or when BLAS's results would depend on the thread count);
 //   void multiply(const at::Tensor& a, const Right& b, at::Tensor& c, bool accumulate):
 //     c (+)= a b, c with unit column stride;
+//   bool zero_state_products(const at::Tensor& h0, const at::Tensor& w_hh): whether h0 w_hh^T is
+//     known to be exactly zero (h0 all zeros, w_hh finite), so that the first step leaves its
+//     recurrent GEMM out (a device that would have to wait to read the values says false);
 //   bool project_per_step(const LstmSteps& steps, const at::Tensor& gates): whether the forward
 //     projects each step's inputs just before its recurrent GEMM, which then adds to gates still
 //     in cache, instead of all steps' in one GEMM first;
@@ -213,6 +216,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   at::Tensor cell_states = at::empty({total, hidden}, input.options());
   const at::Tensor h_first = h0.contiguous(), c_first = c0.contiguous();
   const auto w_hh_t = device.prepare(w_hh.t(), total, steps.fewest());
+  // The usual zero initial state (nn.LSTM without hx): the first step's recurrent GEMM would add
+  // zeros (a gate of exactly -0 then stays -0 where the GEMM would make it +0).
+  const bool zero_first_products = steps.steps() > 0 && device.zero_state_products(h_first, w_hh);
   // The final states: per sequence, its last step's (packed sequences end at different steps).
   // A padded batch's are the last step's, which its pointwise pass writes twice rather than
   // copies after the loop: two launches fewer per call on CUDA, where an LSTMCell's whole step
@@ -235,7 +241,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     }
     at::Tensor step_gates = steps.at_step(gates, step, reverse);
     if (per_step) device.multiply(steps.at_step(flat_input, step, reverse), w_ih_t, step_gates, false);
-    device.multiply(h, w_hh_t, step_gates, true);
+    if (step > 0 || !zero_first_products) device.multiply(h, w_hh_t, step_gates, true);
     at::Tensor step_c = steps.at_step(cell_states, step, reverse), step_h = steps.at_step(output, step, reverse);
     const bool last = finals_by_last_step && step == steps.steps() - 1;
     device.forward(step_gates, bias, c, step_c, step_h, last ? c_n : at::Tensor(), last ? h_n : at::Tensor());
