@@ -228,9 +228,9 @@ std::vector<int64_t> tap_offsets(const PaddedConv& pc, DepthOrder order) {
 }
 
 // The products skipped for reading zero padding would be 0 x value, zeros only where the value
-// is finite (all_finite): with an inf or NaN weight (for the forward) or gradient (for
-// grad_weight) every product is taken, and the NaN spreads as it does in torch's float64
-// convolution, whose im2col holds the zeros.
+// is finite (all_finite, common/cpu_scan.h): with an inf or NaN weight (for the forward) or
+// gradient (for grad_weight) every product is taken, and the NaN spreads as it does in torch's
+// float64 convolution, whose im2col holds the zeros.
 
 // Products by output positions instead (column stride 1 or 2, any row stride): tiles of a run
 // of up to kRowTilePositions positions of one output row x Tile::kCols channels, the positions'

@@ -170,16 +170,19 @@ struct CpuLstm {
 
   // A scan of h0 and, where it is all zeros, of w_hh (B64 H512, by AVX-512: 0.05 ms, against
   // 0.6-1.2 ms for the GEMM it saves; compiled for the baseline, 0.14 ms).
+  // h0 is contiguous (lstm_layer_forward's copy); w_hh is copied only where h0 is all zeros.
   static bool zero_state_products(const at::Tensor& h0, const at::Tensor& w_hh) {
-    if (!cpu_matmul_supports(h0.scalar_type()) || !h0.is_contiguous()) return false;
+    if (!cpu_matmul_supports(h0.scalar_type())) return false;
     bool zero = false;
     AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "fastnets::zero_state_products", [&] {
-      const at::Tensor w = w_hh.contiguous();
       const scalar_t* h_values = h0.const_data_ptr<scalar_t>();
+      const int64_t h_count = h0.numel();
+      call_with_best_isa([&]() FASTNETS_INLINE_LAMBDA { zero = all_zero(h_values, h_count); });
+      if (!zero) return;
+      const at::Tensor w = w_hh.contiguous();
       const scalar_t* w_values = w.const_data_ptr<scalar_t>();
-      call_with_best_isa([&]() FASTNETS_INLINE_LAMBDA {
-        zero = all_zero(h_values, h0.numel()) && all_finite(w_values, w.numel());
-      });
+      const int64_t w_count = w.numel();
+      call_with_best_isa([&]() FASTNETS_INLINE_LAMBDA { zero = all_finite(w_values, w_count); });
     });
     return zero;
   }
