@@ -31,6 +31,7 @@ namespace fastnets {
 
 // What a device provides (lstm.cpp, lstm_cuda.cu), as members of a class whose object the loops
 // below are given (it may hold the GEMMs' settings):
+//   Right (a type; default-constructed: no operand) and
 //   Right prepare(const at::Tensor& b, int64_t rows, int64_t fewest): a right-hand GEMM operand
 //     (depth x cols) made ready for the products below with `rows` rows of left-hand operands in
 //     all, `fewest` in the smallest product (the CPU copies it into the layout of its tiled GEMM
@@ -210,7 +211,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     device.multiply(flat_input, device.prepare(w_ih.t(), total, total), gates, false);
     flat_input.reset();  // a copy, where the input was not contiguous: not kept through the loop
   }
-  using Right = decltype(device.prepare(w_ih, 0, 0));
+  using Right = typename Device::Right;
   const Right w_ih_t = per_step ? device.prepare(w_ih.t(), total, steps.fewest()) : Right{};
   at::Tensor output = at::empty({total, hidden}, input.options());
   at::Tensor cell_states = at::empty({total, hidden}, input.options());
@@ -328,7 +329,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   std::vector<std::pair<int64_t, at::Tensor>> grad_h_first, grad_c_first;  // blocks of grad_h0, grad_c0
   const bool grad_states = output_mask[3];
   {  // w_hh's copy lives through the loop only: the CPU's packing buffer then serves the weight gradients
-    using Right = decltype(device.prepare(w_hh, 0, 0));
+    using Right = typename Device::Right;
     const bool recurrent_gemms = steps.steps() > 1 || (grad_states && steps.steps() > 0);
     const Right w_hh_right = recurrent_gemms ? device.prepare(w_hh, total, steps.fewest()) : Right{};
     for (int64_t step = steps.steps() - 1; step >= 0; --step) {
