@@ -41,6 +41,10 @@ GEOMETRIES = [
     (2, 32, 14, 14, 64, (3, 3), (2, 2), (1, 1), (1, 1), 1),
     (2, 40, 11, 12, 64, (3, 3), (1, 2), (2, 1), (2, 1), 2),
     (2, 48, 13, 31, 64, (3, 5), (3, 2), (1, 2), (1, 2), 2),
+    # grad_weight by input channels with partial tiles of input channels (40: 16 + 16 + 8 with
+    # AVX-512's tiles) and of output channels, and the same strided and dilated (24: 16 + 8)
+    (2, 40, 7, 9, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (2, 24, 9, 8, 6, (3, 2), (2, 1), (1, 1), (2, 1), 1),
 ]
 
 

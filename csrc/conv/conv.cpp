@@ -9,8 +9,9 @@
 // (padded_gemm, stride 1) or output positions as rows.
 // Backward: grad_input = a flipped-kernel convolution of the padded gradient for stride 1
 // (channels or positions as rows, alike), else (and where the padding is wider than the kernel's
-// reach, or by channels with inf or NaN weights) col2im(W^T dy), per image; grad_weight by taps
-// from a padded channels-last copy of the input (weight_grad_by_taps), any stride.
+// reach, or by channels with inf or NaN weights) col2im(W^T dy), per image; grad_weight from a
+// padded channels-last copy of the input, any stride, by taps or by input channels
+// (weight_grad_by_taps, weight_grad_by_channels).
 // grad_weight and grad_bias are summed per image into kWeightGradChunks fixed chunks of the
 // batch, then the chunks in order: the same bits for any thread count. The fused layer's weight
 // and bias gradients go by the pool's active winners instead where most of the convolution's
@@ -352,12 +353,12 @@ __attribute__((noinline)) void positions_gemm_best_isa(const PaddedConv& pc, int
 // dense product does.
 struct TapOutputs {
   // Per list, per output (oh, ow) in order: the offset of its padded position (oh * stride_h *
-  // padded_w + ow * stride_w) in the channels-last input, and its row p * kPanelCols of dy^T's
-  // panels. Lists 0 to kernel_w - 1 hold the outputs that kernel column s reads the source for,
-  // list kernel_w all.
+  // padded_w + ow * stride_w) in the channels-last input, and where its gradients start in dy^T,
+  // p * gradient_stride (p = oh * out_w + ow). Lists 0 to kernel_w - 1 hold the outputs that kernel
+  // column s reads the source for, list kernel_w all.
   std::vector<int64_t> input, gradient, start, per_row;
   TapOutputs() = default;
-  TapOutputs(const PaddedConv& pf, int64_t panel_cols) {
+  TapOutputs(const PaddedConv& pf, int64_t gradient_stride) {
     for (int64_t s = 0; s <= pf.kernel_w; ++s) {
       const auto [first, last] =
           s < pf.kernel_w ? pf.outputs_reading_source_column(s, 0, pf.out_w) : std::pair<int64_t, int64_t>(0, pf.out_w);
@@ -366,7 +367,7 @@ struct TapOutputs {
       for (int64_t oh = 0; oh < pf.out_h; ++oh) {
         for (int64_t ow = first; ow < last; ++ow) {
           input.push_back((oh * pf.stride_h * pf.padded_w + ow * pf.stride_w) * pf.channels);
-          gradient.push_back((oh * pf.out_w + ow) * panel_cols);
+          gradient.push_back((oh * pf.out_w + ow) * gradient_stride);
         }
       }
     }
@@ -458,6 +459,83 @@ __attribute__((noinline)) void weight_grad_by_taps_best_isa(const PaddedConv& pf
     weight_grad_by_taps<GemmTileFor<acc_t, decltype(isa)::value>>(pf, outputs, padded, dy_panels, channels,
                                                                   skip_padding, sum, ldk);
   });
+}
+
+// grad_weight by input channels (any stride): grad_weight[k][d] = sum over outputs p of dy[k][p] x
+// input(d, p), in tiles of Tile::kRows output channels x Tile::kCols input channels of one tap
+// (r, s), d in the depth order by kernel columns. A tile broadcasts dy^T's values (rows of ldk,
+// [p][k]) and loads the tap's channels of one output as vectors from the padded channels-last
+// input, which then stays in L1 across the tiles of every output channel; by taps, each tile
+// streams a panel of dy^T instead. It takes the outputs of weight_grad_by_taps' one-tap tiles
+// (TapOutputs), in the same order and depth blocks: where a group's channels are a multiple of
+// kPanelRows, the same bits. Columns past the group's channels read the next position's values
+// (the padded buffer holds kPanelCols values more), computed and dropped.
+template <typename Tile, typename acc_t>
+FASTNETS_ALWAYS_INLINE void weight_grad_by_channels(const PaddedConv& pf, const TapOutputs& outputs,
+                                                    const acc_t* padded, const acc_t* dy_t, int64_t out_channels,
+                                                    bool skip_padding, acc_t* sum, int64_t ld) {
+  for (int64_t s = 0; s < pf.kernel_w; ++s) {
+    for (int64_t r = 0; r < pf.kernel_h; ++r) {
+      const int64_t tap_depth = (s * pf.kernel_h + r) * pf.channels;  // of its channel 0
+      const acc_t* tap = padded + pf.tap_offset(r * pf.kernel_w + s) * pf.channels;
+      const int64_t list = skip_padding ? s : pf.kernel_w;
+      const auto [first_row, last_row] =
+          skip_padding ? pf.output_rows_reading_source(r) : std::pair<int64_t, int64_t>(0, pf.out_h);
+      const int64_t first = outputs.start[list] + first_row * outputs.per_row[list];
+      const int64_t last = outputs.start[list] + last_row * outputs.per_row[list];
+      for (int64_t c0 = 0; c0 < pf.channels; c0 += Tile::kCols) {
+        const int64_t cols = std::min<int64_t>(Tile::kCols, pf.channels - c0);
+        for (int64_t d0 = first; d0 < last; d0 += kDepthBlock) {
+          const int64_t* input = outputs.input.data() + d0;
+          const int64_t* gradient = outputs.gradient.data() + d0;
+          const int64_t depth = std::min(kDepthBlock, last - d0);
+          const auto b_row = [&](int64_t p) FASTNETS_INLINE_LAMBDA { return tap + input[p]; };
+          for (int64_t k0 = 0; k0 < out_channels; k0 += Tile::kRows) {
+            const acc_t* dy_rows = dy_t + k0;
+            const auto a_value = [&](int i, int64_t p) FASTNETS_INLINE_LAMBDA { return dy_rows[gradient[p] + i]; };
+            gemm_tile<Tile>(depth, a_value, b_row, c0, sum + k0 * ld + tap_depth + c0, ld,
+                            std::min<int64_t>(Tile::kRows, out_channels - k0), cols, true);
+          }
+        }
+      }
+    }
+  }
+}
+
+// weight_grad_by_channels' tiles: on AVX-512 16 output channels x one vector (a tile's gradients
+// are then one cache line per output) rather than GemmTileFor's 8 x two vectors. At 2 threads those
+// were 2% faster on MNIST's conv2 but 9% slower than by taps on 64 -> 64 channels 3x3 at 28x28
+// (batch 32), where these match by taps.
+template <typename acc_t, CpuIsa kIsa>
+using ChannelsTileFor =
+    std::conditional_t<kIsa == CpuIsa::kAvx512, GemmTile<acc_t, 64, 16, 1>, GemmTileFor<acc_t, kIsa>>;
+
+// weight_grad_by_channels for the best instruction set, compiled once per accumulation type.
+template <typename acc_t>
+__attribute__((noinline)) void weight_grad_by_channels_best_isa(const PaddedConv& pf, const TapOutputs& outputs,
+                                                                const acc_t* padded, const acc_t* dy_t,
+                                                                int64_t out_channels, bool skip_padding, acc_t* sum,
+                                                                int64_t ld) {
+  call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
+    weight_grad_by_channels<ChannelsTileFor<acc_t, decltype(isa)::value>>(pf, outputs, padded, dy_t, out_channels,
+                                                                          skip_padding, sum, ld);
+  });
+}
+
+// Whether grad_weight goes by input channels: where its tiles, padding included, compute no more
+// products than by taps (rows of taps, columns of output channels), rows counted in whole
+// kPanelRows. A few input channels (a first layer's 1 or 3) go by taps, whose tiles span taps.
+// By channels against by taps, one thread (2 threads alike): MNIST's conv2 at batch 64 11.7 ->
+// 11.1-11.6 ms, 32 -> 128 channels 5x5 at 7x7 5.8 -> 5.1, 64 -> 40 channels 3x3 at 20x20 4.7 ->
+// 3.6, stride 2 (64 -> 128, 3x3, 28x28, batch 32) 10.8 -> 10.3; 64 -> 64 and 128 -> 128 channels
+// 3x3 (28x28 and 14x14, batch 32) unchanged within noise.
+template <typename acc_t>
+bool weight_grad_goes_by_channels(const PaddedConv& pf, int64_t out_channels) {
+  const auto round_up = [](int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; };
+  const int64_t by_taps = round_up(pf.depth(), kPanelRows) * padded_cols<acc_t>(out_channels);
+  const int64_t by_channels =
+      pf.kernel_h * pf.kernel_w * round_up(out_channels, kPanelRows) * padded_cols<acc_t>(pf.channels);
+  return by_channels <= by_taps;
 }
 
 // positions_gemm stores each output through a tile buffer, transposed: about the work of this
@@ -872,12 +950,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
   const int64_t x_row = input_grad_by_positions ? g.in_w : pc.padded_w;
   const int64_t flipped_per_group = input_grad_by_positions ? pc.depth() * padded_cols<acc_t>(in_channels)
                                                             : panels_size(in_channels, pc.depth());
-  // grad_weight^T = patches x dy^T, by taps from a padded channels-last copy of the input
-  // (weight_grad_by_taps), any stride. With the patches built by im2col, which forms every product
-  // with the padding, the backward of a stride-2 layer (64 -> 128 channels, 3x3, 28x28, batch 32,
-  // one thread) took 25.7 ms; by taps 23.1 (torch: 22.4-24.0).
+  // grad_weight = dy x patches^T, by channels or (transposed) by taps from a padded channels-last copy
+  // of the input (weight_grad_by_channels, weight_grad_by_taps), any stride. With the patches built by
+  // im2col, which forms every product with the padding, the backward of a stride-2 layer (64 -> 128
+  // channels, 3x3, 28x28, batch 32, one thread) took 25.7 ms; by taps 23.1 (torch: 22.4-24.0).
   const PaddedConv pf = padded_forward(g);
-  const TapOutputs tap_outputs = need_weight ? TapOutputs(pf, kPanelCols<acc_t>) : TapOutputs();
+  const bool weight_by_channels = need_weight && weight_grad_goes_by_channels<acc_t>(pf, out_channels);
+  // dy^T: by channels rows of ldk, [p][k]; by taps panels of kPanelCols channels, [k / width][p][k % width]
+  // (a tile's gradients are one stream: 4% faster than rows of ldk).
+  const TapOutputs tap_outputs =
+      need_weight ? TapOutputs(pf, weight_by_channels ? ldk : kPanelCols<acc_t>) : TapOutputs();
+  const int64_t ld_depth = padded_cols<acc_t>(patch);  // by channels, the weight sums' rows
   const std::vector<acc_t> transposed =
       !need_input ? std::vector<acc_t>()
       : padded_input_grad ? pack_flipped_weight<acc_t>(w.const_data_ptr<scalar_t>(), g, input_grad_by_positions)
@@ -885,10 +968,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
 
   at::Tensor grad_input = need_input ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
   scalar_t* gi = need_input ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
-  // Per chunk: the transposed weight gradient [group][d][k] (d the depth order by kernel columns)
-  // and the bias gradient [channel].
+  // Per chunk: the weight gradient, [group][k][d] by channels, transposed [group][d][k] by taps (d
+  // the depth order by kernel columns), and the bias gradient [channel].
   const int64_t chunks = std::min(g.batch, kWeightGradChunks);
-  const int64_t weight_chunk = need_weight ? g.groups * patch * ldk : 0, bias_chunk = need_bias ? g.out_channels : 0;
+  const int64_t weight_chunk = !need_weight          ? 0
+                               : weight_by_channels ? g.groups * out_channels * ld_depth
+                                                    : g.groups * patch * ldk;
+  const int64_t bias_chunk = need_bias ? g.out_channels : 0;
   std::vector<acc_t> weight_sums(chunks * weight_chunk, acc_t(0));
   // The bias gradient sums whole planes in double (plane_sum), so that it stays within an ulp or so
   // of the exact sum, as PyTorch's pairwise sum does.
@@ -899,7 +985,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
     std::vector<acc_t> col(need_input ? (padded_input_grad ? in_channels * ldx : patch * ldc) : 0);
     std::vector<acc_t> dx(need_input && !padded_input_grad ? in_channels * g.in_plane() : 0);
     std::vector<acc_t> padded(padded_input_grad ? pc.buffer_size<acc_t>() : 0, acc_t(0));
-    std::vector<acc_t> padded_x(need_weight ? pf.padded_h * pf.padded_w * pf.channels : 0, acc_t(0));
+    std::vector<acc_t> padded_x(need_weight ? pf.padded_h * pf.padded_w * pf.channels + kPanelCols<acc_t> : 0,
+                                acc_t(0));
     for (int64_t chunk = first_chunk; chunk < last_chunk; ++chunk) {
       acc_t* weight_sum = weight_sums.data() + chunk * weight_chunk;
       double* bias_sum = bias_sums.data() + chunk * bias_chunk;
@@ -933,16 +1020,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
               for (size_t i = 0; i < dx.size(); ++i) gi[x_offset + i] = static_cast<scalar_t>(dx[i]);
             }
             if (need_weight) {
-              // dy^T in panels of kPanelCols channels, [k / width][p][k % width]: a tile's
-              // gradients are one stream (4% faster than rows of ldk).
               constexpr int64_t width = kPanelCols<acc_t>;
-              for_transpose_blocks(out_channels, positions, [&](int64_t k, int64_t p) {
-                dy_t[(k / width * positions + p) * width + k % width] = dy[k * ldc + p];
-              });
+              if (weight_by_channels) {
+                for_transpose_blocks(out_channels, positions,
+                                     [&](int64_t k, int64_t p) { dy_t[p * ldk + k] = dy[k * ldc + p]; });
+              } else {
+                for_transpose_blocks(out_channels, positions, [&](int64_t k, int64_t p) {
+                  dy_t[(k / width * positions + p) * width + k % width] = dy[k * ldc + p];
+                });
+              }
               const bool finite = all_finite(dy.data(), out_channels * ldc);  // zeros past each plane
               fill_padded_channels_last(xp + x_offset, pf, padded_x.data());
-              weight_grad_by_taps_best_isa(pf, tap_outputs, padded_x.data(), dy_t.data(), out_channels, finite,
-                                           weight_sum + group * patch * ldk, ldk);
+              if (weight_by_channels) {
+                weight_grad_by_channels_best_isa(pf, tap_outputs, padded_x.data(), dy_t.data(), out_channels,
+                                                 finite, weight_sum + group * out_channels * ld_depth, ld_depth);
+              } else {
+                weight_grad_by_taps_best_isa(pf, tap_outputs, padded_x.data(), dy_t.data(), out_channels, finite,
+                                             weight_sum + group * patch * ldk, ldk);
+              }
             }
           });
           if (need_bias) {
@@ -960,7 +1055,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
   const auto [grad_weight, grad_bias] = grads_from_chunks<scalar_t>(
       w, chunks, need_weight, need_bias, weight_sums, weight_chunk,
       [&](int64_t channel, int64_t q) {
-        return (channel / out_channels * patch + depth_of_tap[q]) * ldk + channel % out_channels;
+        return weight_by_channels ? channel * ld_depth + depth_of_tap[q]
+                                  : (channel / out_channels * patch + depth_of_tap[q]) * ldk + channel % out_channels;
       },
       bias_sums);
   return {grad_input, grad_weight, grad_bias};
