@@ -41,10 +41,12 @@ GEOMETRIES = [
     (2, 32, 14, 14, 64, (3, 3), (2, 2), (1, 1), (1, 1), 1),
     (2, 40, 11, 12, 64, (3, 3), (1, 2), (2, 1), (2, 1), 2),
     (2, 48, 13, 31, 64, (3, 5), (3, 2), (1, 2), (1, 2), 2),
-    # grad_weight by input channels with partial tiles of input channels (40: 16 + 16 + 8 with
-    # AVX-512's tiles) and of output channels, and the same strided and dilated (24: 16 + 8)
-    (2, 40, 7, 9, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1),
-    (2, 24, 9, 8, 6, (3, 2), (2, 1), (1, 1), (2, 1), 1),
+    # grad_weight by input channels with partial tiles of input channels (37 and 21: not a multiple
+    # of any instruction set's vector, float32 or float64) and of output channels, strided and
+    # dilated, and with groups (18 channels a group)
+    (2, 37, 7, 9, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    (2, 21, 9, 8, 6, (3, 2), (2, 1), (1, 1), (2, 1), 1),
+    (2, 36, 7, 9, 12, (3, 3), (2, 1), (1, 1), (1, 2), 2),
 ]
 
 
@@ -88,7 +90,7 @@ def test_conv2d_matches_pytorch_float64(device, geometry, with_bias):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("geometry", [GEOMETRIES[i] for i in (0, 1, 6, 10, 13)])
+@pytest.mark.parametrize("geometry", [GEOMETRIES[i] for i in (0, 1, 6, 10, 13, 18)])
 def test_conv2d_lower_precision_within_pytorch_error(device, dtype, geometry):
     x, weight, bias = make(geometry, device=device)
     stride, padding, dilation, groups = arguments(geometry)
@@ -262,7 +264,7 @@ def test_input_gradient_of_a_weight_with_nan_or_inf_as_in_pytorch(bad, geometry)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("geometry", [GEOMETRIES[i] for i in (15, 16, 17)])
 def test_strided_nan_or_inf_spreads_as_in_pytorch(bad, geometry):
-    """Strided layers by positions (the forward) and by taps (grad_weight) leave out the products
+    """Strided layers by positions (the forward) and by channels or by taps (grad_weight) leave out the products
     with the zero padding only for finite factors: with an inf or NaN weight, or gradient for
     grad_weight, every product is taken, as in torch's float64 convolution; grad_input (col2im)
     never forms them, with torch's backward alike."""

@@ -523,8 +523,9 @@ __attribute__((noinline)) void weight_grad_by_channels_best_isa(const PaddedConv
 }
 
 // Whether grad_weight goes by input channels: where its tiles, padding included, compute no more
-// products than by taps (rows of taps, columns of output channels), rows counted in whole
-// kPanelRows. A few input channels (a first layer's 1 or 3) go by taps, whose tiles span taps.
+// products than by taps (rows of taps, columns of output channels), an estimate that counts rows in
+// whole kPanelRows (AVX-512's tiles by channels have 16). A few input channels (a first layer's 1
+// or 3) with a kernel larger than 1x1 go by taps, whose tiles span taps.
 // By channels against by taps, one thread (2 threads alike): MNIST's conv2 at batch 64 11.7 ->
 // 11.1-11.6 ms, 32 -> 128 channels 5x5 at 7x7 5.8 -> 5.1, 64 -> 40 channels 3x3 at 20x20 4.7 ->
 // 3.6, stride 2 (64 -> 128, 3x3, 28x28, batch 32) 10.8 -> 10.3; 64 -> 64 and 128 -> 128 channels
