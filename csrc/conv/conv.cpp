@@ -1109,6 +1109,37 @@ bool by_winners(const Conv2dGeometry& g, const ConvPoolGeometry& pool) {
   return g.group_in_channels() >= kMinWinnerChannels && kWinnerSparsity * pool.out_h * pool.out_w <= g.out_plane();
 }
 
+// Calls visit(o, oh, ow) for each pooled output o of one plane whose winner (argmax, one byte
+// per output) is active, in row-major order, (oh, ow) the convolution output the winner sits at.
+// The winner's row and column in its window come from a table: four 64-bit divisions per pooled
+// output took about a sixth of the fused layer's input gradient (MNIST's conv2, batch 64).
+class ActiveWinners {
+ public:
+  explicit ActiveWinners(const ConvPoolGeometry& pool) : pool_(pool) {
+    for (int64_t t = 0; t < pool.kernel_h * pool.kernel_w; ++t) {
+      window_row_.push_back(t / pool.kernel_w);
+      window_col_.push_back(t % pool.kernel_w);
+    }
+  }
+  template <typename Visit>
+  FASTNETS_ALWAYS_INLINE void for_each(const uint8_t* winners, const Visit& visit) const {
+    const int64_t taps = static_cast<int64_t>(window_row_.size());
+    for (int64_t ph = 0, o = 0; ph < pool_.out_h; ++ph) {
+      for (int64_t pw = 0; pw < pool_.out_w; ++pw, ++o) {
+        const uint8_t winner = winners[o];
+        if (winner & kReluInactive) continue;
+        TORCH_CHECK(winner < taps, "argmax holds ", static_cast<int>(winner), ", not a position in a ", pool_.kernel_h,
+                    "x", pool_.kernel_w, " window");
+        visit(o, ph * pool_.stride_h + window_row_[winner], pw * pool_.stride_w + window_col_[winner]);
+      }
+    }
+  }
+
+ private:
+  ConvPoolGeometry pool_;
+  std::vector<int64_t> window_row_, window_col_;
+};
+
 // One image's winners of one output channel: where each one's patch starts in the padded
 // channels-last input, and its gradient.
 template <typename acc_t>
@@ -1198,6 +1229,7 @@ std::pair<at::Tensor, at::Tensor> conv_relu_pool2d_weight_grads_by_winners(
     tap_offsets[t] = (t / g.kernel_w * g.dilation_h * padded_w + t % g.kernel_w * g.dilation_w) * channels;
   }
 
+  const ActiveWinners active_winners(pool);
   at::parallel_for(0, chunks, 1, [&](int64_t first_chunk, int64_t last_chunk) {
     std::vector<acc_t> x_padded(need_weight ? padded_size : 0, acc_t(0));  // the padding stays zero
     Winners<acc_t> winners{std::vector<int64_t>(pooled), std::vector<acc_t>(pooled)};
@@ -1218,18 +1250,12 @@ std::pair<at::Tensor, at::Tensor> conv_relu_pool2d_weight_grads_by_winners(
             const int64_t channel = group * out_channels + k, plane = (n * g.out_channels + channel) * pooled;
             winners.count = 0;
             double bias = 0.0;
-            for (int64_t o = 0; o < pooled; ++o) {
-              const uint8_t winner = ap[plane + o];
-              if (winner & kReluInactive) continue;
-              TORCH_CHECK(winner < pool.kernel_h * pool.kernel_w, "argmax holds ", static_cast<int>(winner),
-                          ", not a position in a ", pool.kernel_h, "x", pool.kernel_w, " window");
-              const int64_t oh = o / pool.out_w * pool.stride_h + winner / pool.kernel_w;
-              const int64_t ow = o % pool.out_w * pool.stride_w + winner % pool.kernel_w;
+            active_winners.for_each(ap + plane, [&](int64_t o, int64_t oh, int64_t ow) {
               winners.start[winners.count] = (oh * g.stride_h * padded_w + ow * g.stride_w) * channels;
               winners.grad[winners.count] = static_cast<acc_t>(dyp[plane + o]);
               bias += static_cast<double>(winners.grad[winners.count]);
               ++winners.count;
-            }
+            });
             if (need_bias) bias_sums[chunk * bias_chunk + channel] += bias;
             if (need_weight) {
               acc_t* sums = weight_sums.data() + chunk * weight_chunk + channel * taps * channels;
@@ -1267,8 +1293,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool2d_backward_cpu(
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
     const uint8_t* ap = a.const_data_ptr<uint8_t>();
     const int64_t pooled = pool.out_h * pool.out_w, out_channels = g.group_out_channels();
-    const int64_t taps = pool.kernel_h * pool.kernel_w;
     const int64_t ldc = padded_cols<acc_t>(g.out_plane());
+    const ActiveWinners active_winners(pool);
     // The weight and bias gradients by winners where that pays; the input gradient always densely.
     // An input that is not finite goes densely too: the products of its gradient's zeros with inf
     // or NaN are NaN, as PyTorch's are, where the sums by winners would leave those products out.
@@ -1291,15 +1317,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_relu_pool2d_backward_cpu(
         // Each pooled output adds its gradient to its active winner, in row-major order: the
         // order (so the bits) of relu_max_pool_conv_grad's gather, without its search.
         std::fill(target, target + g.out_plane(), acc_t(0));
-        for (int64_t o = 0; o < pooled; ++o) {
-          const uint8_t winner = winners[o];
-          if (winner & kReluInactive) continue;
-          TORCH_CHECK(winner < taps, "argmax holds ", static_cast<int>(winner), ", not a position in a ",
-                      pool.kernel_h, "x", pool.kernel_w, " window");
-          const int64_t oh = o / pool.out_w * pool.stride_h + winner / pool.kernel_w;
-          const int64_t ow = o % pool.out_w * pool.stride_w + winner % pool.kernel_w;
+        active_winners.for_each(winners, [&](int64_t o, int64_t oh, int64_t ow) {
           target[oh * g.out_w + ow] += static_cast<acc_t>(grad[o]);
-        }
+        });
       }
     });
     grads = sums_by_winners ? std::make_tuple(std::get<0>(dense), std::get<1>(grads), std::get<2>(grads)) : dense;
