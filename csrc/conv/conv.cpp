@@ -1110,9 +1110,10 @@ bool by_winners(const Conv2dGeometry& g, const ConvPoolGeometry& pool) {
 }
 
 // Calls visit(o, oh, ow) for each pooled output o of one plane whose winner (argmax, one byte
-// per output) is active, in row-major order, (oh, ow) the convolution output the winner sits at.
-// The winner's row and column in its window come from a table: four 64-bit divisions per pooled
-// output took about a sixth of the fused layer's input gradient (MNIST's conv2, batch 64).
+// per output) is active, in row-major order, (oh, ow) the convolution output the winner sits at;
+// fails on an active winner outside the window. The winner's row and column in its window come
+// from a table: four 64-bit divisions per pooled output took 8% of the fused layer's input
+// gradient (MNIST's conv2, batch 64: 6.2 ms against 5.7, 2 threads).
 class ActiveWinners {
  public:
   explicit ActiveWinners(const ConvPoolGeometry& pool) : pool_(pool) {
