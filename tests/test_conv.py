@@ -178,7 +178,8 @@ WINNER_CASES = [
 
 
 @pytest.mark.parametrize("geometry,pool_kernel,pool_stride", WINNER_CASES)
-@pytest.mark.parametrize("needs", [(True, True, True), (False, True, True), (True, False, True), (False, True, False)])
+@pytest.mark.parametrize("needs", [(True, True, True), (False, True, True), (True, False, True), (False, True, False),
+                                   (True, False, False)])
 def test_fused_weight_gradient_by_winners(geometry, pool_kernel, pool_stride, needs):
     """Every combination of the gradients asked for: float64 against the three ops; float32,
     float16 and bfloat16 within twice PyTorch's error in that dtype; an empty batch gives the

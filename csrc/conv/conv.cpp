@@ -1212,6 +1212,7 @@ template <typename scalar_t>
 std::pair<at::Tensor, at::Tensor> conv_relu_pool2d_weight_grads_by_winners(
     const at::Tensor& grad_output, const at::Tensor& argmax, const at::Tensor& x, const at::Tensor& w,
     const Conv2dGeometry& g, const ConvPoolGeometry& pool, bool need_weight, bool need_bias) {
+  if (!need_weight && !need_bias) return {at::empty({0}, w.options()), at::empty({0}, w.options())};
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t channels = g.group_in_channels(), out_channels = g.group_out_channels();
   const int64_t taps = g.kernel_h * g.kernel_w, pooled = pool.out_h * pool.out_w;
