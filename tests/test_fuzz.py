@@ -56,13 +56,14 @@ def same_results(ours, reference, tensors, kind=0, compare_grads=lambda expected
 
 
 @FUZZ
-@given(n=st.integers(1, 3), groups=st.integers(1, 3), per_group_in=st.integers(1, 3),
-       per_group_out=st.integers(1, 3), h=st.integers(1, 11), w=st.integers(1, 11), kh=st.integers(1, 4),
+@given(n=st.integers(1, 3), groups=st.integers(1, 3), per_group_in=st.integers(1, 3) | st.integers(16, 37),
+       per_group_out=st.integers(1, 3) | st.integers(5, 20), h=st.integers(1, 11), w=st.integers(1, 11), kh=st.integers(1, 4),
        kw=st.integers(1, 4), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
        padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
        dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), bias=st.booleans(), kind=st.integers(0, 2),
        seed=st.integers(0, 2**16))
 def test_conv2d(n, groups, per_group_in, per_group_out, h, w, kh, kw, stride, padding, dilation, bias, kind, seed):
+    """A few channels a group, or many (grad_weight by channels, with partial tiles)."""
     x = values((n, groups * per_group_in, h, w), seed)
     weight = values((groups * per_group_out, per_group_in, kh, kw), seed + 1)
     tensors = [x, weight] + ([values((groups * per_group_out,), seed + 2)] if bias else [])
