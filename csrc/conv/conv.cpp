@@ -353,9 +353,10 @@ __attribute__((noinline)) void positions_gemm_best_isa(const PaddedConv& pc, int
 // dense product does.
 struct TapOutputs {
   // Per list, per output (oh, ow) in order: the offset of its padded position (oh * stride_h *
-  // padded_w + ow * stride_w) in the channels-last input, and where its gradients start in dy^T,
-  // p * gradient_stride (p = oh * out_w + ow). Lists 0 to kernel_w - 1 hold the outputs that kernel
-  // column s reads the source for, list kernel_w all.
+  // padded_w + ow * stride_w) in the channels-last input, and p * gradient_stride (p = oh * out_w
+  // + ow): where its gradients start in dy^T's panels (by taps) or its column of dy (by channels).
+  // Lists 0 to kernel_w - 1 hold the outputs that kernel column s reads the source for, list
+  // kernel_w all.
   std::vector<int64_t> input, gradient, start, per_row;
   TapOutputs() = default;
   TapOutputs(const PaddedConv& pf, int64_t gradient_stride) {
@@ -463,17 +464,18 @@ __attribute__((noinline)) void weight_grad_by_taps_best_isa(const PaddedConv& pf
 
 // grad_weight by input channels (any stride): grad_weight[k][d] = sum over outputs p of dy[k][p] x
 // input(d, p), in tiles of Tile::kRows output channels x Tile::kCols input channels of one tap
-// (r, s), d in the depth order by kernel columns. A tile broadcasts dy^T's values (rows of ldk,
-// [p][k]) and loads the tap's channels of one output as vectors from the padded channels-last
-// input, which then stays in L1 across the tiles of every output channel; by taps, each tile
-// streams a panel of dy^T instead. It takes the outputs of weight_grad_by_taps' one-tap tiles
-// (TapOutputs), in the same order and depth blocks: where a group's channels are a multiple of
-// kPanelRows, the same bits. Columns past the group's channels read the next position's values
-// (the padded buffer holds kPanelCols values more), computed and dropped.
+// (r, s), d in the depth order by kernel columns. A tile broadcasts dy's values (its rows ldc
+// apart, as conv2d_backward_images holds them: no transposed copy) and loads the tap's channels of
+// one output as vectors from the padded channels-last input, which then stays in L1 across the
+// tiles of every output channel; by taps, each tile streams a panel of dy^T instead. It takes the
+// outputs of weight_grad_by_taps' one-tap tiles (TapOutputs), in the same order and depth blocks:
+// where a group's channels are a multiple of kPanelRows, the same bits. Rows past the last output
+// channel read dy's zero rows (kPanelRows more), columns past the group's channels the next
+// position's values (the padded buffer holds kPanelCols values more), computed and dropped.
 template <typename Tile, typename acc_t>
 FASTNETS_ALWAYS_INLINE void weight_grad_by_channels(const PaddedConv& pf, const TapOutputs& outputs,
-                                                    const acc_t* padded, const acc_t* dy_t, int64_t out_channels,
-                                                    bool skip_padding, acc_t* sum, int64_t ld) {
+                                                    const acc_t* padded, const acc_t* dy, int64_t ldc,
+                                                    int64_t out_channels, bool skip_padding, acc_t* sum, int64_t ld) {
   for (int64_t s = 0; s < pf.kernel_w; ++s) {
     for (int64_t r = 0; r < pf.kernel_h; ++r) {
       const int64_t tap_depth = (s * pf.kernel_h + r) * pf.channels;  // of its channel 0
@@ -491,8 +493,10 @@ FASTNETS_ALWAYS_INLINE void weight_grad_by_channels(const PaddedConv& pf, const 
           const int64_t depth = std::min(kDepthBlock, last - d0);
           const auto b_row = [&](int64_t p) FASTNETS_INLINE_LAMBDA { return tap + input[p]; };
           for (int64_t k0 = 0; k0 < out_channels; k0 += Tile::kRows) {
-            const acc_t* dy_rows = dy_t + k0;
-            const auto a_value = [&](int i, int64_t p) FASTNETS_INLINE_LAMBDA { return dy_rows[gradient[p] + i]; };
+            const acc_t* dy_rows = dy + k0 * ldc;
+            const auto a_value = [&](int i, int64_t p) FASTNETS_INLINE_LAMBDA {
+              return dy_rows[i * ldc + gradient[p]];
+            };
             gemm_tile<Tile>(depth, a_value, b_row, c0, sum + k0 * ld + tap_depth + c0, ld,
                             std::min<int64_t>(Tile::kRows, out_channels - k0), cols, true);
           }
@@ -502,23 +506,15 @@ FASTNETS_ALWAYS_INLINE void weight_grad_by_channels(const PaddedConv& pf, const 
   }
 }
 
-// weight_grad_by_channels' tiles: on AVX-512 16 output channels x one vector (a tile's gradients
-// are then one cache line per output) rather than GemmTileFor's 8 x two vectors. At 2 threads those
-// were 2% faster on MNIST's conv2 but 9% slower than by taps on 64 -> 64 channels 3x3 at 28x28
-// (batch 32), where these match by taps.
-template <typename acc_t, CpuIsa kIsa>
-using ChannelsTileFor =
-    std::conditional_t<kIsa == CpuIsa::kAvx512, GemmTile<acc_t, 64, 16, 1>, GemmTileFor<acc_t, kIsa>>;
-
 // weight_grad_by_channels for the best instruction set, compiled once per accumulation type.
 template <typename acc_t>
 __attribute__((noinline)) void weight_grad_by_channels_best_isa(const PaddedConv& pf, const TapOutputs& outputs,
-                                                                const acc_t* padded, const acc_t* dy_t,
+                                                                const acc_t* padded, const acc_t* dy, int64_t ldc,
                                                                 int64_t out_channels, bool skip_padding, acc_t* sum,
                                                                 int64_t ld) {
   call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
-    weight_grad_by_channels<ChannelsTileFor<acc_t, decltype(isa)::value>>(pf, outputs, padded, dy_t, out_channels,
-                                                                          skip_padding, sum, ld);
+    weight_grad_by_channels<GemmTileFor<acc_t, decltype(isa)::value>>(pf, outputs, padded, dy, ldc, out_channels,
+                                                                      skip_padding, sum, ld);
   });
 }
 
@@ -526,10 +522,10 @@ __attribute__((noinline)) void weight_grad_by_channels_best_isa(const PaddedConv
 // products than by taps (rows of taps, columns of output channels), an estimate that counts rows in
 // whole kPanelRows (AVX-512's tiles by channels have 16). A few input channels (a first layer's 1
 // or 3) with a kernel larger than 1x1 go by taps, whose tiles span taps.
-// By channels against by taps, one thread (2 threads alike): MNIST's conv2 at batch 64 11.7 ->
-// 11.1-11.6 ms, 32 -> 128 channels 5x5 at 7x7 5.8 -> 5.1, 64 -> 40 channels 3x3 at 20x20 4.7 ->
-// 3.6, stride 2 (64 -> 128, 3x3, 28x28, batch 32) 10.8 -> 10.3; 64 -> 64 and 128 -> 128 channels
-// 3x3 (28x28 and 14x14, batch 32) unchanged within noise.
+// By channels against by taps, one thread, batch 64 for MNIST's conv2 and 32 for the others: MNIST's
+// conv2 11.5 -> 10.3-10.6 ms (float64 11.0 -> 10.6), 32 -> 128 channels 5x5 at 7x7 5.7 -> 4.8,
+// 64 -> 40 channels 3x3 at 20x20 4.6 -> 2.8, 64 -> 64 channels 3x3 at 28x28 18.8 -> 18.1;
+// 128 -> 128 channels 3x3 at 14x14 and stride 2 (64 -> 128, 3x3, 28x28) unchanged within noise.
 template <typename acc_t>
 bool weight_grad_goes_by_channels(const PaddedConv& pf, int64_t out_channels) {
   const auto round_up = [](int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; };
@@ -957,10 +953,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
   // channels, 3x3, 28x28, batch 32, one thread) took 25.7 ms; by taps 23.1 (torch: 22.4-24.0).
   const PaddedConv pf = padded_forward(g);
   const bool weight_by_channels = need_weight && weight_grad_goes_by_channels<acc_t>(pf, out_channels);
-  // dy^T: by channels rows of ldk, [p][k]; by taps panels of kPanelCols channels, [k / width][p][k % width]
-  // (a tile's gradients are one stream: 4% faster than rows of ldk).
+  // By taps, dy^T in panels of kPanelCols channels, [k / width][p][k % width] (a tile's gradients
+  // are one stream: 4% faster than rows of ldk); by channels dy itself.
   const TapOutputs tap_outputs =
-      need_weight ? TapOutputs(pf, weight_by_channels ? ldk : kPanelCols<acc_t>) : TapOutputs();
+      need_weight ? TapOutputs(pf, weight_by_channels ? 1 : kPanelCols<acc_t>) : TapOutputs();
   const int64_t ld_depth = padded_cols<acc_t>(patch);  // by channels, the weight sums' rows
   const std::vector<acc_t> transposed =
       !need_input ? std::vector<acc_t>()
@@ -982,7 +978,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
   std::vector<double> bias_sums(chunks * bias_chunk, 0.0);
 
   at::parallel_for(0, chunks, 1, [&](int64_t first_chunk, int64_t last_chunk) {
-    std::vector<acc_t> dy(out_channels * ldc, acc_t(0)), dy_t(need_weight ? positions * ldk : 0, acc_t(0));
+    // dy's rows past out_channels: zeros that weight_grad_by_channels' last tile reads
+    std::vector<acc_t> dy((out_channels + kPanelRows) * ldc, acc_t(0));
+    std::vector<acc_t> dy_t(need_weight && !weight_by_channels ? positions * ldk : 0, acc_t(0));
     std::vector<acc_t> col(need_input ? (padded_input_grad ? in_channels * ldx : patch * ldc) : 0);
     std::vector<acc_t> dx(need_input && !padded_input_grad ? in_channels * g.in_plane() : 0);
     std::vector<acc_t> padded(padded_input_grad ? pc.buffer_size<acc_t>() : 0, acc_t(0));
@@ -1022,10 +1020,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
             }
             if (need_weight) {
               constexpr int64_t width = kPanelCols<acc_t>;
-              if (weight_by_channels) {
-                for_transpose_blocks(out_channels, positions,
-                                     [&](int64_t k, int64_t p) { dy_t[p * ldk + k] = dy[k * ldc + p]; });
-              } else {
+              if (!weight_by_channels) {
                 for_transpose_blocks(out_channels, positions, [&](int64_t k, int64_t p) {
                   dy_t[(k / width * positions + p) * width + k % width] = dy[k * ldc + p];
                 });
@@ -1033,7 +1028,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
               const bool finite = all_finite(dy.data(), out_channels * ldc);  // zeros past each plane
               fill_padded_channels_last(xp + x_offset, pf, padded_x.data());
               if (weight_by_channels) {
-                weight_grad_by_channels_best_isa(pf, tap_outputs, padded_x.data(), dy_t.data(), out_channels,
+                weight_grad_by_channels_best_isa(pf, tap_outputs, padded_x.data(), dy.data(), ldc, out_channels,
                                                  finite, weight_sum + group * out_channels * ld_depth, ld_depth);
               } else {
                 weight_grad_by_taps_best_isa(pf, tap_outputs, padded_x.data(), dy_t.data(), out_channels, finite,
