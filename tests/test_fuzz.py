@@ -56,8 +56,9 @@ def same_results(ours, reference, tensors, kind=0, compare_grads=lambda expected
 
 
 @FUZZ
-@given(n=st.integers(1, 3), groups=st.integers(1, 3), per_group_in=st.integers(1, 3) | st.integers(16, 37),
-       per_group_out=st.integers(1, 3) | st.integers(5, 20), h=st.integers(1, 11), w=st.integers(1, 11), kh=st.integers(1, 4),
+@given(n=st.integers(1, 3), groups=st.integers(1, 3),
+       per_group_in=st.integers(1, 3) | st.integers(16, 37), per_group_out=st.integers(1, 3) | st.integers(5, 20),
+       h=st.integers(1, 11), w=st.integers(1, 11), kh=st.integers(1, 4),
        kw=st.integers(1, 4), stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
        padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
        dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), bias=st.booleans(), kind=st.integers(0, 2),

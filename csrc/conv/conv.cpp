@@ -519,13 +519,14 @@ __attribute__((noinline)) void weight_grad_by_channels_best_isa(const PaddedConv
 }
 
 // Whether grad_weight goes by input channels: where its tiles, padding included, compute no more
-// products than by taps (rows of taps, columns of output channels), an estimate that counts rows in
-// whole kPanelRows (AVX-512's tiles by channels have 16). A few input channels (a first layer's 1
+// products than by taps (rows of taps, columns of output channels), an estimate that counts columns
+// in whole kPanelCols (wider than AVX2's and SSE's tiles). A few input channels (a first layer's 1
 // or 3) with a kernel larger than 1x1 go by taps, whose tiles span taps.
 // By channels against by taps, one thread, batch 64 for MNIST's conv2 and 32 for the others: MNIST's
 // conv2 11.5 -> 10.3-10.6 ms (float64 11.0 -> 10.6), 32 -> 128 channels 5x5 at 7x7 5.7 -> 4.8,
-// 64 -> 40 channels 3x3 at 20x20 4.6 -> 2.8, 64 -> 64 channels 3x3 at 28x28 18.8 -> 18.1;
-// 128 -> 128 channels 3x3 at 14x14 and stride 2 (64 -> 128, 3x3, 28x28) unchanged within noise.
+// 64 -> 40 channels 3x3 at 20x20 4.6 -> 2.8, 64 -> 64 channels 3x3 at 28x28 18.8 -> 18.1; 128 ->
+// 128 channels 3x3 at 14x14 17.4-17.7 -> 16.6-17.5 and stride 2 (64 -> 128, 3x3, 28x28) 10.4-10.8
+// -> 9.8-11.3, within this machine's noise.
 template <typename acc_t>
 bool weight_grad_goes_by_channels(const PaddedConv& pf, int64_t out_channels) {
   const auto round_up = [](int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; };
