@@ -529,10 +529,8 @@ __attribute__((noinline)) void weight_grad_by_channels_best_isa(const PaddedConv
 // -> 9.8-11.3, within this machine's noise.
 template <typename acc_t>
 bool weight_grad_goes_by_channels(const PaddedConv& pf, int64_t out_channels) {
-  const auto round_up = [](int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; };
-  const int64_t by_taps = round_up(pf.depth(), kPanelRows) * padded_cols<acc_t>(out_channels);
-  const int64_t by_channels =
-      pf.kernel_h * pf.kernel_w * round_up(out_channels, kPanelRows) * padded_cols<acc_t>(pf.channels);
+  const int64_t by_taps = panels_size(pf.depth(), padded_cols<acc_t>(out_channels));
+  const int64_t by_channels = pf.kernel_h * pf.kernel_w * panels_size(out_channels, padded_cols<acc_t>(pf.channels));
   return by_channels <= by_taps;
 }
 
