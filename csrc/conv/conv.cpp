@@ -33,6 +33,7 @@
 #include <array>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -43,6 +44,7 @@
 #include "common/macros.h"
 #include "conv/conv_shape.h"
 #include "common/cpu_gemm.h"
+#include "common/cpu_transpose.h"
 
 namespace fastnets {
 namespace {
@@ -391,17 +393,40 @@ FASTNETS_ALWAYS_INLINE void for_transpose_blocks(int64_t rows, int64_t cols, con
   }
 }
 
+// Copies planes [channels][height][width] with channels last: value (c, h, w) to out[h * out_row + w
+// * channels + c]. Floats by 8 x 8 blocks transposed in registers where the channels come in eights
+// (a row's last block overlapping the one before), else value by value: value by value, MNIST's
+// conv2 at N=64 took 0.45 ms of its 21 ms backward on one thread for this copy.
+template <typename acc_t, typename scalar_t>
+FASTNETS_ALWAYS_INLINE void copy_channels_last(const scalar_t* x, int64_t channels, int64_t height, int64_t width,
+                                               acc_t* out, int64_t out_row) {
+  const int64_t plane = height * width;
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
+    if (channels % 8 == 0 && width >= 8) {
+      for (int64_t h = 0; h < height; ++h) {
+        for (int64_t c0 = 0; c0 < channels; c0 += 8) {
+          for (int64_t w0 = 0; w0 < width; w0 += 8) {
+            const int64_t w = std::min(w0, width - 8);
+            transpose_8x8(x + c0 * plane + h * width + w, plane, out + h * out_row + w * channels + c0, channels);
+          }
+        }
+      }
+      return;
+    }
+  }
+  for (int64_t h = 0; h < height; ++h) {
+    for_transpose_blocks(channels, width, [&](int64_t c, int64_t w) {
+      out[h * out_row + w * channels + c] = static_cast<acc_t>(x[c * plane + h * width + w]);
+    });
+  }
+}
+
 // Copies input planes [channels][height][width] into the zero-padded channels-last buffer of pf:
 // value (c, h, w) at ((h + pad_top) * padded_w + w + pad_left) * channels + c; the rest stays zero.
 template <typename acc_t, typename scalar_t>
-void fill_padded_channels_last(const scalar_t* x, const PaddedConv& pf, acc_t* padded) {
-  const int64_t plane = pf.height * pf.width;
-  for (int64_t h = 0; h < pf.height; ++h) {
-    acc_t* row = padded + ((h + pf.pad_top) * pf.padded_w + pf.pad_left) * pf.channels;
-    for_transpose_blocks(pf.channels, pf.width, [&](int64_t c, int64_t w) {
-      row[w * pf.channels + c] = static_cast<acc_t>(x[c * plane + h * pf.width + w]);
-    });
-  }
+FASTNETS_ALWAYS_INLINE void fill_padded_channels_last(const scalar_t* x, const PaddedConv& pf, acc_t* padded) {
+  const int64_t first = (pf.pad_top * pf.padded_w + pf.pad_left) * pf.channels;
+  copy_channels_last(x, pf.channels, pf.height, pf.width, padded + first, pf.padded_w * pf.channels);
 }
 
 // sum[d][k] += the weight gradient of tap d (depth order by kernel columns) and channel k < channels
@@ -868,14 +893,22 @@ double plane_sum(const acc_t* values, int64_t count) {
   return sum;
 }
 
+// The per-chunk weight sums, left unset: each chunk's are zeroed by the thread that sums into them,
+// just before (in its cache, the pages faulted in by the threads together). Zeroed at allocation,
+// by one thread, the 1.6 MB of MNIST's conv2 at N=64 took about 1% of its backward on one thread.
+template <typename acc_t>
+std::unique_ptr<acc_t[]> unset_weight_sums(int64_t chunks, int64_t weight_chunk) {
+  return std::unique_ptr<acc_t[]>(new acc_t[chunks * weight_chunk]);
+}
+
 // The weight gradient (w's shape) and the bias gradient from per-chunk sums, each value's chunks
 // added in chunk order (either empty when not needed): value q of output channel `channel` of
 // chunk i at weight_sums[i * weight_chunk + weight_index(channel, q)], the bias of chunk i at
 // bias_sums[i * out_channels + channel].
 template <typename scalar_t, typename acc_t, typename WeightIndex>
 std::pair<at::Tensor, at::Tensor> grads_from_chunks(const at::Tensor& w, int64_t chunks, bool need_weight,
-                                                    bool need_bias, const std::vector<acc_t>& weight_sums,
-                                                    int64_t weight_chunk, const WeightIndex& weight_index,
+                                                    bool need_bias, const acc_t* weight_sums, int64_t weight_chunk,
+                                                    const WeightIndex& weight_index,
                                                     const std::vector<double>& bias_sums) {
   const int64_t out_channels = w.size(0), patch = w.numel() / std::max<int64_t>(out_channels, 1);
   at::Tensor grad_weight = at::empty({0}, w.options()), grad_bias = at::empty({0}, w.options());
@@ -883,13 +916,14 @@ std::pair<at::Tensor, at::Tensor> grads_from_chunks(const at::Tensor& w, int64_t
     grad_weight = at::empty(w.sizes(), w.options());
     scalar_t* gw = grad_weight.mutable_data_ptr<scalar_t>();
     // The chunks summed in their own layout first: read at weight_index's stride, chunk by chunk,
-    // they missed the cache (a millisecond of MNIST's conv2 at N=64, 8% of its grad_weight).
+    // they missed the cache (a millisecond of MNIST's conv2 at N=64, 8% of its grad_weight). A chunk
+    // at a time, so that the sums are vector adds (value by value, over the chunks, they were scalar).
     std::vector<acc_t> total(weight_chunk);
     at::parallel_for(0, weight_chunk, 4096, [&](int64_t first, int64_t last) {
-      for (int64_t i = first; i < last; ++i) {
-        acc_t sum = acc_t(0);
-        for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += weight_sums[chunk * weight_chunk + i];
-        total[i] = sum;
+      std::fill(total.begin() + first, total.begin() + last, acc_t(0));
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+        const acc_t* sums = weight_sums + chunk * weight_chunk;
+        for (int64_t i = first; i < last; ++i) total[i] += sums[i];
       }
     });
     at::parallel_for(0, out_channels, 1, [&](int64_t first, int64_t last) {
@@ -971,7 +1005,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
                                : weight_by_channels ? g.groups * out_channels * ld_depth
                                                     : g.groups * patch * ldk;
   const int64_t bias_chunk = need_bias ? g.out_channels : 0;
-  std::vector<acc_t> weight_sums(chunks * weight_chunk, acc_t(0));
+  const std::unique_ptr<acc_t[]> weight_sums = unset_weight_sums<acc_t>(chunks, weight_chunk);
   // The bias gradient sums whole planes in double (plane_sum), so that it stays within an ulp or so
   // of the exact sum, as PyTorch's pairwise sum does.
   std::vector<double> bias_sums(chunks * bias_chunk, 0.0);
@@ -986,7 +1020,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
     std::vector<acc_t> padded_x(need_weight ? pf.padded_h * pf.padded_w * pf.channels + kPanelCols<acc_t> : 0,
                                 acc_t(0));
     for (int64_t chunk = first_chunk; chunk < last_chunk; ++chunk) {
-      acc_t* weight_sum = weight_sums.data() + chunk * weight_chunk;
+      acc_t* weight_sum = weight_sums.get() + chunk * weight_chunk;
+      std::fill(weight_sum, weight_sum + weight_chunk, acc_t(0));
       double* bias_sum = bias_sums.data() + chunk * bias_chunk;
       for (int64_t n = g.batch * chunk / chunks; n < g.batch * (chunk + 1) / chunks; ++n) {
         for (int64_t group = 0; group < g.groups; ++group) {
@@ -1048,7 +1083,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
   std::vector<int64_t> depth_of_tap(need_weight ? patch : 0);  // the rows of weight_sums
   for (size_t d = 0; d < depth_of_tap.size(); ++d) depth_of_tap[pf.tap(d, DepthOrder::kKernelColumns)] = d;
   const auto [grad_weight, grad_bias] = grads_from_chunks<scalar_t>(
-      w, chunks, need_weight, need_bias, weight_sums, weight_chunk,
+      w, chunks, need_weight, need_bias, weight_sums.get(), weight_chunk,
       [&](int64_t channel, int64_t q) {
         return weight_by_channels ? channel * ld_depth + depth_of_tap[q]
                                   : (channel / out_channels * patch + depth_of_tap[q]) * ldk + channel % out_channels;
@@ -1217,7 +1252,8 @@ std::pair<at::Tensor, at::Tensor> conv_relu_pool2d_weight_grads_by_winners(
   const int64_t chunks = std::min(g.batch, kWeightGradChunks);
   const int64_t weight_chunk = need_weight ? g.out_channels * taps * channels : 0;
   const int64_t bias_chunk = need_bias ? g.out_channels : 0;
-  std::vector<acc_t> weight_sums(chunks * weight_chunk, acc_t(0));  // [chunk][channel][r][s][c]
+  // [chunk][channel][r][s][c]
+  const std::unique_ptr<acc_t[]> weight_sums = unset_weight_sums<acc_t>(chunks, weight_chunk);
   std::vector<double> bias_sums(chunks * bias_chunk, 0.0);
   // tap (r, s) of a patch: its offset in the padded channels-last input
   std::vector<int64_t> tap_offsets(taps);
@@ -1230,17 +1266,15 @@ std::pair<at::Tensor, at::Tensor> conv_relu_pool2d_weight_grads_by_winners(
     std::vector<acc_t> x_padded(need_weight ? padded_size : 0, acc_t(0));  // the padding stays zero
     Winners<acc_t> winners{std::vector<int64_t>(pooled), std::vector<acc_t>(pooled)};
     for (int64_t chunk = first_chunk; chunk < last_chunk; ++chunk) {
+      std::fill_n(weight_sums.get() + chunk * weight_chunk, weight_chunk, acc_t(0));
       for (int64_t n = g.batch * chunk / chunks; n < g.batch * (chunk + 1) / chunks; ++n) {
         for (int64_t group = 0; group < g.groups; ++group) {
           if (need_weight) {
             const scalar_t* image = xp + (n * g.in_channels + group * channels) * g.in_plane();
-            for (int64_t c = 0; c < channels; ++c) {
-              for (int64_t h = 0; h < g.in_h; ++h) {
-                acc_t* row = x_padded.data() + ((h + g.pad_h) * padded_w + g.pad_w) * channels + c;
-                const scalar_t* source = image + (c * g.in_h + h) * g.in_w;
-                for (int64_t iw = 0; iw < g.in_w; ++iw) row[iw * channels] = static_cast<acc_t>(source[iw]);
-              }
-            }
+            acc_t* first = x_padded.data() + (g.pad_h * padded_w + g.pad_w) * channels;
+            call_with_best_isa_tag([&](auto) FASTNETS_INLINE_LAMBDA {
+              copy_channels_last(image, channels, g.in_h, g.in_w, first, padded_w * channels);
+            });
           }
           for (int64_t k = 0; k < out_channels; ++k) {
             const int64_t channel = group * out_channels + k, plane = (n * g.out_channels + channel) * pooled;
@@ -1254,7 +1288,7 @@ std::pair<at::Tensor, at::Tensor> conv_relu_pool2d_weight_grads_by_winners(
             });
             if (need_bias) bias_sums[chunk * bias_chunk + channel] += bias;
             if (need_weight) {
-              acc_t* sums = weight_sums.data() + chunk * weight_chunk + channel * taps * channels;
+              acc_t* sums = weight_sums.get() + chunk * weight_chunk + channel * taps * channels;
               // Blocks of channels one SIMD register wide: wider blocks spilled the accumulators
               // on AVX2 (MNIST's conv2: forward+backward 24.5 -> 35.5 ms with AVX2 at 64 bytes).
               call_with_best_isa_tag([&](auto isa) FASTNETS_INLINE_LAMBDA {
@@ -1269,7 +1303,7 @@ std::pair<at::Tensor, at::Tensor> conv_relu_pool2d_weight_grads_by_winners(
   });
 
   return grads_from_chunks<scalar_t>(
-      w, chunks, need_weight, need_bias, weight_sums, weight_chunk,
+      w, chunks, need_weight, need_bias, weight_sums.get(), weight_chunk,
       [&](int64_t channel, int64_t q) { return (channel * taps + q % taps) * channels + q / taps; }, bias_sums);
 }
 
