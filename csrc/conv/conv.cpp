@@ -279,6 +279,28 @@ FASTNETS_ALWAYS_INLINE void positions_tile_of(int positions, std::integer_sequen
    ...);
 }
 
+// out[j * ldo + i] = tile[i * ldt + j] for i < rows, j < cols: floats by 8 x 8 blocks transposed in
+// registers where there are 8 rows or more and the columns come in eights (the last block of rows
+// overlapping the one before), else value by value (MNIST's conv2 forward: 2.5% of its time).
+template <typename acc_t>
+FASTNETS_ALWAYS_INLINE void store_tile_transposed(const acc_t* tile, int64_t ldt, int64_t rows, int64_t cols,
+                                                  acc_t* out, int64_t ldo) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (rows >= 8 && cols % 8 == 0) {
+      for (int64_t j = 0; j < cols; j += 8) {
+        for (int64_t i0 = 0; i0 < rows; i0 += 8) {
+          const int64_t i = std::min(i0, rows - 8);
+          transpose_8x8(tile + i * ldt + j, ldt, out + j * ldo + i, ldo);
+        }
+      }
+      return;
+    }
+  }
+  for (int64_t j = 0; j < cols; ++j) {
+    for (int64_t i = 0; i < rows; ++i) out[j * ldo + i] = tile[i * ldt + j];
+  }
+}
+
 // Column strides that positions_gemm compiles for (others build im2col).
 bool has_positions_stride(int64_t stride_w) { return stride_w == 1 || stride_w == 2; }
 
@@ -320,9 +342,8 @@ FASTNETS_ALWAYS_INLINE void positions_gemm(const PaddedConv& pc, int64_t channel
             }
           }
         }
-        for (int64_t j = 0; j < cols; ++j) {
-          for (int64_t ow = ow0; ow < ow_last; ++ow) out[(col + j) * ldc + oh * pc.out_w + ow] = tile[ow - ow0][j];
-        }
+        acc_t* outputs = out + col * ldc + oh * pc.out_w + ow0;
+        store_tile_transposed(&tile[0][0], Tile::kCols, ow_last - ow0, cols, outputs, ldc);
       }
     }
   }
