@@ -778,18 +778,22 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, const s
     const scalar_t* bp = has_bias ? b.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const int64_t positions = g.out_plane(), out_channels = g.group_out_channels();
-    // out[k * ldc + oh * row + ow] + bias -> y
+    // out[k * ldc + oh * row + ow] + bias -> y, compiled for the best instruction set (MNIST's conv2
+    // forward: 2.6% of its time for SSE, 2.0% for AVX-512); rows of `row` = out_w values are one run.
     auto store = [&](int64_t n, int64_t group, acc_t* out, int64_t ldc, int64_t row) {
-      for (int64_t k = 0; k < out_channels; ++k) {
-        const int64_t channel = group * out_channels + k;
-        const acc_t shift = bp ? static_cast<acc_t>(bp[channel]) : acc_t(0);
-        scalar_t* target = yp + (n * g.out_channels + channel) * positions;
-        for (int64_t oh = 0; oh < g.out_h; ++oh) {
-          for (int64_t ow = 0; ow < g.out_w; ++ow) {
-            target[oh * g.out_w + ow] = static_cast<scalar_t>(out[k * ldc + oh * row + ow] + shift);
+      call_with_best_isa_tag([&](auto) FASTNETS_INLINE_LAMBDA {
+        const int64_t rows = row == g.out_w ? 1 : g.out_h, run = row == g.out_w ? positions : g.out_w;
+        for (int64_t k = 0; k < out_channels; ++k) {
+          const int64_t channel = group * out_channels + k;
+          const acc_t shift = bp ? static_cast<acc_t>(bp[channel]) : acc_t(0);
+          scalar_t* target = yp + (n * g.out_channels + channel) * positions;
+          for (int64_t oh = 0; oh < rows; ++oh) {
+            for (int64_t ow = 0; ow < run; ++ow) {
+              target[oh * g.out_w + ow] = static_cast<scalar_t>(out[k * ldc + oh * row + ow] + shift);
+            }
           }
         }
-      }
+      });
     };
     at::parallel_for(0, g.batch, 1, [&](int64_t first, int64_t last) {
       conv2d_forward_images(xp, weights, g, first, last, store);
