@@ -1057,16 +1057,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
             if (padded_input_grad) {
               fill_padded(dy.data(), ldc, g.out_h, g.out_w, g.out_w, pc, padded.data());
               const acc_t* flipped = transposed.data() + group * flipped_per_group;
+              // By positions, the GEMM writes grad_input's planes as they are laid out: for float and
+              // double, straight into grad_input rather than through col.
+              acc_t* input_grads = col.data();
+              if constexpr (std::is_same_v<scalar_t, acc_t>) {
+                if (input_grad_by_positions) input_grads = gi + x_offset;
+              }
               if (input_grad_by_positions) {
-                positions_gemm_best_isa(pc, in_channels, flipped, padded.data(), offsets, col.data(), ldx, true);
+                const int64_t ld = input_grads == col.data() ? ldx : g.in_plane();
+                positions_gemm_best_isa(pc, in_channels, flipped, padded.data(), offsets, input_grads, ld, true);
               } else {
                 padded_gemm<Tile>(pc, in_channels, flipped, padded.data(), offsets, col.data(), ldx);
               }
-              for (int64_t c = 0; c < in_channels; ++c) {
-                for (int64_t h = 0; h < g.in_h; ++h) {
-                  for (int64_t w = 0; w < g.in_w; ++w) {
-                    gi[x_offset + (c * g.in_h + h) * g.in_w + w] =
-                        static_cast<scalar_t>(col[c * ldx + h * x_row + w]);
+              if (input_grads == col.data()) {
+                for (int64_t c = 0; c < in_channels; ++c) {
+                  for (int64_t h = 0; h < g.in_h; ++h) {
+                    for (int64_t w = 0; w < g.in_w; ++w) {
+                      gi[x_offset + (c * g.in_h + h) * g.in_w + w] =
+                          static_cast<scalar_t>(col[c * ldx + h * x_row + w]);
+                    }
                   }
                 }
               }
