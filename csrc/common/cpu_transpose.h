@@ -1,6 +1,7 @@
 #pragma once
 // A transposing copy of floats in 8 x 8 blocks held in registers (cpu_matmul.h's packing of a
-// transposed weight, the convolution's channels-last copy of its input).
+// transposed weight; in conv.cpp, the channels-last copy of the input and positions_gemm's tile
+// stores).
 #include <cstdint>
 #include <cstring>
 

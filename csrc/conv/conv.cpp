@@ -416,8 +416,9 @@ FASTNETS_ALWAYS_INLINE void for_transpose_blocks(int64_t rows, int64_t cols, con
 
 // Copies planes [channels][height][width] with channels last: value (c, h, w) to out[h * out_row + w
 // * channels + c]. Floats by 8 x 8 blocks transposed in registers where the channels come in eights
-// (a row's last block overlapping the one before), else value by value: value by value, MNIST's
-// conv2 at N=64 took 0.45 ms of its 21 ms backward on one thread for this copy.
+// and rows have 8 values or more (a row's last block overlapping the one before), else value by
+// value: value by value, MNIST's conv2 at N=64 took 0.45 ms of its 21 ms backward on one thread
+// for this copy.
 template <typename acc_t, typename scalar_t>
 FASTNETS_ALWAYS_INLINE void copy_channels_last(const scalar_t* x, int64_t channels, int64_t height, int64_t width,
                                                acc_t* out, int64_t out_row) {
@@ -1000,7 +1001,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
       padded_input_grad
           ? tap_offsets(pc, input_grad_by_positions ? DepthOrder::kKernelColumns : DepthOrder::kTaps)
           : std::vector<int64_t>();
-  // col holds the gradient of input (c, h, w) at col[c * ldx + h * x_row + w]
+  // By positions, grad_input's GEMM writes the planes as grad_input lays them out: for float and
+  // double, straight into grad_input. Otherwise col holds the gradient of input (c, h, w) at col[c *
+  // ldx + h * x_row + w], then copied (converted) into grad_input.
+  const bool input_grad_straight = input_grad_by_positions && std::is_same_v<scalar_t, acc_t>;
   const int64_t ldx = padded_cols<acc_t>(input_grad_by_positions ? g.in_plane() : pc.columns());
   const int64_t x_row = input_grad_by_positions ? g.in_w : pc.padded_w;
   const int64_t flipped_per_group = input_grad_by_positions ? pc.depth() * padded_cols<acc_t>(in_channels)
@@ -1039,7 +1043,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
     // dy's rows past out_channels: zeros that weight_grad_by_channels' last tile reads
     std::vector<acc_t> dy((out_channels + kPanelRows) * ldc, acc_t(0));
     std::vector<acc_t> dy_t(need_weight && !weight_by_channels ? positions * ldk : 0, acc_t(0));
-    std::vector<acc_t> col(need_input ? (padded_input_grad ? in_channels * ldx : patch * ldc) : 0);
+    const int64_t col_size = padded_input_grad ? in_channels * ldx : patch * ldc;
+    std::vector<acc_t> col(!need_input || input_grad_straight ? 0 : col_size);
     std::vector<acc_t> dx(need_input && !padded_input_grad ? in_channels * g.in_plane() : 0);
     std::vector<acc_t> padded(padded_input_grad ? pc.buffer_size<acc_t>() : 0, acc_t(0));
     std::vector<acc_t> padded_x(need_weight ? pf.padded_h * pf.padded_w * pf.channels + kPanelCols<acc_t> : 0,
@@ -1057,19 +1062,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_images(const at::
             if (padded_input_grad) {
               fill_padded(dy.data(), ldc, g.out_h, g.out_w, g.out_w, pc, padded.data());
               const acc_t* flipped = transposed.data() + group * flipped_per_group;
-              // By positions, the GEMM writes grad_input's planes as they are laid out: for float and
-              // double, straight into grad_input rather than through col.
-              acc_t* input_grads = col.data();
-              if constexpr (std::is_same_v<scalar_t, acc_t>) {
-                if (input_grad_by_positions) input_grads = gi + x_offset;
-              }
               if (input_grad_by_positions) {
-                const int64_t ld = input_grads == col.data() ? ldx : g.in_plane();
-                positions_gemm_best_isa(pc, in_channels, flipped, padded.data(), offsets, input_grads, ld, true);
+                acc_t* target = col.data();
+                int64_t ld = ldx;
+                if constexpr (std::is_same_v<scalar_t, acc_t>) {
+                  target = gi + x_offset;
+                  ld = g.in_plane();
+                }
+                positions_gemm_best_isa(pc, in_channels, flipped, padded.data(), offsets, target, ld, true);
               } else {
                 padded_gemm<Tile>(pc, in_channels, flipped, padded.data(), offsets, col.data(), ldx);
               }
-              if (input_grads == col.data()) {
+              if (!input_grad_straight) {
                 for (int64_t c = 0; c < in_channels; ++c) {
                   for (int64_t h = 0; h < g.in_h; ++h) {
                     for (int64_t w = 0; w < g.in_w; ++w) {
