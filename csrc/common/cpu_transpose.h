@@ -2,8 +2,10 @@
 // A transposing copy of floats in 8 x 8 blocks held in registers (cpu_matmul.h's packing of a
 // transposed weight; in conv.cpp, the channels-last copy of the input and positions_gemm's tile
 // stores).
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "common/macros.h"
 
@@ -31,6 +33,28 @@ FASTNETS_ALWAYS_INLINE void transpose_8x8(const float* in, int64_t ldi, float* o
     const v8 high = __builtin_shuffle(u[m], u[m + 4], i8{4, 5, 6, 7, 12, 13, 14, 15});
     std::memcpy(out + m * ldo, &low, sizeof(v8));
     std::memcpy(out + (m + 4) * ldo, &high, sizeof(v8));
+  }
+}
+
+// out[j * ldo + i] = in[i * ldi + j] for i < rows, j < cols. Floats by 8 x 8 blocks where rows
+// and cols are 8 or more (the last block of either overlapping the one before, which writes the
+// same values again), else value by value.
+template <typename T>
+FASTNETS_ALWAYS_INLINE void transpose_copy(const T* in, int64_t ldi, int64_t rows, int64_t cols, T* out, int64_t ldo) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (rows >= 8 && cols >= 8) {
+      for (int64_t j0 = 0; j0 < cols; j0 += 8) {
+        const int64_t j = std::min(j0, cols - 8);
+        for (int64_t i0 = 0; i0 < rows; i0 += 8) {
+          const int64_t i = std::min(i0, rows - 8);
+          transpose_8x8(in + i * ldi + j, ldi, out + j * ldo + i, ldo);
+        }
+      }
+      return;
+    }
+  }
+  for (int64_t j = 0; j < cols; ++j) {
+    for (int64_t i = 0; i < rows; ++i) out[j * ldo + i] = in[i * ldi + j];
   }
 }
 

@@ -279,28 +279,6 @@ FASTNETS_ALWAYS_INLINE void positions_tile_of(int positions, std::integer_sequen
    ...);
 }
 
-// out[j * ldo + i] = tile[i * ldt + j] for i < rows, j < cols: floats by 8 x 8 blocks transposed in
-// registers where there are 8 rows or more and the columns come in eights (the last block of rows
-// overlapping the one before), else value by value (which took 2.5% of MNIST's conv2 forward).
-template <typename acc_t>
-FASTNETS_ALWAYS_INLINE void store_tile_transposed(const acc_t* tile, int64_t ldt, int64_t rows, int64_t cols,
-                                                  acc_t* out, int64_t ldo) {
-  if constexpr (std::is_same_v<acc_t, float>) {
-    if (rows >= 8 && cols % 8 == 0) {
-      for (int64_t j = 0; j < cols; j += 8) {
-        for (int64_t i0 = 0; i0 < rows; i0 += 8) {
-          const int64_t i = std::min(i0, rows - 8);
-          transpose_8x8(tile + i * ldt + j, ldt, out + j * ldo + i, ldo);
-        }
-      }
-      return;
-    }
-  }
-  for (int64_t j = 0; j < cols; ++j) {
-    for (int64_t i = 0; i < rows; ++i) out[j * ldo + i] = tile[i * ldt + j];
-  }
-}
-
 // Column strides that positions_gemm compiles for (others build im2col).
 bool has_positions_stride(int64_t stride_w) { return stride_w == 1 || stride_w == 2; }
 
@@ -342,8 +320,8 @@ FASTNETS_ALWAYS_INLINE void positions_gemm(const PaddedConv& pc, int64_t channel
             }
           }
         }
-        acc_t* outputs = out + col * ldc + oh * pc.out_w + ow0;
-        store_tile_transposed(&tile[0][0], Tile::kCols, ow_last - ow0, cols, outputs, ldc);
+        // value by value, these stores took 2.5% of MNIST's conv2 forward
+        transpose_copy(&tile[0][0], Tile::kCols, ow_last - ow0, cols, out + col * ldc + oh * pc.out_w + ow0, ldc);
       }
     }
   }
@@ -415,30 +393,20 @@ FASTNETS_ALWAYS_INLINE void for_transpose_blocks(int64_t rows, int64_t cols, con
 }
 
 // Copies planes [channels][height][width] with channels last: value (c, h, w) to out[h * out_row + w
-// * channels + c]. Floats by 8 x 8 blocks transposed in registers where the channels come in eights
-// and rows have 8 values or more (a row's last block overlapping the one before), else value by
-// value (which took 0.45 ms of MNIST's conv2 backward at N=64, 21 ms on one thread).
+// * channels + c]. Floats by transpose_copy (value by value, this copy took 0.45 ms of MNIST's conv2
+// backward at N=64, 21 ms on one thread).
 template <typename acc_t, typename scalar_t>
 FASTNETS_ALWAYS_INLINE void copy_channels_last(const scalar_t* x, int64_t channels, int64_t height, int64_t width,
                                                acc_t* out, int64_t out_row) {
   const int64_t plane = height * width;
-  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
-    if (channels % 8 == 0 && width >= 8) {
-      for (int64_t h = 0; h < height; ++h) {
-        for (int64_t c0 = 0; c0 < channels; c0 += 8) {
-          for (int64_t w0 = 0; w0 < width; w0 += 8) {
-            const int64_t w = std::min(w0, width - 8);
-            transpose_8x8(x + c0 * plane + h * width + w, plane, out + h * out_row + w * channels + c0, channels);
-          }
-        }
-      }
-      return;
-    }
-  }
   for (int64_t h = 0; h < height; ++h) {
-    for_transpose_blocks(channels, width, [&](int64_t c, int64_t w) {
-      out[h * out_row + w * channels + c] = static_cast<acc_t>(x[c * plane + h * width + w]);
-    });
+    if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
+      transpose_copy(x + h * width, plane, channels, width, out + h * out_row, channels);
+    } else {
+      for_transpose_blocks(channels, width, [&](int64_t c, int64_t w) {
+        out[h * out_row + w * channels + c] = static_cast<acc_t>(x[c * plane + h * width + w]);
+      });
+    }
   }
 }
 
